@@ -1,0 +1,67 @@
+"""Where a model's data comes from: a local path or an S3 (or S3-compatible) object."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Literal
+
+from prefect.blocks.core import Block
+from pydantic import Field, SecretStr
+
+if TYPE_CHECKING:
+    from botocore.client import BaseClient
+
+
+class DataSource(Block):
+    """A dataset to ingest: a Parquet or CSV file (or folder of Parquet files), local or on S3.
+
+    Example:
+        ```python
+        from prefect_mlops.blocks import DataSource
+        source = DataSource(uri="s3://lake/churn/2024.parquet", s3_endpoint_url="http://127.0.0.1:9000")
+        assert source.scheme() == "s3"
+        ```
+    """
+
+    _block_type_name = "ML Data Source"
+    _block_type_slug = "prefect-mlops-data-source"
+    _logo_url = "https://images.ctfassets.net/gm98wzqotmnx/1jbV4lceHOjGgunX15lUwo/db88e184d727f721575aeb054a37e277/aws.png"  # noqa: E501
+    _documentation_url = "https://github.com/prefect-mlops/prefect-mlops#blocks"
+    _description = "A Parquet or CSV dataset on a local disk or in an S3-compatible object store."
+
+    uri: str = Field(description="Path, file:// or s3://bucket/key of a Parquet or CSV file (or Parquet folder).")
+    format: Literal["auto", "parquet", "csv"] = Field(
+        default="auto", description="File format; 'auto' reads it from the file name's suffix."
+    )
+    time_column: str | None = Field(
+        default=None, description="Column holding each row's timestamp; windows are cut on it."
+    )
+    s3_endpoint_url: str | None = Field(
+        default=None, description="Endpoint of an S3-compatible store (MinIO, Ceph...); empty for AWS."
+    )
+    aws_access_key_id: str | None = Field(
+        default=None, description="Access key id; empty to use the environment's AWS credentials."
+    )
+    aws_secret_access_key: SecretStr | None = Field(
+        default=None, description="Secret access key matching the access key id."
+    )
+    region_name: str | None = Field(default=None, description="AWS region, e.g. us-east-1.")
+
+    def scheme(self) -> str:
+        """`file` for local paths, else the URI's scheme (`s3`, ...)."""
+        head, sep, _ = self.uri.partition("://")
+        return head.lower() if sep else "file"
+
+    def s3_client(self) -> BaseClient:
+        """A boto3 S3 client for this source; the secret is unwrapped only here."""
+        import boto3
+        from botocore.config import Config
+
+        secret = self.aws_secret_access_key.get_secret_value() if self.aws_secret_access_key else None
+        return boto3.client(
+            "s3",
+            endpoint_url=self.s3_endpoint_url,
+            aws_access_key_id=self.aws_access_key_id,
+            aws_secret_access_key=secret,
+            region_name=self.region_name or "us-east-1",
+            config=Config(retries={"max_attempts": 2, "mode": "standard"}, connect_timeout=5),
+        )

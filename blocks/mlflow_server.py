@@ -1,0 +1,122 @@
+"""The MLflow tracking server and model registry that runs and models go to."""
+
+from __future__ import annotations
+
+import os
+import urllib.error
+import urllib.request
+from typing import TYPE_CHECKING
+
+from prefect.blocks.core import Block
+from pydantic import Field, SecretStr
+
+from prefect_mlops.errors import RegistryError
+from prefect_mlops.workspace import Workspace
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+_DOCS = "https://github.com/prefect-mlops/prefect-mlops#blocks"
+
+
+class MlflowServer(Block):
+    """Where training runs are tracked and models registered.
+
+    Leave `tracking_uri` empty to use the embedded store: SQLite inside the run workspace.
+
+    Example:
+        ```python
+        from prefect_mlops.blocks import MlflowServer
+        server = MlflowServer(tracking_uri="sqlite:////tmp/mlflow-example.db")
+        assert server.uri() == "sqlite:////tmp/mlflow-example.db"
+        ```
+    """
+
+    _block_type_name = "MLflow Server"
+    _block_type_slug = "prefect-mlops-mlflow-server"
+    _logo_url = "https://images.ctfassets.net/gm98wzqotmnx/4Jpbhw56J2PijpCTsDlv2D/3a3d9d5a8b4a6c69d96f5c6b7c5a87a1/mlflow.png"  # noqa: E501
+    _documentation_url = _DOCS
+    _description = "Tracking server and model registry for prefect-mlops runs and models."
+
+    tracking_uri: str | None = Field(
+        default=None,
+        description="Tracking server address, e.g. http://mlflow:5000 or sqlite:///mlflow.db. "
+        "Empty: SQLite inside the run workspace.",
+    )
+    registry_uri: str | None = Field(
+        default=None, description="Model registry address; the tracking URI when empty."
+    )
+    experiment: str = Field(default="prefect-mlops", description="Experiment that training runs go to.")
+    token: SecretStr | None = Field(
+        default=None, description="Bearer token for a tracking server that asks for one."
+    )
+    artifact_location: str | None = Field(
+        default=None,
+        description="Where a new experiment stores model files (e.g. s3://bucket/mlflow). "
+        "Empty: the server's default, or the workspace's mlartifacts folder for a local store.",
+    )
+
+    def uri(self, workspace: Workspace | None = None) -> str:
+        """The tracking URI in force: this Block's, or the workspace's embedded store."""
+        return self.tracking_uri or (workspace or Workspace()).mlflow_uri
+
+    def client(self, workspace: Workspace | None = None) -> MlflowClient:
+        """A client bound to this server; leaves MLflow's process-wide tracking URI alone."""
+        from mlflow import MlflowClient
+
+        if self.token is not None:
+            # MLflow reads the token from the environment at request time; there is no client argument.
+            os.environ["MLFLOW_TRACKING_TOKEN"] = self.token.get_secret_value()
+        uri = self.uri(workspace)
+        return MlflowClient(tracking_uri=uri, registry_uri=self.registry_uri or uri)
+
+    def check_reachable(self, workspace: Workspace | None = None, timeout: float = 5.0) -> None:
+        """Fail fast, naming the address, when an HTTP tracking server does not answer.
+
+        MLflow's own client retries for minutes before giving up; this answers in seconds.
+        """
+        uri = self.uri(workspace)
+        if not uri.startswith(("http://", "https://")):
+            return
+        try:
+            with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout) as reply:  # noqa: S310
+                reply.read()
+        except (urllib.error.URLError, OSError) as exc:
+            raise RegistryError(
+                f"MLflow server {uri} is unreachable ({exc}); start it, or fix the MLflow Server "
+                "block's tracking_uri. Nothing was registered or promoted"
+            ) from exc
+
+    def experiment_id(self, workspace: Workspace | None = None) -> str:
+        """The id of this Block's experiment, created on first use."""
+        client = self.client(workspace)
+        found = client.get_experiment_by_name(self.experiment)
+        if found is not None:
+            return found.experiment_id
+        location = self.artifact_location
+        if location is None and not self.tracking_uri:
+            location = (workspace or Workspace()).artifact_root
+        try:
+            return client.create_experiment(self.experiment, artifact_location=location)
+        except Exception:
+            # Another process created it between our read and our create.
+            found = client.get_experiment_by_name(self.experiment)
+            if found is None:
+                raise
+            return found.experiment_id
+
+    def load_model(self, source: str, workspace: Workspace | None = None, *, flavor: str = "sklearn") -> object:
+        """Load a logged model from its artifact location, without touching MLflow's global URIs.
+
+        `flavor="sklearn"` gives the fitted pipeline (with `predict_proba`); `"pyfunc"` the
+        generic model that serving uses.
+        """
+        import mlflow.artifacts
+        import mlflow.pyfunc
+        import mlflow.sklearn
+
+        local = source.removeprefix("file://") if source.startswith(("file://", "/")) else None
+        if local is None:
+            local = mlflow.artifacts.download_artifacts(artifact_uri=source, tracking_uri=self.uri(workspace))
+        loader = mlflow.sklearn.load_model if flavor == "sklearn" else mlflow.pyfunc.load_model
+        return loader(local)

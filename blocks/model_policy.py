@@ -1,0 +1,89 @@
+"""The rules a challenger must pass before it replaces the champion."""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+from prefect.blocks.core import Block
+from pydantic import Field, field_validator
+
+from prefect_mlops.errors import ConfigError
+
+CLASSIFICATION_METRICS = ("accuracy", "f1", "roc_auc", "log_loss")
+REGRESSION_METRICS = ("rmse", "mae", "r2")
+LOWER_IS_BETTER = frozenset({"log_loss", "rmse", "mae"})
+
+
+class ModelPolicy(Block):
+    """The quality gate's rules: metric floors, the margin against the champion, slice floors.
+
+    For error metrics (`rmse`, `mae`, `log_loss`) a floor is a ceiling: lower is better.
+
+    Example:
+        ```python
+        from prefect_mlops.blocks import ModelPolicy
+        policy = ModelPolicy(floors={"roc_auc": 0.7}, max_drop=0.01)
+        policy.check_metrics("classification")
+        ```
+    """
+
+    _block_type_name = "Model Policy"
+    _block_type_slug = "prefect-mlops-model-policy"
+    _logo_url = "https://images.ctfassets.net/gm98wzqotmnx/4Jpbhw56J2PijpCTsDlv2D/3a3d9d5a8b4a6c69d96f5c6b7c5a87a1/mlflow.png"  # noqa: E501
+    _documentation_url = "https://github.com/prefect-mlops/prefect-mlops#the-quality-gate"
+    _description = "Metric floors, the allowed drop against the champion, and per-slice floors."
+
+    primary_metric: str | None = Field(
+        default=None,
+        description="Metric compared with the champion; empty: roc_auc for classification, rmse for regression.",
+    )
+    floors: dict[str, float] = Field(
+        default_factory=dict,
+        description="Absolute floor per metric on the hold-out (a ceiling for rmse, mae, log_loss).",
+    )
+    max_drop: float = Field(
+        default=0.01, ge=0, description="How much worse than the champion the challenger may be (δ)."
+    )
+    min_gain: float | None = Field(
+        default=None, ge=0, description="If set, how much better than the champion the challenger must be (ε)."
+    )
+    slice_floors: dict[str, float] = Field(
+        default_factory=dict, description="Floor per metric that every slice of the slice column must reach."
+    )
+    min_slice_rows: int = Field(
+        default=30, ge=1, description="Slices with fewer hold-out rows are reported but not judged."
+    )
+    first_run: Literal["promote", "reject"] = Field(
+        default="promote",
+        description="With no champion yet: 'promote' if the floors pass, or 'reject' to wait for a human.",
+    )
+
+    @field_validator("floors", "slice_floors")
+    @classmethod
+    def _finite(cls, value: dict[str, float]) -> dict[str, float]:
+        for metric, floor in value.items():
+            if not math.isfinite(floor):
+                raise ValueError(f"floor for {metric!r} must be a finite number, got {floor}")
+        return value
+
+    def metric_names(self, task: str) -> tuple[str, ...]:
+        """The metrics evaluate computes for a `classification` or `regression` task."""
+        return CLASSIFICATION_METRICS if task == "classification" else REGRESSION_METRICS
+
+    def primary(self, task: str) -> str:
+        """The metric compared with the champion."""
+        return self.primary_metric or ("roc_auc" if task == "classification" else "rmse")
+
+    def check_metrics(self, task: str) -> None:
+        """Raise a `ConfigError` naming any metric this policy uses that `task` does not compute."""
+        known = self.metric_names(task)
+        named = {"primary_metric": [self.primary(task)], "floors": list(self.floors),
+                 "slice_floors": list(self.slice_floors)}
+        for field, metrics in named.items():
+            for metric in metrics:
+                if metric not in known:
+                    raise ConfigError(
+                        f"model policy field {field!r} names metric {metric!r}, which a {task} model "
+                        f"does not report; use one of {', '.join(known)}"
+                    )

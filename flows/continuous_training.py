@@ -1,0 +1,118 @@
+"""Continuous training: ingest -> validate -> feature-build -> train -> evaluate -> gate -> register -> deploy."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from prefect import flow, get_run_logger
+from prefect.states import Completed
+from prefect.transactions import transaction
+from pydantic import BaseModel
+
+from prefect_mlops import __version__
+from prefect_mlops.blocks import DataSource, MlflowServer, ModelPolicy
+from prefect_mlops.refs import Window
+from prefect_mlops.tasks.deploy import deploy
+from prefect_mlops.tasks.evaluate import evaluate
+from prefect_mlops.tasks.features import FeatureSpec, feature_build
+from prefect_mlops.tasks.gate import quality_gate
+from prefect_mlops.tasks.ingest import ingest
+from prefect_mlops.tasks.lineage import Lineage, TrainerSpec, find_champion, recipe_digest
+from prefect_mlops.tasks.register import register
+from prefect_mlops.tasks.train import git_commit, package_versions, train
+from prefect_mlops.tasks.validate import validate
+
+
+class CycleReport(BaseModel):
+    """What one continuous-training run did, in a person's words."""
+
+    model_name: str
+    outcome: Literal["promoted", "rejected", "skipped"]
+    message: str
+    window: str | None = None
+    data_fingerprint: str
+    champion_version: str | None = None
+    challenger_version: str | None = None
+    primary_metric: str | None = None
+    challenger_metric: float | None = None
+    champion_metric: float | None = None
+    gate_reason: str | None = None
+
+
+@flow(name="continuous-training", log_prints=True, validate_parameters=True)
+def continuous_training(
+    model_name: str,
+    source: DataSource,
+    features: FeatureSpec,
+    trainer: TrainerSpec = TrainerSpec(),  # noqa: B008 - frozen pydantic model, safe as a default
+    policy: ModelPolicy | None = None,
+    window: str | None = None,
+    suite_path: str | None = None,
+    warn_only: bool = False,
+    force: bool = False,
+    mlflow_server: MlflowServer | None = None,
+    workspace: str | None = None,
+) -> CycleReport:
+    """Train a challenger on fresh data and promote it only if it passes the quality gate.
+
+    Args:
+        model_name: Registered model name in MLflow.
+        source: Where the training data comes from.
+        features: Feature, target, slice and split columns.
+        trainer: Estimator (or torch network), its parameters, seed and compute route.
+        policy: Quality-gate rules; the defaults when empty.
+        window: ISO-8601 interval 'start/end' on the source's time column, or 'latest' for all rows.
+        suite_path: GX suite JSON; when empty one is learned from the data and saved for review.
+        warn_only: Log failed expectations instead of stopping the run.
+        force: Train even when the data and parameters match the champion's.
+        mlflow_server: Tracking server and registry; the workspace's SQLite store when empty.
+        workspace: Folder for snapshots, suites and reports; PREFECT_MLOPS_WORKSPACE or ~/.prefect-mlops.
+    """
+    logger = get_run_logger()
+    policy = policy or ModelPolicy()
+    policy.check_metrics(features.task)  # a bad policy fails before any work starts
+    window = str(Window.parse(window)) if Window.parse(window) else None
+    server = mlflow_server or MlflowServer()
+    digest = recipe_digest(features, trainer)
+
+    dataset = ingest(source, name=model_name, window=window, workspace=workspace)
+    champion = find_champion(model_name, mlflow_server=server, workspace=workspace)
+    made_by = champion.lineage if champion else None
+    if made_by and not force and made_by.dataset.fingerprint == dataset.fingerprint \
+            and made_by.params_digest == digest:
+        message = (f"nothing new to train on: champion v{champion.model.version} was trained on the same data "
+                   f"({dataset.short()}) with the same parameters; pass force=True to retrain anyway")
+        logger.info(message)
+        return Completed(name="Skipped", message=message, data=CycleReport(
+            model_name=model_name, outcome="skipped", message=message, window=window,
+            data_fingerprint=dataset.fingerprint, champion_version=champion.model.version))
+
+    validation = validate(dataset, suite_path=suite_path, warn_only=warn_only, workspace=workspace)
+    feature_set = feature_build(dataset, features, workspace=workspace)
+    lineage = Lineage(model_name=model_name, dataset=dataset, features=features, trainer=trainer,
+                      params_digest=digest, suite_path=validation.suite_path, code_version=__version__,
+                      git_commit=git_commit(), packages=package_versions())
+    trained = train(feature_set, trainer, lineage, mlflow_server=server, workspace=workspace)
+    evaluation = evaluate(trained, feature_set, champion=champion, policy=policy, mlflow_server=server,
+                          workspace=workspace)
+    verdict = quality_gate(evaluation, policy)
+
+    metric = evaluation.primary_metric
+    report = CycleReport(
+        model_name=model_name, outcome="rejected", message="", window=window, data_fingerprint=dataset.fingerprint,
+        champion_version=champion.model.version if champion else None, primary_metric=metric,
+        challenger_metric=evaluation.challenger.overall[metric],
+        champion_metric=evaluation.champion.overall[metric] if evaluation.champion else None,
+        gate_reason=verdict.main_reason)
+    if not verdict.passed:
+        message = f"gate rejected the challenger of {model_name!r}: " + "; ".join(verdict.reasons)
+        return Completed(name="Rejected", message=message, data=report.model_copy(update={"message": message}))
+
+    with transaction():  # a failed deploy rolls the registration back: nothing half-promoted
+        model = register(trained, verdict, evaluation, mlflow_server=server, workspace=workspace)
+        promotion = deploy(model, evaluation, verdict, mlflow_server=server, workspace=workspace)
+    message = f"{model_name} v{promotion.champion_version} promoted to champion: {verdict.main_reason}"
+    logger.info(message)
+    return report.model_copy(update={"outcome": "promoted", "message": message,
+                                     "champion_version": promotion.champion_version,
+                                     "challenger_version": model.version})

@@ -1,0 +1,23 @@
+"""Rollback: put the previous champion back, recorded in the registry and as an artifact."""
+
+from __future__ import annotations
+
+from prefect import flow
+
+from prefect_mlops.blocks import MlflowServer
+from prefect_mlops.tasks.deploy import Promotion, rollback_champion
+
+
+@flow(name="rollback", log_prints=True, validate_parameters=True)
+def rollback(
+    model_name: str, reason: str = "", mlflow_server: MlflowServer | None = None, workspace: str | None = None
+) -> Promotion:
+    """Make @previous-champion the champion again; run it twice to roll forward.
+
+    Args:
+        model_name: Registered model to roll back.
+        reason: Why, recorded with the rollback.
+        mlflow_server: Tracking server and registry; the workspace's SQLite store when empty.
+        workspace: Folder of the embedded MLflow store.
+    """
+    return rollback_champion(model_name, reason=reason, mlflow_server=mlflow_server, workspace=workspace)

@@ -1,0 +1,45 @@
+"""Errors raised by prefect-mlops.
+
+Every message names the dataset, column, field or URI at fault, what was expected,
+and what to do next. A failed quality gate is a verdict, not an error.
+"""
+
+
+class MlopsError(Exception):
+    """Base class for every error raised by prefect-mlops."""
+
+
+class ConfigError(MlopsError, ValueError):
+    """A parameter, policy or Block holds a value that cannot work."""
+
+
+class DataSourceError(MlopsError):
+    """The data could not be read from its source."""
+
+
+class DataValidationError(MlopsError):
+    """The data failed its expectation suite."""
+
+
+class FeatureError(MlopsError):
+    """The data does not fit the declared feature spec."""
+
+
+class TrainingError(MlopsError):
+    """The trainer could not be built or failed while fitting."""
+
+
+class RegistryError(MlopsError):
+    """The MLflow tracking server or model registry refused or could not be reached."""
+
+
+class GateNotPassedError(MlopsError):
+    """A stage that needs a passed gate verdict was given one that did not pass."""
+
+
+class DeployError(MlopsError):
+    """Promotion failed; the registry's aliases were restored."""
+
+
+class DriftCheckError(MlopsError):
+    """The drift check could not compare the current window with the reference."""

@@ -1,0 +1,116 @@
+"""The run workspace: one folder holding data snapshots, suites, reports and the local MLflow store.
+
+Snapshots are content-addressed (`datasets/<name>/<fingerprint>.parquet`), so writing
+the same data twice writes one file, and a reference stays valid for as long as the
+workspace is kept.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from prefect_mlops.errors import DataSourceError
+from prefect_mlops.refs import DatasetRef
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+WORKSPACE_ENV = "PREFECT_MLOPS_WORKSPACE"
+
+
+class Workspace:
+    """A local folder for snapshots, learned suites, drift reports and the default MLflow store.
+
+    Example:
+        ```python
+        import tempfile
+        from prefect_mlops.workspace import Workspace
+        ws = Workspace(tempfile.mkdtemp())
+        assert ws.mlflow_uri.startswith("sqlite:///")
+        ```
+    """
+
+    def __init__(self, root: str | os.PathLike[str] | None = None) -> None:
+        root = root or os.environ.get(WORKSPACE_ENV) or Path.home() / ".prefect-mlops"
+        self.root = Path(root).expanduser().resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def __repr__(self) -> str:
+        return f"Workspace({str(self.root)!r})"
+
+    def folder(self, *parts: str) -> Path:
+        """A sub-folder of the workspace, created on first use."""
+        path = self.root.joinpath(*parts)
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    @property
+    def mlflow_uri(self) -> str:
+        """The embedded MLflow store: SQLite inside the workspace."""
+        return f"sqlite:///{self.root / 'mlflow.db'}"
+
+    @property
+    def artifact_root(self) -> str:
+        """Where the embedded MLflow store keeps model files."""
+        return self.folder("mlartifacts").as_uri()
+
+    def write_snapshot(
+        self, frame: pd.DataFrame, *, name: str, source_uri: str | None = None, window: str | None = None
+    ) -> DatasetRef:
+        """Save `frame` as a content-addressed Parquet snapshot and return its reference."""
+        digest = fingerprint(frame)
+        path = self.folder("datasets", _safe(name)) / f"{digest[:32]}.parquet"
+        if not path.exists():
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            frame.to_parquet(tmp, index=False)
+            os.replace(tmp, path)  # atomic: a reader never sees half a file
+        return DatasetRef(
+            name=name,
+            uri=str(path),
+            fingerprint=digest,
+            rows=len(frame),
+            columns={str(c): str(t) for c, t in frame.dtypes.items()},
+            source_uri=source_uri,
+            window=window,
+        )
+
+
+def fingerprint(frame: pd.DataFrame) -> str:
+    """SHA-256 of a frame's values, column names and dtypes (independent of file encoding).
+
+    Example:
+        ```python
+        import pandas as pd
+        from prefect_mlops.workspace import fingerprint
+        a = pd.DataFrame({"x": [1, 2]})
+        assert fingerprint(a) == fingerprint(a.copy())
+        assert fingerprint(a) != fingerprint(a.assign(x=[2, 1]))
+        ```
+    """
+    import pandas as pd
+
+    digest = hashlib.sha256()
+    for name, dtype in frame.dtypes.items():
+        digest.update(f"{name}\x1f{dtype}\x1e".encode())
+    digest.update(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
+    return digest.hexdigest()
+
+
+def read_frame(ref: DatasetRef, columns: list[str] | None = None) -> pd.DataFrame:
+    """Load a snapshot back into pandas, saying which dataset is missing when it is."""
+    import pandas as pd
+
+    try:
+        return pd.read_parquet(ref.uri, columns=columns)
+    except FileNotFoundError as exc:
+        raise DataSourceError(
+            f"dataset {ref.name!r}: snapshot {ref.uri} is gone; the workspace was cleaned or moved. "
+            "Run ingest again to re-create it"
+        ) from exc
+
+
+def _safe(name: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name) or "dataset"

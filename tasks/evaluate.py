@@ -1,0 +1,238 @@
+"""Evaluate: score the challenger and the current champion on the same hold-out.
+
+Classification reports accuracy, F1, ROC AUC and log loss; regression RMSE, MAE and R²;
+each overall and per slice, with a bootstrap confidence interval for challenger minus
+champion on the primary metric.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from pydantic import BaseModel, ConfigDict, Field
+
+from prefect_mlops.blocks.mlflow_server import MlflowServer
+from prefect_mlops.blocks.model_policy import LOWER_IS_BETTER, ModelPolicy
+from prefect_mlops.refs import artifact_key
+from prefect_mlops.tasks.features import FeatureSet, load_split
+from prefect_mlops.tasks.lineage import Champion
+from prefect_mlops.tasks.train import TrainedModel
+from prefect_mlops.workspace import Workspace
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+BOOTSTRAP_MAX_ROWS = 5000  # the interval's width barely changes past this; the cost grows linearly
+
+
+class Scores(BaseModel):
+    """One model's metrics on the hold-out, overall and per slice."""
+
+    model_config = ConfigDict(frozen=True, ser_json_inf_nan="constants")
+
+    role: str = Field(description="'challenger' or 'champion'.")
+    version: str | None = Field(default=None, description="Registry version (champion only).")
+    run_id: str
+    overall: dict[str, float]
+    slices: dict[str, dict[str, float]] = Field(default_factory=dict)
+    slice_rows: dict[str, int] = Field(default_factory=dict)
+
+
+class Evaluation(BaseModel):
+    """Challenger against champion on one hold-out."""
+
+    model_config = ConfigDict(frozen=True, ser_json_inf_nan="constants")
+
+    model_name: str
+    task: str
+    primary_metric: str
+    holdout_rows: int
+    challenger: Scores
+    champion: Scores | None = None
+    difference: float | None = Field(default=None, description="Challenger minus champion, primary metric.")
+    interval: tuple[float, float] | None = Field(default=None, description="95% bootstrap interval of it.")
+    smoke_sample_uri: str = Field(description="Parquet of hold-out rows with the challenger's predictions.")
+
+
+def classification_metrics(y: np.ndarray, labels: np.ndarray, proba: np.ndarray | None,
+                           classes: np.ndarray) -> dict[str, float]:
+    """Accuracy, F1, ROC AUC and log loss; a metric that cannot be computed is NaN."""
+    from sklearn import metrics
+
+    binary = len(classes) == 2
+    result = {"accuracy": float(metrics.accuracy_score(y, labels)),
+              "f1": float(metrics.f1_score(y, labels, average="binary" if binary else "macro",
+                                           pos_label=classes[-1] if binary else 1, zero_division=0))}
+    result["roc_auc"] = result["log_loss"] = math.nan
+    if proba is not None and len(np.unique(y)) > 1:
+        try:
+            result["roc_auc"] = float(metrics.roc_auc_score(y, proba[:, 1]) if binary else
+                                      metrics.roc_auc_score(y, proba, multi_class="ovr", labels=classes))
+        except ValueError:
+            pass
+    if proba is not None:
+        try:
+            result["log_loss"] = float(metrics.log_loss(y, proba, labels=classes))
+        except ValueError:
+            pass
+    return result
+
+
+def regression_metrics(y: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
+    """RMSE, MAE and R²."""
+    from sklearn import metrics
+
+    return {"rmse": float(np.sqrt(metrics.mean_squared_error(y, predicted))),
+            "mae": float(metrics.mean_absolute_error(y, predicted)),
+            "r2": float(metrics.r2_score(y, predicted)) if len(y) > 1 else math.nan}
+
+
+class _Outputs:
+    """One model's predictions on the hold-out, enough to compute any metric on any subset."""
+
+    def __init__(self, model: Any, x: pd.DataFrame, task: str) -> None:
+        self.labels = np.asarray(model.predict(x))
+        self.proba = None
+        self.classes = None
+        if task == "classification" and hasattr(model, "predict_proba"):
+            self.proba = np.asarray(model.predict_proba(x))
+            self.classes = np.asarray(model.classes_)
+
+    def metrics(self, y: np.ndarray, task: str, rows: np.ndarray | slice = slice(None)) -> dict[str, float]:
+        if task == "regression":
+            return regression_metrics(y[rows], self.labels[rows])
+        classes = self.classes if self.classes is not None else np.unique(y)
+        return classification_metrics(y[rows], self.labels[rows],
+                                      None if self.proba is None else self.proba[rows], classes)
+
+
+def score(outputs: _Outputs, holdout: pd.DataFrame, features: FeatureSet, *, role: str, run_id: str,
+          version: str | None = None) -> Scores:
+    """Overall and per-slice metrics of one model's outputs."""
+    spec = features.spec
+    y = holdout[spec.target].to_numpy()
+    slices, counts = {}, {}
+    if spec.slice_column:
+        groups = holdout.groupby(spec.slice_column, observed=True, sort=True).indices
+        for value, rows in groups.items():
+            slices[str(value)] = outputs.metrics(y, spec.task, rows)
+            counts[str(value)] = len(rows)
+    return Scores(role=role, version=version, run_id=run_id, overall=outputs.metrics(y, spec.task),
+                  slices=slices, slice_rows=counts)
+
+
+def bootstrap_interval(y: np.ndarray, challenger: _Outputs, champion: _Outputs, *, task: str, metric: str,
+                       samples: int = 200, seed: int = 0) -> tuple[float, float]:
+    """95% percentile interval of challenger minus champion on `metric`, by resampling rows."""
+    rng = np.random.default_rng(seed)
+    rows = len(y)
+    base = rng.choice(rows, size=min(rows, BOOTSTRAP_MAX_ROWS), replace=False) if rows > BOOTSTRAP_MAX_ROWS \
+        else np.arange(rows)
+    diffs = []
+    for _ in range(samples):
+        pick = base[rng.integers(0, len(base), len(base))]
+        diff = challenger.metrics(y, task, pick)[metric] - champion.metrics(y, task, pick)[metric]
+        if math.isfinite(diff):
+            diffs.append(diff)
+    if not diffs:
+        return (math.nan, math.nan)
+    low, high = np.percentile(diffs, [2.5, 97.5])
+    return (float(low), float(high))
+
+
+def evaluate_models(
+    trained: TrainedModel,
+    features: FeatureSet,
+    *,
+    champion: Champion | None = None,
+    policy: ModelPolicy | None = None,
+    mlflow_server: MlflowServer | None = None,
+    workspace: Workspace | None = None,
+    bootstrap_samples: int = 200,
+) -> Evaluation:
+    """Score challenger and champion on the feature set's hold-out; the plain function behind `evaluate`."""
+    server = mlflow_server or MlflowServer()
+    workspace = workspace or Workspace()
+    policy = policy or ModelPolicy()
+    spec = features.spec
+    metric = policy.primary(spec.task)
+    _, holdout = load_split(features)
+    x, y = holdout[spec.feature_columns], holdout[spec.target].to_numpy()
+
+    challenger_model = server.load_model(trained.model_source, workspace)
+    challenger_out = _Outputs(challenger_model, x, spec.task)
+    challenger = score(challenger_out, holdout, features, role="challenger", run_id=trained.run_id)
+    champion_scores = difference = interval = None
+    if champion is not None:
+        champion_model = server.load_model(champion.model.source, workspace)
+        champion_out = _Outputs(champion_model, x, spec.task)
+        champion_scores = score(champion_out, holdout, features, role="champion", run_id=champion.model.run_id,
+                                version=champion.model.version)
+        difference = challenger.overall[metric] - champion_scores.overall[metric]
+        if bootstrap_samples:
+            interval = bootstrap_interval(y, challenger_out, champion_out, task=spec.task, metric=metric,
+                                          samples=bootstrap_samples, seed=spec.seed)
+
+    sample = x.head(20).copy()
+    sample["__prediction__"] = challenger_out.labels[:20]
+    path = workspace.folder("samples") / f"{trained.run_id}.parquet"
+    sample.to_parquet(path, index=False)
+    return Evaluation(model_name=trained.lineage.model_name, task=spec.task, primary_metric=metric,
+                      holdout_rows=len(holdout), challenger=challenger, champion=champion_scores,
+                      difference=difference, interval=interval, smoke_sample_uri=str(path))
+
+
+def render_evaluation(evaluation: Evaluation) -> str:
+    """Markdown: metrics of challenger and champion side by side, then per slice."""
+    champion = evaluation.champion
+    head = f"champion v{champion.version}" if champion else "champion (none yet)"
+    lines = [f"# {evaluation.model_name}: challenger vs {head}", "",
+             f"Hold-out: {evaluation.holdout_rows} rows. Primary metric: **{evaluation.primary_metric}**"
+             f"{' (lower is better)' if evaluation.primary_metric in LOWER_IS_BETTER else ''}.", "",
+             f"| metric | challenger | {head} | difference |", "|---|---|---|---|"]
+    for name, value in evaluation.challenger.overall.items():
+        other = champion.overall.get(name) if champion else None
+        diff = f"{value - other:+.4f}" if other is not None else ""
+        lines.append(f"| {name} | {value:.4f} | {'' if other is None else f'{other:.4f}'} | {diff} |")
+    if evaluation.interval:
+        low, high = evaluation.interval
+        lines += ["", f"95% bootstrap interval of challenger - champion ({evaluation.primary_metric}): "
+                      f"[{low:+.4f}, {high:+.4f}]"]
+    if evaluation.challenger.slices:
+        lines += ["", f"| slice | rows | challenger {evaluation.primary_metric} | champion |", "|---|---|---|---|"]
+        for value, metrics in evaluation.challenger.slices.items():
+            other = champion.slices.get(value, {}).get(evaluation.primary_metric) if champion else None
+            lines.append(f"| {value} | {evaluation.challenger.slice_rows[value]} | "
+                         f"{metrics[evaluation.primary_metric]:.4f} | {'' if other is None else f'{other:.4f}'} |")
+    return "\n".join(lines)
+
+
+@task(name="evaluate", task_run_name="evaluate-{trained.run_id}")
+def evaluate(
+    trained: TrainedModel,
+    features: FeatureSet,
+    champion: Champion | None = None,
+    policy: ModelPolicy | None = None,
+    mlflow_server: MlflowServer | None = None,
+    workspace: str | None = None,
+) -> Evaluation:
+    """Score challenger and champion (see `evaluate_models`); log metrics and publish the comparison."""
+    server = mlflow_server or MlflowServer()
+    ws = Workspace(workspace)
+    evaluation = evaluate_models(trained, features, champion=champion, policy=policy, mlflow_server=server,
+                                 workspace=ws)
+    client = server.client(ws)
+    for name, value in evaluation.challenger.overall.items():
+        if math.isfinite(value):
+            client.log_metric(trained.run_id, f"holdout_{name}", value)
+    create_markdown_artifact(render_evaluation(evaluation), key=artifact_key("metrics", evaluation.model_name),
+                             description="Challenger against champion on the hold-out")
+    get_run_logger().info("challenger %s=%.4f, champion %s", evaluation.primary_metric,
+                          evaluation.challenger.overall[evaluation.primary_metric],
+                          f"{evaluation.champion.overall[evaluation.primary_metric]:.4f}"
+                          if evaluation.champion else "none")
+    return evaluation

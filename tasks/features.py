@@ -1,0 +1,224 @@
+"""Feature-build: check the data against the feature spec, split train and hold-out, define the transform.
+
+The transform (impute, scale, one-hot) is a scikit-learn `ColumnTransformer` that the
+trainer fits inside the model's pipeline, so serving and batch scoring apply exactly
+the transform used in training.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+from prefect import get_run_logger, task
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from prefect_mlops.errors import FeatureError
+from prefect_mlops.refs import DatasetRef
+from prefect_mlops.workspace import Workspace, read_frame
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from sklearn.compose import ColumnTransformer
+
+
+class FeatureSpec(BaseModel):
+    """Which columns are features, which is the target, and how to split.
+
+    Example:
+        ```python
+        from prefect_mlops.tasks.features import FeatureSpec
+        spec = FeatureSpec(target="churned", numeric=["tenure"], categorical=["plan"])
+        assert spec.feature_columns == ["tenure", "plan"]
+        ```
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    target: str = Field(description="Column the model predicts.")
+    numeric: list[str] = Field(default_factory=list, description="Numeric feature columns (imputed, scaled).")
+    categorical: list[str] = Field(
+        default_factory=list, description="Categorical feature columns (one-hot; unseen values ignored)."
+    )
+    task: Literal["classification", "regression"] = Field(
+        default="classification", description="What kind of target this is."
+    )
+    time_column: str | None = Field(
+        default=None, description="If set, the hold-out is the latest rows by this column."
+    )
+    slice_column: str | None = Field(
+        default=None, description="Column whose values are the slices reported and gated separately."
+    )
+    holdout_fraction: float = Field(default=0.2, gt=0, lt=1, description="Share of rows held out.")
+    seed: int = Field(default=0, description="Seed of the split.")
+
+    @model_validator(mode="after")
+    def _some_features(self) -> FeatureSpec:
+        if not self.numeric and not self.categorical:
+            raise ValueError("feature spec: list at least one numeric or categorical column")
+        overlap = set(self.numeric) & set(self.categorical)
+        if overlap:
+            raise ValueError(f"feature spec: columns {sorted(overlap)} are both numeric and categorical")
+        if self.target in self.numeric or self.target in self.categorical:
+            raise ValueError(f"feature spec: target {self.target!r} is also listed as a feature")
+        return self
+
+    @property
+    def feature_columns(self) -> list[str]:
+        """Numeric then categorical feature columns: the model's input."""
+        return [*self.numeric, *self.categorical]
+
+
+class FeatureSet(BaseModel):
+    """A dataset checked against a spec, and which rows are held out."""
+
+    model_config = ConfigDict(frozen=True)
+
+    dataset: DatasetRef
+    spec: FeatureSpec
+    holdout_index_uri: str = Field(description="A .npy file of the hold-out's row positions.")
+    train_rows: int
+    holdout_rows: int
+
+
+def check_features(frame: pd.DataFrame, spec: FeatureSpec, *, dataset: str) -> None:
+    """Raise a `FeatureError` naming the first column that does not fit the spec."""
+    import pandas as pd
+
+    for role, columns in (("target", [spec.target]), ("numeric feature", spec.numeric),
+                          ("categorical feature", spec.categorical)):
+        for column in columns:
+            if column not in frame.columns:
+                raise FeatureError(
+                    f"dataset {dataset!r}: {role} column {column!r} is missing; columns are "
+                    f"{sorted(map(str, frame.columns))}. Fix the feature spec or the data"
+                )
+    for column in spec.numeric:
+        series = frame[column]
+        if not pd.api.types.is_numeric_dtype(series) or pd.api.types.is_bool_dtype(series):
+            raise FeatureError(
+                f"dataset {dataset!r}: numeric feature column {column!r} holds {series.dtype}, expected "
+                "numbers; clean the column or list it as categorical"
+            )
+    for column in [*spec.feature_columns, spec.target]:
+        if frame[column].isna().all():
+            raise FeatureError(
+                f"dataset {dataset!r}: column {column!r} is entirely empty (all NaN); fix the source "
+                "or drop it from the feature spec"
+            )
+    target = frame[spec.target]
+    if target.isna().any():
+        raise FeatureError(
+            f"dataset {dataset!r}: target {spec.target!r} has {int(target.isna().sum())} empty values; "
+            "drop or label those rows"
+        )
+    if spec.task == "classification" and target.nunique() < 2:
+        raise FeatureError(
+            f"dataset {dataset!r}: target {spec.target!r} has a single class ({target.iloc[0]!r}); "
+            "a classifier needs at least two. Widen the window or check the labels"
+        )
+    if spec.task == "regression" and not pd.api.types.is_numeric_dtype(target):
+        raise FeatureError(
+            f"dataset {dataset!r}: regression target {spec.target!r} holds {target.dtype}, expected numbers"
+        )
+
+
+def holdout_positions(frame: pd.DataFrame, spec: FeatureSpec) -> np.ndarray:
+    """Row positions of the hold-out: the latest rows by time, else a stratified (or random) sample."""
+    rows = len(frame)
+    size = max(1, round(rows * spec.holdout_fraction))
+    if spec.time_column:
+        order = np.argsort(frame[spec.time_column].to_numpy(), kind="stable")
+        return np.sort(order[rows - size:])
+    from sklearn.model_selection import train_test_split
+
+    stratify = frame[spec.target] if spec.task == "classification" else None
+    if stratify is not None and stratify.value_counts().min() < 2:
+        stratify = None  # a class with one row cannot be stratified; fall back to a random split
+    _, holdout = train_test_split(np.arange(rows), test_size=size, random_state=spec.seed, stratify=stratify)
+    return np.sort(holdout)
+
+
+def build_feature_set(dataset: DatasetRef, spec: FeatureSpec, *, workspace: Workspace | None = None) -> FeatureSet:
+    """Check `dataset` against `spec` and choose the hold-out rows.
+
+    Example:
+        ```python
+        import tempfile, pandas as pd
+        from prefect_mlops.tasks.features import FeatureSpec, build_feature_set
+        from prefect_mlops.workspace import Workspace
+        ws = Workspace(tempfile.mkdtemp())
+        ref = ws.write_snapshot(pd.DataFrame({"x": range(10), "y": [0, 1] * 5}), name="toy")
+        fs = build_feature_set(ref, FeatureSpec(target="y", numeric=["x"]), workspace=ws)
+        assert (fs.train_rows, fs.holdout_rows) == (8, 2)
+        ```
+    """
+    workspace = workspace or Workspace()
+    columns = list(dict.fromkeys([*spec.feature_columns, spec.target, *(c for c in (spec.time_column,
+                                  spec.slice_column) if c)]))
+    missing = [c for c in columns if c not in dataset.columns]
+    if missing:
+        raise FeatureError(
+            f"dataset {dataset.name!r}: column {missing[0]!r} named by the feature spec is missing; "
+            f"columns are {sorted(dataset.columns)}. Fix the feature spec or the data"
+        )
+    frame = read_frame(dataset, columns=columns)
+    check_features(frame, spec, dataset=dataset.name)
+    holdout = holdout_positions(frame, spec)
+    if len(holdout) >= len(frame):
+        raise FeatureError(f"dataset {dataset.name!r}: {len(frame)} rows are too few to hold any out")
+    path = workspace.folder("splits") / f"{dataset.fingerprint[:24]}-{_spec_digest(spec)}.npy"
+    if not path.exists():
+        np.save(path, holdout)
+    return FeatureSet(dataset=dataset, spec=spec, holdout_index_uri=str(path),
+                      train_rows=len(frame) - len(holdout), holdout_rows=len(holdout))
+
+
+def load_split(features: FeatureSet) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The train and hold-out frames of a feature set."""
+    frame = read_frame(features.dataset)
+    holdout = np.load(features.holdout_index_uri)
+    mask = np.zeros(len(frame), dtype=bool)
+    mask[holdout] = True
+    return frame.loc[~mask].reset_index(drop=True), frame.loc[mask].reset_index(drop=True)
+
+
+def make_transform(spec: FeatureSpec) -> ColumnTransformer:
+    """The unfitted feature transform: median-impute and scale numbers, one-hot categories."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.impute import SimpleImputer
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+    parts = []
+    if spec.numeric:
+        parts.append(("numeric", make_pipeline(SimpleImputer(strategy="median"), StandardScaler()), spec.numeric))
+    if spec.categorical:
+        parts.append((
+            "categorical",
+            make_pipeline(
+                SimpleImputer(strategy="constant", fill_value="__missing__"),
+                # Dense output: HistGradientBoosting and torch reject sparse input.
+                OneHotEncoder(handle_unknown="ignore", sparse_output=False, max_categories=100),
+            ),
+            spec.categorical,
+        ))
+    return ColumnTransformer(parts, remainder="drop", verbose_feature_names_out=False)
+
+
+def _spec_digest(spec: FeatureSpec) -> str:
+    import hashlib
+
+    return hashlib.sha256(spec.model_dump_json().encode()).hexdigest()[:12]
+
+
+@task(name="feature-build", task_run_name="features-{dataset.name}")
+def feature_build(dataset: DatasetRef, spec: FeatureSpec, workspace: str | None = None) -> FeatureSet:
+    """Check a dataset against its feature spec and split it (see `build_feature_set`)."""
+    features = build_feature_set(dataset, spec, workspace=Workspace(workspace))
+    get_run_logger().info(
+        "%s: %s features, %s train rows, %s hold-out rows (%s split)", dataset.short(),
+        len(spec.feature_columns), features.train_rows, features.holdout_rows,
+        "time-ordered" if spec.time_column else "stratified" if spec.task == "classification" else "random",
+    )
+    return features

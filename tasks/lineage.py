@@ -1,0 +1,167 @@
+"""Lineage: what data, code and parameters made a model, and how to find the champion's.
+
+Every trained model carries a `Lineage` record (an MLflow run artifact, with its key facts
+as tags on the run and the registered version). The continuous-training flow compares it
+with new data to skip needless retraining; the drift monitor reads the champion's to find
+its reference data and to retrain with the same recipe.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+from prefect import get_run_logger, task
+from pydantic import BaseModel, ConfigDict, Field
+
+from prefect_mlops.blocks.mlflow_server import MlflowServer
+from prefect_mlops.errors import RegistryError
+from prefect_mlops.refs import DatasetRef, ModelRef
+from prefect_mlops.tasks.features import FeatureSpec
+from prefect_mlops.workspace import Workspace
+
+TAG = "prefect_mlops"
+
+
+class TrainerSpec(BaseModel):
+    """Which estimator to fit, with which parameters and seed.
+
+    Example:
+        ```python
+        from prefect_mlops.tasks.train import TrainerSpec, build_estimator
+        spec = TrainerSpec(estimator="sklearn.linear_model.LogisticRegression", params={"C": 0.5})
+        assert build_estimator(spec).C == 0.5
+        ```
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    kind: Literal["sklearn", "torch"] = Field(
+        default="sklearn", description="'sklearn': any scikit-learn estimator; 'torch': a tabular network."
+    )
+    estimator: str = Field(
+        default="sklearn.ensemble.HistGradientBoostingClassifier",
+        description="Import path of the estimator class (kind 'sklearn').",
+    )
+    params: dict[str, Any] = Field(default_factory=dict, description="Estimator or network parameters.")
+    seed: int = Field(default=0, description="Seed for the estimator's randomness.")
+    label: str | None = Field(
+        default=None,
+        description="Compute route label (e.g. 'gpu') to train on; empty trains in the flow's own process.",
+    )
+
+
+class Lineage(BaseModel):
+    """The data, code and parameters that made a model version."""
+
+    model_config = ConfigDict(frozen=True)
+
+    model_name: str
+    dataset: DatasetRef
+    features: FeatureSpec
+    trainer: TrainerSpec
+    params_digest: str = Field(description="Hash of the feature spec and trainer: the training parameters.")
+    suite_path: str | None = None
+    code_version: str | None = None
+    git_commit: str | None = None
+    packages: dict[str, str] = Field(default_factory=dict)
+    flow_run_id: str | None = None
+    created_at: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat())
+
+    def tags(self) -> dict[str, str]:
+        """The lineage's key facts as MLflow tags."""
+        return {
+            f"{TAG}.data.name": self.dataset.name,
+            f"{TAG}.data.uri": self.dataset.uri,
+            f"{TAG}.data.fingerprint": self.dataset.fingerprint,
+            f"{TAG}.data.rows": str(self.dataset.rows),
+            f"{TAG}.data.window": self.dataset.window or "",
+            f"{TAG}.data.source": self.dataset.source_uri or "",
+            f"{TAG}.params_digest": self.params_digest,
+            f"{TAG}.trainer": self.trainer.estimator if self.trainer.kind == "sklearn" else "torch",
+            f"{TAG}.code_version": self.code_version or "",
+            f"{TAG}.git_commit": self.git_commit or "",
+            f"{TAG}.flow_run_id": self.flow_run_id or "",
+            "mlflow.source.git.commit": (self.git_commit or "").removesuffix("-dirty"),
+        }
+
+
+class Champion(BaseModel):
+    """The model version that the `champion` alias points to, with its lineage."""
+
+    model: ModelRef
+    lineage: Lineage | None
+
+
+def recipe_digest(features: FeatureSpec, trainer: TrainerSpec) -> str:
+    """Hash of the training parameters; equal digests on equal data mean nothing new to train.
+
+    Example:
+        ```python
+        from prefect_mlops.tasks.features import FeatureSpec
+        from prefect_mlops.tasks.lineage import TrainerSpec, recipe_digest
+        spec = FeatureSpec(target="y", numeric=["x"])
+        assert recipe_digest(spec, TrainerSpec()) == recipe_digest(spec, TrainerSpec())
+        ```
+    """
+    recipe = {"features": features.model_dump(mode="json"),
+              "trainer": trainer.model_dump(mode="json", exclude={"label"})}
+    return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def find_model(
+    model_name: str, alias: str = "champion", *, mlflow_server: MlflowServer | None = None,
+    workspace: Workspace | None = None,
+) -> Champion | None:
+    """The version an alias points to and its lineage, or None when the alias is not set.
+
+    Example:
+        ```python
+        import tempfile
+        from prefect_mlops.blocks import MlflowServer
+        from prefect_mlops.tasks.lineage import find_model
+        from prefect_mlops.workspace import Workspace
+        assert find_model("no-such-model", workspace=Workspace(tempfile.mkdtemp())) is None
+        ```
+    """
+    from mlflow.exceptions import MlflowException
+
+    server = mlflow_server or MlflowServer()
+    server.check_reachable(workspace)
+    client = server.client(workspace)
+    try:
+        version = client.get_model_version_by_alias(model_name, alias)
+    except MlflowException as exc:
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
+            return None
+        raise RegistryError(f"model {model_name!r}: reading alias {alias!r} failed: {exc}") from exc
+    model = ModelRef(name=model_name, version=str(version.version), run_id=version.run_id or "",
+                     source=version.source)
+    return Champion(model=model, lineage=read_lineage(model.run_id, server, workspace))
+
+
+def read_lineage(run_id: str, server: MlflowServer, workspace: Workspace | None = None) -> Lineage | None:
+    """The lineage record logged with a run, or None for a model made elsewhere."""
+    if not run_id:
+        return None
+    with tempfile.TemporaryDirectory() as folder:
+        try:
+            path = server.client(workspace).download_artifacts(run_id, "lineage.json", folder)
+        except Exception:
+            return None  # a version registered by hand has no lineage: treat it as unknown
+        with open(path) as handle:
+            return Lineage.model_validate(json.load(handle))
+
+
+@task(name="find-champion", task_run_name="find-{alias}-{model_name}")
+def find_champion(
+    model_name: str, alias: str = "champion", mlflow_server: MlflowServer | None = None,
+    workspace: str | None = None,
+) -> Champion | None:
+    """Look up the model an alias points to (see `find_model`)."""
+    found = find_model(model_name, alias, mlflow_server=mlflow_server, workspace=Workspace(workspace))
+    get_run_logger().info("%s@%s: %s", model_name, alias, f"version {found.model.version}" if found else "none")
+    return found

@@ -1,0 +1,214 @@
+"""Train: fit the feature transform and an estimator as one pipeline, log it to MLflow with its lineage.
+
+Trainers are chosen by `TrainerSpec.kind`: `sklearn` builds any scikit-learn estimator from
+its import path; `torch` (the `torch` extra) builds a tabular network that behaves like a
+scikit-learn estimator. Either way the logged model is one pipeline that scores raw rows.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import shutil
+import subprocess
+import tempfile
+import time
+from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any
+
+from prefect import get_run_logger, task
+from prefect.runtime import flow_run
+from pydantic import BaseModel, ConfigDict, Field
+
+from prefect_mlops.blocks.mlflow_server import MlflowServer
+from prefect_mlops.errors import ConfigError, TrainingError
+from prefect_mlops.tasks.features import FeatureSet, load_split, make_transform
+from prefect_mlops.tasks.lineage import Lineage, TrainerSpec, recipe_digest
+from prefect_mlops.workspace import Workspace
+
+if TYPE_CHECKING:
+    from sklearn.pipeline import Pipeline
+
+__all__ = ["TrainedModel", "TrainerSpec", "build_estimator", "train", "train_model"]
+
+
+class TrainedModel(BaseModel):
+    """A fitted pipeline logged to MLflow, not yet registered."""
+
+    model_config = ConfigDict(frozen=True)
+
+    run_id: str
+    model_source: str = Field(description="Artifact location of the logged model.")
+    lineage: Lineage
+
+
+def build_estimator(trainer: TrainerSpec) -> Any:
+    """Instantiate the estimator a `TrainerSpec` names, with its parameters and seed."""
+    if trainer.kind == "torch":
+        try:
+            from prefect_mlops.tasks.torch_trainer import TabularNetEstimator
+        except ImportError as exc:
+            raise TrainingError(
+                f"trainer kind 'torch' needs PyTorch ({exc}); install it with "
+                "`pip install 'prefect-mlops[torch]'` (CPU: `pip install torch==2.13.0` first)"
+            ) from exc
+        return TabularNetEstimator(**{"seed": trainer.seed, **trainer.params})
+    module_name, _, class_name = trainer.estimator.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise ConfigError(
+            f"trainer.estimator {trainer.estimator!r} cannot be imported ({exc}); give a full import "
+            "path such as 'sklearn.ensemble.RandomForestClassifier'"
+        ) from exc
+    if not inspect.isclass(cls) or not hasattr(cls, "fit"):
+        raise ConfigError(f"trainer.estimator {trainer.estimator!r} is not an estimator class with fit()")
+    params = dict(trainer.params)
+    try:
+        accepted = cls().get_params()
+    except Exception:
+        accepted = {}
+    if "random_state" in accepted and "random_state" not in params:
+        params["random_state"] = trainer.seed
+    unknown = sorted(set(params) - set(accepted)) if accepted else []
+    if unknown:
+        raise ConfigError(
+            f"trainer.params {unknown} are not parameters of {trainer.estimator}; it accepts "
+            f"{sorted(accepted)}"
+        )
+    try:
+        return cls(**params)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"trainer.params for {trainer.estimator}: {exc}") from exc
+
+
+def fit_pipeline(features: FeatureSet, trainer: TrainerSpec) -> tuple[Pipeline, Any]:
+    """Fit transform + estimator on the training rows; returns the pipeline and a sample of X."""
+    from sklearn.pipeline import Pipeline
+
+    spec = features.spec
+    train, _ = load_split(features)
+    x, y = train[spec.feature_columns], train[spec.target]
+    pipeline = Pipeline([("features", make_transform(spec)), ("model", build_estimator(trainer))])
+    try:
+        pipeline.fit(x, y)
+    except (ValueError, TypeError) as exc:
+        raise TrainingError(
+            f"training {trainer.estimator if trainer.kind == 'sklearn' else 'torch'} on "
+            f"{features.dataset.short()} failed: {exc}. Check trainer.params and the feature spec"
+        ) from exc
+    return pipeline, x.head(5)
+
+
+def log_model(
+    pipeline: Pipeline,
+    example: Any,
+    *,
+    lineage: Lineage,
+    mlflow_server: MlflowServer,
+    workspace: Workspace,
+    fit_seconds: float,
+) -> TrainedModel:
+    """Log a fitted pipeline, its parameters and lineage to a new MLflow run (explicit run id)."""
+    import mlflow.sklearn
+    from mlflow.models import infer_signature
+
+    client = mlflow_server.client(workspace)
+    experiment_id = mlflow_server.experiment_id(workspace)
+    run = client.create_run(
+        experiment_id,
+        run_name=f"{lineage.model_name}-{lineage.dataset.fingerprint[:8]}",
+        tags={k: v for k, v in lineage.tags().items() if v},
+    )
+    run_id = run.info.run_id
+    try:
+        trainer = lineage.trainer
+        params = {"trainer.kind": trainer.kind, "trainer.estimator": trainer.estimator,
+                  "trainer.seed": trainer.seed, **{f"model.{k}": v for k, v in trainer.params.items()},
+                  "features.target": lineage.features.target, "features.task": lineage.features.task,
+                  "data.rows": lineage.dataset.rows}
+        for key, value in params.items():
+            client.log_param(run_id, key, str(value)[:6000])
+        client.log_metric(run_id, "fit_seconds", fit_seconds)
+        client.log_dict(run_id, lineage.model_dump(mode="json"), "lineage.json")
+        signature = infer_signature(example, pipeline.predict(example))
+        with tempfile.TemporaryDirectory() as folder:
+            local = f"{folder}/model"
+            mlflow.sklearn.save_model(
+                pipeline, local, serialization_format="cloudpickle", signature=signature,
+                input_example=example, pip_requirements=_requirements(trainer),
+            )
+            client.log_artifacts(run_id, local, artifact_path="model")
+        client.set_terminated(run_id, "FINISHED")
+    except Exception:
+        client.set_terminated(run_id, "FAILED")
+        raise
+    return TrainedModel(run_id=run_id, model_source=f"{run.info.artifact_uri}/model", lineage=lineage)
+
+
+def train_model(
+    features: FeatureSet,
+    trainer: TrainerSpec,
+    *,
+    lineage: Lineage,
+    mlflow_server: MlflowServer | None = None,
+    workspace: Workspace | None = None,
+) -> TrainedModel:
+    """Fit the pipeline and log it to MLflow; the plain function behind the `train` task."""
+    workspace = workspace or Workspace()
+    started = time.perf_counter()
+    pipeline, example = fit_pipeline(features, trainer)
+    return log_model(pipeline, example, lineage=lineage, mlflow_server=mlflow_server or MlflowServer(),
+                     workspace=workspace, fit_seconds=time.perf_counter() - started)
+
+
+def git_commit() -> str | None:
+    """The current git commit of the working directory, with `-dirty` when it has changes."""
+    if shutil.which("git") is None:
+        return None
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                                check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, timeout=5, check=True).stdout.strip()
+    except (subprocess.SubprocessError, OSError):
+        return None
+    return f"{commit}-dirty" if dirty else commit
+
+
+def package_versions(*names: str) -> dict[str, str]:
+    """Installed versions of the packages that shape a model."""
+    found = {}
+    for name in names or ("prefect-mlops", "scikit-learn", "pandas", "numpy", "mlflow", "prefect"):
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            continue
+    return found
+
+
+def _requirements(trainer: TrainerSpec) -> list[str]:
+    # Given explicitly: MLflow's inference loads the model in a subprocess (~3 s a model).
+    names = ["scikit-learn", "pandas", "numpy", "cloudpickle", "mlflow"]
+    if trainer.kind == "torch":
+        names += ["torch", "prefect-mlops"]
+    return [f"{name}=={ver}" for name, ver in package_versions(*names).items()]
+
+
+@task(name="train", task_run_name="train-{lineage.model_name}")
+def train(
+    features: FeatureSet,
+    trainer: TrainerSpec,
+    lineage: Lineage,
+    mlflow_server: MlflowServer | None = None,
+    workspace: str | None = None,
+) -> TrainedModel:
+    """Fit and log a challenger (see `train_model`)."""
+    lineage = lineage.model_copy(update={"flow_run_id": lineage.flow_run_id or flow_run.get_id()})
+    if lineage.params_digest != recipe_digest(features.spec, trainer):
+        raise ConfigError("lineage.params_digest does not match the feature spec and trainer being trained")
+    trained = train_model(features, trainer, lineage=lineage, mlflow_server=mlflow_server,
+                          workspace=Workspace(workspace))
+    get_run_logger().info("trained %s on %s -> MLflow run %s", trainer.estimator if trainer.kind == "sklearn"
+                          else "torch network", features.dataset.short(), trained.run_id)
+    return trained
