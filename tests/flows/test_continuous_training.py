@@ -1,0 +1,52 @@
+"""The whole loop under the session's Prefect harness: train, skip, drift, retrain, reject, roll back."""
+
+from __future__ import annotations
+
+from prefect_mlops.blocks import ModelPolicy
+from prefect_mlops.demo import period_window
+from prefect_mlops.flows import continuous_training, drift_monitor, rollback
+from prefect_mlops.tasks.lineage import TrainerSpec, find_model
+
+
+def test_loop_promotes_skips_retrains_on_drift_rejects_weak_and_rolls_back(
+        churn_source, churn_features, fast_trainer, policy, mlflow_server, workspace):
+    common = {"mlflow_server": mlflow_server, "workspace": str(workspace.root)}
+
+    first = continuous_training("churn", churn_source, churn_features, fast_trainer, policy=policy,
+                                window=period_window(0), **common)
+    assert first.outcome == "promoted" and first.champion_version == "1"
+    assert "first-run" in first.gate_reason or "no champion" in first.gate_reason
+
+    again = continuous_training("churn", churn_source, churn_features, fast_trainer, policy=policy,
+                                window=period_window(0), **common)
+    assert again.outcome == "skipped" and "nothing new to train on" in again.message
+
+    stable = drift_monitor("churn", churn_source, window=period_window(1), retrain=True, policy=policy, **common)
+    assert not stable.drift.detected and stable.retrain is None
+
+    drifted = drift_monitor("churn", churn_source, window=period_window(2), retrain=True, policy=policy, **common)
+    assert drifted.drift.detected and drifted.drift.drift_share >= 0.5
+    assert drifted.retrain is not None and drifted.retrain.outcome == "promoted"
+    assert drifted.retrain.challenger_metric > drifted.retrain.champion_metric
+    assert find_model("churn", mlflow_server=mlflow_server, workspace=workspace).model.version == "2"
+
+    weak = continuous_training("churn", churn_source, churn_features,
+                               TrainerSpec(estimator="sklearn.dummy.DummyClassifier", params={"strategy": "prior"}),
+                               policy=policy, window=period_window(2), **common)
+    assert weak.outcome == "rejected" and "roc_auc" in weak.gate_reason
+    assert find_model("churn", mlflow_server=mlflow_server, workspace=workspace).model.version == "2"
+
+    back = rollback("churn", reason="test", **common)
+    assert (back.champion_version, back.previous_version) == ("1", "2")
+    assert find_model("churn", mlflow_server=mlflow_server, workspace=workspace).model.version == "1"
+
+
+def test_rejected_run_ends_in_a_rejected_state_with_reasons(
+        churn_source, churn_features, fast_trainer, mlflow_server, workspace):
+    strict = ModelPolicy(floors={"roc_auc": 0.99})
+    state = continuous_training("churn", churn_source, churn_features, fast_trainer, policy=strict,
+                                window=period_window(0), mlflow_server=mlflow_server,
+                                workspace=str(workspace.root), return_state=True)
+    assert state.name == "Rejected"
+    assert "roc_auc" in state.message and "0.99" in state.message
+    assert find_model("churn", mlflow_server=mlflow_server, workspace=workspace) is None
