@@ -24,7 +24,7 @@ class DataSource(Block):
 
     _block_type_name = "ML Data Source"
     _block_type_slug = "prefect-mlops-data-source"
-    _logo_url = "https://images.ctfassets.net/gm98wzqotmnx/1jbV4lceHOjGgunX15lUwo/db88e184d727f721575aeb054a37e277/aws.png"  # noqa: E501
+    _logo_url = "https://images.ctfassets.net/gm98wzqotmnx/1jbV4lceHOjGgunX15lUwo/db88e184d727f721575aeb054a37e277/aws.png"
     _documentation_url = "https://github.com/prefect-mlops/prefect-mlops#blocks"
     _description = "A Parquet or CSV dataset on a local disk or in an S3-compatible object store."
 

@@ -16,6 +16,7 @@ from prefect_mlops.workspace import Workspace
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
+TRACKING_ENV = "MLFLOW_TRACKING_URI"  # read at call time, so a worker image can set it once
 _DOCS = "https://github.com/prefect-mlops/prefect-mlops#blocks"
 
 
@@ -34,14 +35,14 @@ class MlflowServer(Block):
 
     _block_type_name = "MLflow Server"
     _block_type_slug = "prefect-mlops-mlflow-server"
-    _logo_url = "https://images.ctfassets.net/gm98wzqotmnx/4Jpbhw56J2PijpCTsDlv2D/3a3d9d5a8b4a6c69d96f5c6b7c5a87a1/mlflow.png"  # noqa: E501
+    _logo_url = "https://images.ctfassets.net/gm98wzqotmnx/4Jpbhw56J2PijpCTsDlv2D/3a3d9d5a8b4a6c69d96f5c6b7c5a87a1/mlflow.png"
     _documentation_url = _DOCS
     _description = "Tracking server and model registry for prefect-mlops runs and models."
 
     tracking_uri: str | None = Field(
         default=None,
         description="Tracking server address, e.g. http://mlflow:5000 or sqlite:///mlflow.db. "
-        "Empty: SQLite inside the run workspace.",
+        "Empty: $MLFLOW_TRACKING_URI, else SQLite inside the run workspace.",
     )
     registry_uri: str | None = Field(
         default=None, description="Model registry address; the tracking URI when empty."
@@ -58,7 +59,7 @@ class MlflowServer(Block):
 
     def uri(self, workspace: Workspace | None = None) -> str:
         """The tracking URI in force: this Block's, or the workspace's embedded store."""
-        return self.tracking_uri or (workspace or Workspace()).mlflow_uri
+        return self.tracking_uri or os.environ.get(TRACKING_ENV) or (workspace or Workspace()).mlflow_uri
 
     def client(self, workspace: Workspace | None = None) -> MlflowClient:
         """A client bound to this server; leaves MLflow's process-wide tracking URI alone."""

@@ -30,7 +30,7 @@ class ModelPolicy(Block):
 
     _block_type_name = "Model Policy"
     _block_type_slug = "prefect-mlops-model-policy"
-    _logo_url = "https://images.ctfassets.net/gm98wzqotmnx/4Jpbhw56J2PijpCTsDlv2D/3a3d9d5a8b4a6c69d96f5c6b7c5a87a1/mlflow.png"  # noqa: E501
+    _logo_url = "https://images.ctfassets.net/gm98wzqotmnx/4Jpbhw56J2PijpCTsDlv2D/3a3d9d5a8b4a6c69d96f5c6b7c5a87a1/mlflow.png"
     _documentation_url = "https://github.com/prefect-mlops/prefect-mlops#the-quality-gate"
     _description = "Metric floors, the allowed drop against the champion, and per-slice floors."
 

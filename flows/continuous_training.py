@@ -44,7 +44,7 @@ def continuous_training(
     model_name: str,
     source: DataSource,
     features: FeatureSpec,
-    trainer: TrainerSpec = TrainerSpec(),  # noqa: B008 - frozen pydantic model, safe as a default
+    trainer: TrainerSpec = TrainerSpec(),
     policy: ModelPolicy | None = None,
     window: str | None = None,
     suite_path: str | None = None,

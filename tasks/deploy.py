@@ -7,12 +7,13 @@ after the first move, every alias is put back where it was.
 
 from __future__ import annotations
 
-from prefect import get_run_logger, task
+from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from pydantic import BaseModel, ConfigDict
 
 from prefect_mlops.blocks.mlflow_server import MlflowServer
 from prefect_mlops.errors import DeployError
+from prefect_mlops.log import run_logger
 from prefect_mlops.refs import ModelRef, artifact_key
 from prefect_mlops.tasks.evaluate import Evaluation
 from prefect_mlops.tasks.gate import GateVerdict
@@ -152,7 +153,7 @@ def deploy(
 ) -> Promotion:
     """Promote a registered challenger to champion (see `promote`)."""
     promotion = promote(model, evaluation, verdict, mlflow_server=mlflow_server, workspace=Workspace(workspace))
-    get_run_logger().info("%s: champion is now version %s (previous: %s)", model.name,
+    run_logger().info("%s: champion is now version %s (previous: %s)", model.name,
                           promotion.champion_version, promotion.previous_version or "none")
     create_markdown_artifact(
         f"# {model.name}: version {promotion.champion_version} promoted to @champion\n\n"
@@ -171,6 +172,6 @@ def rollback_champion(model_name: str, reason: str = "", mlflow_server: MlflowSe
         f"# {model_name}: rolled back to version {promotion.champion_version}\n\n"
         f"Demoted: version {promotion.previous_version} (now @{PREVIOUS}).\n\nReason: {reason or 'not given'}",
         key=artifact_key("rollback", model_name), description="Rollback of the champion")
-    get_run_logger().warning("%s rolled back: champion %s -> %s (%s)", model_name, promotion.previous_version,
+    run_logger().warning("%s rolled back: champion %s -> %s (%s)", model_name, promotion.previous_version,
                              promotion.champion_version, reason or "no reason given")
     return promotion

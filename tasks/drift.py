@@ -9,11 +9,12 @@ from __future__ import annotations
 import math
 from datetime import datetime, timezone
 
-from prefect import get_run_logger, task
+from prefect import task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact
 from pydantic import BaseModel, ConfigDict, Field
 
 from prefect_mlops.errors import DriftCheckError
+from prefect_mlops.log import run_logger
 from prefect_mlops.refs import DatasetRef, artifact_key
 from prefect_mlops.workspace import Workspace, read_frame
 
@@ -129,7 +130,7 @@ def drift_check(
     """Check drift (see `check_drift`), link the HTML report, and emit the drift event when drifted."""
     report = check_drift(current, reference, model_name=model_name, columns=columns, drift_share=drift_share,
                          workspace=Workspace(workspace))
-    logger = get_run_logger()
+    logger = run_logger()
     create_link_artifact(key=artifact_key("drift-report", model_name), link=f"file://{report.report_path}",
                          link_text=f"Evidently drift report ({report.drift_share:.0%} of columns drifted)",
                          description=f"Drift of {current.short()} against {reference.short()}")

@@ -11,12 +11,13 @@ import math
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from prefect import get_run_logger, task
+from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from pydantic import BaseModel, ConfigDict, Field
 
 from prefect_mlops.blocks.mlflow_server import MlflowServer
 from prefect_mlops.blocks.model_policy import LOWER_IS_BETTER, ModelPolicy
+from prefect_mlops.log import run_logger
 from prefect_mlops.refs import artifact_key
 from prefect_mlops.tasks.features import FeatureSet, load_split
 from prefect_mlops.tasks.lineage import Champion
@@ -231,7 +232,7 @@ def evaluate(
             client.log_metric(trained.run_id, f"holdout_{name}", value)
     create_markdown_artifact(render_evaluation(evaluation), key=artifact_key("metrics", evaluation.model_name),
                              description="Challenger against champion on the hold-out")
-    get_run_logger().info("challenger %s=%.4f, champion %s", evaluation.primary_metric,
+    run_logger().info("challenger %s=%.4f, champion %s", evaluation.primary_metric,
                           evaluation.challenger.overall[evaluation.primary_metric],
                           f"{evaluation.champion.overall[evaluation.primary_metric]:.4f}"
                           if evaluation.champion else "none")

@@ -10,10 +10,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-from prefect import get_run_logger, task
+from prefect import task
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from prefect_mlops.errors import FeatureError
+from prefect_mlops.log import run_logger
 from prefect_mlops.refs import DatasetRef
 from prefect_mlops.workspace import Workspace, read_frame
 
@@ -216,7 +217,7 @@ def _spec_digest(spec: FeatureSpec) -> str:
 def feature_build(dataset: DatasetRef, spec: FeatureSpec, workspace: str | None = None) -> FeatureSet:
     """Check a dataset against its feature spec and split it (see `build_feature_set`)."""
     features = build_feature_set(dataset, spec, workspace=Workspace(workspace))
-    get_run_logger().info(
+    run_logger().info(
         "%s: %s features, %s train rows, %s hold-out rows (%s split)", dataset.short(),
         len(spec.feature_columns), features.train_rows, features.holdout_rows,
         "time-ordered" if spec.time_column else "stratified" if spec.task == "classification" else "random",

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import math
 
-from prefect import get_run_logger, task
+from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from pydantic import BaseModel, ConfigDict, Field
 
 from prefect_mlops.blocks.model_policy import LOWER_IS_BETTER, ModelPolicy
 from prefect_mlops.errors import ConfigError
+from prefect_mlops.log import run_logger
 from prefect_mlops.refs import artifact_key
 from prefect_mlops.tasks.evaluate import Evaluation
 
@@ -158,7 +159,7 @@ def render_verdict(verdict: GateVerdict) -> str:
 def quality_gate(evaluation: Evaluation, policy: ModelPolicy | None = None) -> GateVerdict:
     """Judge the challenger (see `judge`) and publish the verdict as a markdown artifact."""
     verdict = judge(evaluation, policy or ModelPolicy())
-    logger = get_run_logger()
+    logger = run_logger()
     (logger.info if verdict.passed else logger.warning)(
         "gate %s: %s", "passed" if verdict.passed else "rejected", "; ".join(verdict.reasons))
     create_markdown_artifact(render_verdict(verdict), key=artifact_key("gate-verdict", verdict.model_name),

@@ -6,10 +6,11 @@ import io
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from prefect import get_run_logger, task
+from prefect import task
 
 from prefect_mlops.blocks.data_source import DataSource
 from prefect_mlops.errors import ConfigError, DataSourceError
+from prefect_mlops.log import run_logger
 from prefect_mlops.refs import DatasetRef, Window
 from prefect_mlops.workspace import Workspace
 
@@ -186,7 +187,7 @@ def ingest(
 ) -> DatasetRef:
     """Snapshot a source's data into the workspace (see `ingest_dataset`)."""
     ref = ingest_dataset(source, name=name, window=window, workspace=Workspace(workspace))
-    get_run_logger().info(
+    run_logger().info(
         "ingested %s rows x %s columns from %s -> %s", ref.rows, len(ref.columns), source.uri, ref.short()
     )
     return ref

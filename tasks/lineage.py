@@ -14,11 +14,12 @@ import tempfile
 from datetime import datetime, timezone
 from typing import Any, Literal
 
-from prefect import get_run_logger, task
+from prefect import task
 from pydantic import BaseModel, ConfigDict, Field
 
 from prefect_mlops.blocks.mlflow_server import MlflowServer
 from prefect_mlops.errors import RegistryError
+from prefect_mlops.log import run_logger
 from prefect_mlops.refs import DatasetRef, ModelRef
 from prefect_mlops.tasks.features import FeatureSpec
 from prefect_mlops.workspace import Workspace
@@ -163,5 +164,5 @@ def find_champion(
 ) -> Champion | None:
     """Look up the model an alias points to (see `find_model`)."""
     found = find_model(model_name, alias, mlflow_server=mlflow_server, workspace=Workspace(workspace))
-    get_run_logger().info("%s@%s: %s", model_name, alias, f"version {found.model.version}" if found else "none")
+    run_logger().info("%s@%s: %s", model_name, alias, f"version {found.model.version}" if found else "none")
     return found

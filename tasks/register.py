@@ -10,11 +10,12 @@ from __future__ import annotations
 import math
 import time
 
-from prefect import get_run_logger, task
+from prefect import task
 from prefect.transactions import Transaction, get_transaction
 
 from prefect_mlops.blocks.mlflow_server import MlflowServer
 from prefect_mlops.errors import GateNotPassedError, RegistryError
+from prefect_mlops.log import run_logger
 from prefect_mlops.refs import ModelRef
 from prefect_mlops.tasks.evaluate import Evaluation
 from prefect_mlops.tasks.gate import GateVerdict
@@ -103,17 +104,7 @@ def _delete_quietly(client: object, name: str, version: str) -> None:
     try:
         client.delete_model_version(name, version)  # deleting a version drops its aliases too
     except Exception as exc:  # the original failure matters more; say this one in the log
-        get_logger_safe().warning("could not delete model %s version %s: %s", name, version, exc)
-
-
-def get_logger_safe():  # noqa: ANN201
-    """The run logger inside Prefect, else the module logger."""
-    import logging
-
-    try:
-        return get_run_logger()
-    except Exception:
-        return logging.getLogger(__name__)
+        run_logger().warning("could not delete model %s version %s: %s", name, version, exc)
 
 
 @task(name="register", task_run_name="register-{verdict.model_name}")
@@ -132,7 +123,7 @@ def register(
         txn.set("registered", model)
         txn.set("mlflow_server", mlflow_server)
         txn.set("workspace", ws)
-    get_run_logger().info("registered %s version %s as @%s", model.name, model.version, CHALLENGER)
+    run_logger().info("registered %s version %s as @%s", model.name, model.version, CHALLENGER)
     return model
 
 
@@ -141,4 +132,4 @@ def _unregister(txn: Transaction) -> None:
     model = txn.get("registered", None)
     if model is not None:
         unregister_version(model, txn.get("mlflow_server", None), txn.get("workspace", None))
-        get_logger_safe().warning("rolled back: removed %s version %s", model.name, model.version)
+        run_logger().warning("rolled back: removed %s version %s", model.name, model.version)

@@ -7,12 +7,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from prefect import get_run_logger, task
+from prefect import task
 from pydantic import BaseModel, ConfigDict
 
 from prefect_mlops.blocks.data_source import DataSource
 from prefect_mlops.blocks.mlflow_server import MlflowServer
 from prefect_mlops.errors import ConfigError, FeatureError
+from prefect_mlops.log import run_logger
 from prefect_mlops.refs import DatasetRef
 from prefect_mlops.tasks.lineage import find_model
 from prefect_mlops.workspace import Workspace, read_frame
@@ -115,7 +116,7 @@ def batch_score_task(
     """Score a dataset with an aliased model (see `score_dataset`)."""
     result = score_dataset(dataset, model_name=model_name, output_uri=output_uri, alias=alias, output=output,
                            mlflow_server=mlflow_server, workspace=Workspace(workspace))
-    logger = get_run_logger()
+    logger = run_logger()
     logger.info("scored %s rows with %s v%s -> %s", result.rows, model_name, result.model_version, output_uri)
     for column, values in result.unseen_categories.items():
         logger.warning("column %r has categories the model never saw, scored as unknown: %s", column, values)

@@ -16,12 +16,13 @@ import time
 from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
-from prefect import get_run_logger, task
+from prefect import task
 from prefect.runtime import flow_run
 from pydantic import BaseModel, ConfigDict, Field
 
 from prefect_mlops.blocks.mlflow_server import MlflowServer
 from prefect_mlops.errors import ConfigError, TrainingError
+from prefect_mlops.log import run_logger
 from prefect_mlops.tasks.features import FeatureSet, load_split, make_transform
 from prefect_mlops.tasks.lineage import Lineage, TrainerSpec, recipe_digest
 from prefect_mlops.workspace import Workspace
@@ -209,6 +210,6 @@ def train(
         raise ConfigError("lineage.params_digest does not match the feature spec and trainer being trained")
     trained = train_model(features, trainer, lineage=lineage, mlflow_server=mlflow_server,
                           workspace=Workspace(workspace))
-    get_run_logger().info("trained %s on %s -> MLflow run %s", trainer.estimator if trainer.kind == "sklearn"
+    run_logger().info("trained %s on %s -> MLflow run %s", trainer.estimator if trainer.kind == "sklearn"
                           else "torch network", features.dataset.short(), trained.run_id)
     return trained

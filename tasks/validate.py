@@ -13,11 +13,12 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from prefect import get_run_logger, task
+from prefect import task
 from prefect.artifacts import create_table_artifact
 from pydantic import BaseModel, Field
 
 from prefect_mlops.errors import ConfigError, DataValidationError
+from prefect_mlops.log import run_logger
 from prefect_mlops.refs import DatasetRef, artifact_key
 from prefect_mlops.workspace import Workspace, read_frame
 
@@ -239,7 +240,7 @@ def validate(
     workspace: str | None = None,
 ) -> ValidationReport:
     """Validate a dataset (see `validate_dataset`) and publish the table as a Prefect artifact."""
-    logger = get_run_logger()
+    logger = run_logger()
     # Validate in warn-only mode first so the table is published before the run fails.
     report = validate_dataset(
         dataset, suite_path=suite_path, reference=reference, warn_only=True, workspace=Workspace(workspace)

@@ -22,11 +22,11 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 
-from prefect_mlops.blocks import DataSource, MlflowServer, ModelPolicy  # noqa: E402
-from prefect_mlops.demo import make_churn_data, period_window  # noqa: E402
-from prefect_mlops.tasks.features import FeatureSpec  # noqa: E402
-from prefect_mlops.tasks.lineage import TrainerSpec  # noqa: E402
-from prefect_mlops.workspace import Workspace  # noqa: E402
+from prefect_mlops.blocks import DataSource, MlflowServer, ModelPolicy
+from prefect_mlops.demo import make_churn_data, period_window
+from prefect_mlops.tasks.features import FeatureSpec
+from prefect_mlops.tasks.lineage import TrainerSpec
+from prefect_mlops.workspace import Workspace
 
 ROWS_PER_PERIOD = 1500
 

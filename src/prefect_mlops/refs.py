@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from prefect_mlops.errors import ConfigError

@@ -1,0 +1,149 @@
+"""ingest: local and S3 sources, windows, fingerprints, and a clear error for every bad source."""
+
+from __future__ import annotations
+
+import boto3
+import pandas as pd
+import pytest
+
+from prefect_mlops.blocks import DataSource
+from prefect_mlops.errors import ConfigError, DataSourceError
+from prefect_mlops.tasks.ingest import ingest, ingest_dataset
+from tests.conftest import start_moto
+
+
+@pytest.fixture
+def frame() -> pd.DataFrame:
+    return pd.DataFrame({"when": pd.date_range("2024-01-01", periods=6, freq="D"), "x": [1.0, 2, 3, 4, 5, 6],
+                         "c": list("abcabc")})
+
+
+def test_parquet_and_csv_of_the_same_data_snapshot_to_the_same_fingerprint(tmp_path, workspace, frame):
+    frame.to_parquet(tmp_path / "d.parquet", index=False)
+    frame.to_csv(tmp_path / "d.csv", index=False)
+    from_parquet = ingest_dataset(DataSource(uri=str(tmp_path / "d.parquet")), workspace=workspace)
+    from_csv = ingest_dataset(DataSource(uri=str(tmp_path / "d.csv")), workspace=workspace)
+    assert from_parquet.rows == from_csv.rows == 6
+    assert from_parquet.columns["x"] == "float64"
+    assert pd.read_parquet(from_parquet.uri).equals(frame)
+
+
+def test_fingerprint_is_stable_when_the_same_data_is_rewritten(tmp_path, workspace, frame):
+    path = tmp_path / "d.parquet"
+    frame.to_parquet(path, index=False, compression="snappy")
+    first = ingest_dataset(DataSource(uri=str(path)), workspace=workspace)
+    frame.to_parquet(path, index=False, compression="gzip", row_group_size=2)
+    second = ingest_dataset(DataSource(uri=f"file://{path}"), workspace=workspace)
+    assert first.fingerprint == second.fingerprint and first.uri == second.uri
+    frame.assign(x=frame.x + 1).to_parquet(path, index=False)
+    assert ingest_dataset(DataSource(uri=str(path)), workspace=workspace).fingerprint != first.fingerprint
+
+
+def test_window_keeps_rows_in_the_half_open_interval(tmp_path, workspace, frame):
+    frame.to_parquet(tmp_path / "d.parquet", index=False)
+    source = DataSource(uri=str(tmp_path / "d.parquet"), time_column="when")
+    ref = ingest_dataset(source, window="2024-01-02/2024-01-04", workspace=workspace)
+    assert ref.rows == 2 and ref.window == "2024-01-02T00:00:00/2024-01-04T00:00:00"
+    assert pd.read_parquet(ref.uri)["x"].tolist() == [2.0, 3.0]
+
+
+def test_window_without_time_column_is_a_config_error(tmp_path, workspace, frame):
+    frame.to_parquet(tmp_path / "d.parquet", index=False)
+    with pytest.raises(ConfigError, match="time_column"):
+        ingest_dataset(DataSource(uri=str(tmp_path / "d.parquet")), window="2024-01-01/2024-02-01",
+                       workspace=workspace)
+
+
+def test_empty_window_names_the_dataset_and_window(tmp_path, workspace, frame):
+    frame.to_parquet(tmp_path / "d.parquet", index=False)
+    source = DataSource(uri=str(tmp_path / "d.parquet"), time_column="when")
+    with pytest.raises(DataSourceError, match=r"no rows inside window 2030-01-01"):
+        ingest_dataset(source, window="2030-01-01/2030-02-01", workspace=workspace)
+
+
+def test_bad_window_text_is_rejected_with_an_example():
+    with pytest.raises(ConfigError, match="ISO-8601 interval"):
+        ingest_dataset(DataSource(uri="x.parquet"), window="last tuesday")
+
+
+@pytest.mark.parametrize(("setup", "uri_of", "message"), [
+    (lambda p: None, lambda p: str(p / "missing.parquet"), "no such file"),
+    (lambda p: (p / "empty.csv").write_bytes(b""), lambda p: str(p / "empty.csv"), "empty"),
+    (lambda p: (p / "bad.parquet").write_bytes(b"PAR1 this is not parquet"), lambda p: str(p / "bad.parquet"),
+     "not a readable Parquet file"),
+    (lambda p: (p / "bad.csv").write_text('a,b\n1,2\n3,4,5,6\n"x'), lambda p: str(p / "bad.csv"),
+     "not parseable CSV"),
+    (lambda p: None, lambda p: "ftp://host/data.csv", "unknown URI scheme 'ftp'"),
+    (lambda p: (p / "data.xlsx").write_bytes(b"x"), lambda p: str(p / "data.xlsx"), "cannot tell the format"),
+])
+def test_bad_sources_name_the_uri_and_say_what_to_do(tmp_path, workspace, setup, uri_of, message):
+    setup(tmp_path)
+    uri = uri_of(tmp_path)
+    with pytest.raises(DataSourceError, match=message) as caught:
+        ingest_dataset(DataSource(uri=uri), workspace=workspace)
+    assert uri in str(caught.value)
+    assert not (workspace.root / "datasets").exists() or not any((workspace.root / "datasets").rglob("*.parquet"))
+
+
+@pytest.fixture
+def bucket(s3_endpoint, frame):
+    client = boto3.client("s3", endpoint_url=s3_endpoint, aws_access_key_id="test", aws_secret_access_key="test",
+                          region_name="us-east-1")
+    client.create_bucket(Bucket="lake")
+    client.put_object(Bucket="lake", Key="sales/d.parquet", Body=frame.to_parquet(index=False))
+    client.put_object(Bucket="lake", Key="sales/d.csv", Body=frame.to_csv(index=False).encode())
+    return s3_endpoint
+
+
+def s3_source(endpoint: str, uri: str, **kw) -> DataSource:
+    return DataSource(uri=uri, s3_endpoint_url=endpoint, aws_access_key_id=kw.get("key", "test"),
+                      aws_secret_access_key=kw.get("secret", "test"), region_name="us-east-1")
+
+
+def test_s3_parquet_and_csv_read_through_boto3(bucket, workspace, frame):
+    parquet = ingest_dataset(s3_source(bucket, "s3://lake/sales/d.parquet"), workspace=workspace)
+    csv = ingest_dataset(s3_source(bucket, "s3://lake/sales/d.csv"), workspace=workspace)
+    assert parquet.rows == csv.rows == len(frame)
+    assert parquet.source_uri == "s3://lake/sales/d.parquet" and parquet.name == "d"
+
+
+def test_s3_task_inside_a_flow_returns_a_reference(bucket, workspace):
+    from prefect import flow
+
+    @flow
+    def wrapper():
+        return ingest(s3_source(bucket, "s3://lake/sales/d.parquet"), name="sales", workspace=str(workspace.root))
+
+    ref = wrapper()
+    assert ref.name == "sales" and ref.rows == 6 and ref.uri.startswith(str(workspace.root))
+
+
+@pytest.mark.parametrize(("uri", "message"), [
+    ("s3://no-such-bucket/d.parquet", "bucket 'no-such-bucket' does not exist"),
+    ("s3://lake/sales/missing.parquet", "no object 'sales/missing.parquet' in bucket 'lake'"),
+    ("s3://lake", "expected s3://<bucket>/<key>"),
+])
+def test_missing_s3_bucket_or_key_is_named(bucket, workspace, uri, message):
+    with pytest.raises(DataSourceError, match=message):
+        ingest_dataset(s3_source(bucket, uri), workspace=workspace)
+
+
+def test_wrong_s3_credentials_are_reported_as_such(workspace):
+    # A second moto server that checks credentials from its first request on.
+    proc, endpoint = start_moto({"INITIAL_NO_AUTH_ACTION_COUNT": "0"})
+    try:
+        with pytest.raises(DataSourceError, match="access key id is not known|credentials") as caught:
+            ingest_dataset(s3_source(endpoint, "s3://lake/d.parquet", key="AKIAWRONG", secret="wrong"),
+                           workspace=workspace)
+        assert "s3://lake/d.parquet" in str(caught.value)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_unreachable_s3_endpoint_names_the_endpoint(workspace):
+    from tests.conftest import free_port
+
+    endpoint = f"http://127.0.0.1:{free_port()}"
+    with pytest.raises(DataSourceError, match=f"cannot reach the S3 store at {endpoint}"):
+        ingest_dataset(s3_source(endpoint, "s3://lake/d.parquet"), workspace=workspace)
