@@ -19,6 +19,7 @@ from prefect_mlops.tasks.gate import quality_gate
 from prefect_mlops.tasks.ingest import ingest
 from prefect_mlops.tasks.lineage import Lineage, TrainerSpec, find_champion, recipe_digest
 from prefect_mlops.tasks.register import register
+from prefect_mlops.tasks.route import train_on_route
 from prefect_mlops.tasks.train import git_commit, package_versions, train
 from prefect_mlops.tasks.validate import validate
 
@@ -92,7 +93,8 @@ def continuous_training(
     lineage = Lineage(model_name=model_name, dataset=dataset, features=features, trainer=trainer,
                       params_digest=digest, suite_path=validation.suite_path, code_version=__version__,
                       git_commit=git_commit(), packages=package_versions())
-    trained = train(feature_set, trainer, lineage, mlflow_server=server, workspace=workspace)
+    trained = (train_on_route if trainer.label else train)(feature_set, trainer, lineage, mlflow_server=server,
+                                                           workspace=workspace)
     evaluation = evaluate(trained, feature_set, champion=champion, policy=policy, mlflow_server=server,
                           workspace=workspace)
     verdict = quality_gate(evaluation, policy)

@@ -47,13 +47,22 @@ def build_estimator(trainer: TrainerSpec) -> Any:
     """Instantiate the estimator a `TrainerSpec` names, with its parameters and seed."""
     if trainer.kind == "torch":
         try:
-            from prefect_mlops.tasks.torch_trainer import TabularNetEstimator
+            from prefect_mlops.tasks.torch_trainer import TabularNetEstimator, require_torch
+
+            require_torch()  # the module itself never imports torch: check it is there before any work
         except ImportError as exc:
             raise TrainingError(
                 f"trainer kind 'torch' needs PyTorch ({exc}); install it with "
                 "`pip install 'prefect-mlops[torch]'` (CPU: `pip install torch==2.13.0` first)"
             ) from exc
-        return TabularNetEstimator(**{"seed": trainer.seed, **trainer.params})
+        accepted = TabularNetEstimator().get_params()
+        unknown = sorted(set(trainer.params) - set(accepted))
+        if unknown:
+            raise ConfigError(f"trainer.params {unknown} are not parameters of the torch trainer; it accepts "
+                              f"{sorted(accepted)}")
+        estimator = TabularNetEstimator(**{"seed": trainer.seed, **trainer.params})
+        estimator.config()  # a bad value fails here, naming the parameter, before any data is read
+        return estimator
     module_name, _, class_name = trainer.estimator.rpartition(".")
     try:
         cls = getattr(importlib.import_module(module_name), class_name)
@@ -128,9 +137,23 @@ def log_model(
                   "trainer.seed": trainer.seed, **{f"model.{k}": v for k, v in trainer.params.items()},
                   "features.target": lineage.features.target, "features.task": lineage.features.task,
                   "data.rows": lineage.dataset.rows}
+        estimator = pipeline.steps[-1][1]
+        if getattr(estimator, "device_", None):  # the torch trainer: where it ran and how it ended
+            params.update({"torch.device": estimator.device_, "torch.amp": estimator.amp_,
+                           "torch.best_epoch": estimator.best_epoch_, "torch.epochs_run": estimator.n_epochs_,
+                           "torch.resumed_from_epoch": estimator.resumed_from_epoch_})
         for key, value in params.items():
             client.log_param(run_id, key, str(value)[:6000])
         client.log_metric(run_id, "fit_seconds", fit_seconds)
+        history = getattr(estimator, "history_", None) or []
+        if history:  # per-epoch curves: one metric per loss, step = epoch
+            from mlflow.entities import Metric
+
+            stamp = int(time.time() * 1000)
+            curves = [Metric(name, float(row[name]), stamp, int(row["epoch"])) for row in history
+                      for name in ("train_loss", "val_loss") if name in row]
+            for start in range(0, len(curves), 1000):  # MLflow's batch limit
+                client.log_batch(run_id, metrics=curves[start:start + 1000])
         client.log_dict(run_id, lineage.model_dump(mode="json"), "lineage.json")
         signature = infer_signature(example, pipeline.predict(example))
         with tempfile.TemporaryDirectory() as folder:
@@ -157,6 +180,14 @@ def train_model(
 ) -> TrainedModel:
     """Fit the pipeline and log it to MLflow; the plain function behind the `train` task."""
     workspace = workspace or Workspace()
+    if trainer.kind == "torch":
+        # The network learns the spec's task; its checkpoints live in a folder named by the data and
+        # the recipe, so a retried task (or a re-run on the same data) resumes instead of starting over.
+        extra: dict[str, Any] = {"task": features.spec.task}
+        if "checkpoint_dir" in build_estimator(trainer).get_params():
+            extra["checkpoint_dir"] = str(workspace.folder(
+                "checkpoints", f"{features.dataset.fingerprint[:16]}-{lineage.params_digest}"))
+        trainer = trainer.model_copy(update={"params": {**extra, **trainer.params}})
     started = time.perf_counter()
     pipeline, example = fit_pipeline(features, trainer)
     return log_model(pipeline, example, lineage=lineage, mlflow_server=mlflow_server or MlflowServer(),
@@ -193,7 +224,9 @@ def _requirements(trainer: TrainerSpec) -> list[str]:
     names = ["scikit-learn", "pandas", "numpy", "cloudpickle", "mlflow"]
     if trainer.kind == "torch":
         names += ["torch", "prefect-mlops"]
-    return [f"{name}=={ver}" for name, ver in package_versions(*names).items()]
+    # torch's local version label (`+cpu`, `+cu128`) is not on PyPI: pin the public release instead.
+    return [f"{name}=={ver.split('+')[0] if name == 'torch' else ver}"
+            for name, ver in package_versions(*names).items()]
 
 
 @task(name="train", task_run_name="train-{lineage.model_name}")

@@ -50,3 +50,43 @@ def test_rejected_run_ends_in_a_rejected_state_with_reasons(
     assert state.name == "Rejected"
     assert "roc_auc" in state.message and "0.99" in state.message
     assert find_model("churn", mlflow_server=mlflow_server, workspace=workspace) is None
+
+
+def test_failed_deploy_leaves_the_registry_as_it_was(churn_source, churn_features, fast_trainer, policy,
+                                                     mlflow_server, workspace, monkeypatch):
+    from mlflow import MlflowClient
+
+    from prefect_mlops.tasks.deploy import read_aliases
+
+    common = {"mlflow_server": mlflow_server, "workspace": str(workspace.root)}
+    continuous_training("churn", churn_source, churn_features, fast_trainer, policy=policy,
+                        window=period_window(0), **common)
+    client = mlflow_server.client(workspace)
+    versions_before = sorted(v.version for v in client.search_model_versions("name='churn'"))
+    aliases_before = read_aliases(client, "churn")
+
+    real_set = MlflowClient.set_registered_model_alias
+
+    def champion_move_fails(self, name, alias, version):
+        if alias == "champion":
+            raise RuntimeError("registry refused the alias")
+        return real_set(self, name, alias, version)
+    monkeypatch.setattr(MlflowClient, "set_registered_model_alias", champion_move_fails)
+    state = continuous_training("churn", churn_source, churn_features, fast_trainer,
+                                policy=ModelPolicy(max_drop=1.0), window=period_window(2), return_state=True,
+                                **common)
+    monkeypatch.undo()
+    assert state.is_failed() and "registry refused the alias" in state.message
+    assert sorted(v.version for v in client.search_model_versions("name='churn'")) == versions_before
+    assert read_aliases(client, "churn") == aliases_before
+
+
+def test_bad_parameter_is_rejected_before_any_work_naming_the_field(churn_source, churn_features, mlflow_server,
+                                                                    workspace):
+    state = continuous_training("churn", churn_source, churn_features, policy=ModelPolicy(floors={"auc_pr": 0.5}),
+                                mlflow_server=mlflow_server, workspace=str(workspace.root), return_state=True)
+    assert state.is_failed() and "auc_pr" in state.message
+    assert not (workspace.root / "datasets").exists()
+    state = continuous_training("churn", churn_source, {"target": "churned", "numeric": "tenure_months"},
+                                return_state=True)
+    assert state.is_failed() and "numeric" in state.message

@@ -1,0 +1,132 @@
+"""register and deploy: no blessing no promotion, all-or-nothing alias moves, rollback, smoke tests."""
+
+from __future__ import annotations
+
+import pytest
+from mlflow import MlflowClient
+
+from prefect_mlops.blocks import ModelPolicy
+from prefect_mlops.errors import DeployError, GateNotPassedError, RegistryError
+from prefect_mlops.tasks.deploy import CHAMPION, PREVIOUS, promote, read_aliases, roll_back
+from prefect_mlops.tasks.register import CHALLENGER, register_version
+from prefect_mlops.tasks.score import score_dataset
+from tests.tasks.stages import promote_cycle, train_and_judge
+
+
+@pytest.fixture
+def first(churn_source, churn_features, fast_trainer, mlflow_server, workspace, window0):
+    cycle = train_and_judge(churn_source, churn_features, fast_trainer, server=mlflow_server, workspace=workspace,
+                            window=window0)
+    promote_cycle(cycle, server=mlflow_server, workspace=workspace)
+    return cycle
+
+
+def aliases(server, workspace):
+    return read_aliases(server.client(workspace), "churn")
+
+
+def test_first_promotion_sets_champion_and_tags_the_lineage(first, mlflow_server, workspace):
+    assert aliases(mlflow_server, workspace) == {CHAMPION: "1"}
+    version = mlflow_server.client(workspace).get_model_version("churn", "1")
+    assert version.tags["prefect_mlops.gate"] == "passed"
+    assert version.tags["prefect_mlops.data.fingerprint"] == first.features.dataset.fingerprint
+    assert float(version.tags["prefect_mlops.metric.roc_auc"]) == pytest.approx(
+        first.evaluation.challenger.overall["roc_auc"], rel=1e-5)
+
+
+def test_register_refuses_a_rejected_verdict(churn_source, churn_features, fast_trainer, mlflow_server, workspace,
+                                             window0):
+    cycle = train_and_judge(churn_source, churn_features, fast_trainer, server=mlflow_server, workspace=workspace,
+                            window=window0, policy=ModelPolicy(floors={"roc_auc": 0.999}))
+    assert not cycle.verdict.passed
+    with pytest.raises(GateNotPassedError, match="register refused: the gate rejected run"):
+        register_version(cycle.trained, cycle.verdict, mlflow_server=mlflow_server, workspace=workspace)
+    with pytest.raises(GateNotPassedError, match="needs a gate verdict"):
+        register_version(cycle.trained, None, mlflow_server=mlflow_server, workspace=workspace)
+    assert mlflow_server.client(workspace).search_model_versions("name='churn'") == []
+
+
+def test_a_verdict_for_another_run_does_not_bless_this_one(first, churn_source, churn_features, fast_trainer,
+                                                           mlflow_server, workspace):
+    other = train_and_judge(churn_source, churn_features, fast_trainer, server=mlflow_server, workspace=workspace)
+    with pytest.raises(GateNotPassedError, match="the verdict judged run"):
+        register_version(other.trained, first.verdict, mlflow_server=mlflow_server, workspace=workspace)
+
+
+def test_second_promotion_keeps_the_previous_champion_and_rollback_swaps_them(
+        first, churn_source, churn_features, fast_trainer, mlflow_server, workspace):
+    second = train_and_judge(churn_source, churn_features, fast_trainer, server=mlflow_server, workspace=workspace,
+                             window="2024-02-01/2024-04-01", policy=ModelPolicy(max_drop=1.0))
+    promotion = promote_cycle(second, server=mlflow_server, workspace=workspace)
+    assert (promotion.champion_version, promotion.previous_version) == ("2", "1")
+    assert aliases(mlflow_server, workspace) == {CHAMPION: "2", PREVIOUS: "1"}
+    back = roll_back("churn", mlflow_server=mlflow_server, workspace=workspace)
+    assert back.champion_version == "1" and aliases(mlflow_server, workspace) == {CHAMPION: "1", PREVIOUS: "2"}
+    roll_back("churn", mlflow_server=mlflow_server, workspace=workspace)
+    assert aliases(mlflow_server, workspace) == {CHAMPION: "2", PREVIOUS: "1"}
+
+
+def test_rollback_without_a_previous_champion_says_so(first, mlflow_server, workspace):
+    with pytest.raises(DeployError, match="has no @previous-champion to roll back to"):
+        roll_back("churn", mlflow_server=mlflow_server, workspace=workspace)
+    assert aliases(mlflow_server, workspace) == {CHAMPION: "1"}
+
+
+def test_failure_after_the_champion_alias_moved_restores_every_alias(
+        first, churn_source, churn_features, fast_trainer, mlflow_server, workspace, monkeypatch):
+    second = train_and_judge(churn_source, churn_features, fast_trainer, server=mlflow_server, workspace=workspace,
+                             window="2024-02-01/2024-04-01", policy=ModelPolicy(max_drop=1.0))
+    model = register_version(second.trained, second.verdict, mlflow_server=mlflow_server, workspace=workspace)
+    before = aliases(mlflow_server, workspace)
+    assert before == {CHAMPION: "1", CHALLENGER: "2"}
+
+    # Fault injection on the real registry: the last alias change (dropping @challenger) fails once,
+    # after @previous-champion and @champion have already moved; the restore then goes through.
+    real_delete = MlflowClient.delete_registered_model_alias
+    calls = []
+
+    def fail_once(self, name, alias):
+        calls.append(alias)
+        if len(calls) == 1:
+            raise RuntimeError("registry went away")
+        return real_delete(self, name, alias)
+    monkeypatch.setattr(MlflowClient, "delete_registered_model_alias", fail_once)
+    with pytest.raises(DeployError, match="moving aliases failed .*registry went away.*aliases restored"):
+        promote(model, second.evaluation, second.verdict, mlflow_server=mlflow_server, workspace=workspace)
+    monkeypatch.undo()
+    assert aliases(mlflow_server, workspace) == before
+
+
+def test_smoke_test_catches_a_challenger_alias_that_moved(first, churn_source, churn_features, fast_trainer,
+                                                          mlflow_server, workspace):
+    second = train_and_judge(churn_source, churn_features, fast_trainer, server=mlflow_server, workspace=workspace,
+                             window="2024-02-01/2024-04-01", policy=ModelPolicy(max_drop=1.0))
+    model = register_version(second.trained, second.verdict, mlflow_server=mlflow_server, workspace=workspace)
+    mlflow_server.client(workspace).set_registered_model_alias("churn", CHALLENGER, "1")
+    with pytest.raises(DeployError, match="@challenger points to version 1, not 2"):
+        promote(model, second.evaluation, second.verdict, mlflow_server=mlflow_server, workspace=workspace)
+    assert aliases(mlflow_server, workspace)[CHAMPION] == "1"
+
+
+def test_unreachable_mlflow_at_register_names_the_server_and_moves_nothing(first, mlflow_server, workspace):
+    from tests.conftest import free_port
+
+    down = mlflow_server.model_copy(update={"tracking_uri": f"http://127.0.0.1:{free_port()}"})
+    with pytest.raises(RegistryError, match=r"MLflow server http://127\.0\.0\.1:\d+ is unreachable"):
+        register_version(first.trained, first.verdict, mlflow_server=down, workspace=workspace)
+    assert aliases(mlflow_server, workspace) == {CHAMPION: "1"}
+
+
+def test_batch_scoring_reports_unseen_categories_and_the_model_version(first, mlflow_server, workspace, tmp_path):
+    import pandas as pd
+
+    rows = pd.read_parquet(first.features.dataset.uri).head(50).assign(plan="enterprise")
+    ref = workspace.write_snapshot(rows, name="to-score")
+    out = tmp_path / "scores" / "out.parquet"
+    result = score_dataset(ref, model_name="churn", output_uri=str(out), mlflow_server=mlflow_server,
+                           workspace=workspace)
+    assert result.unseen_categories == {"plan": ["enterprise"]} and result.model_version == "1"
+    scored = pd.read_parquet(out)
+    assert len(scored) == 50 and set(scored["model_version"]) == {"1"}
+    assert {"prediction", "proba_0", "proba_1"} <= set(scored.columns)
+    assert scored["proba_1"].between(0, 1).all()
