@@ -17,6 +17,7 @@ class DataSource(Block):
     Example:
         ```python
         from prefect_mlops.blocks import DataSource
+        saved = DataSource.load("BLOCK_NAME")
         source = DataSource(uri="s3://lake/churn/2024.parquet", s3_endpoint_url="http://127.0.0.1:9000")
         assert source.scheme() == "s3"
         ```

@@ -28,6 +28,7 @@ class MlflowServer(Block):
     Example:
         ```python
         from prefect_mlops.blocks import MlflowServer
+        saved = MlflowServer.load("BLOCK_NAME")
         server = MlflowServer(tracking_uri="sqlite:////tmp/mlflow-example.db")
         assert server.uri() == "sqlite:////tmp/mlflow-example.db"
         ```

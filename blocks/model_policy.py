@@ -23,6 +23,7 @@ class ModelPolicy(Block):
     Example:
         ```python
         from prefect_mlops.blocks import ModelPolicy
+        saved = ModelPolicy.load("BLOCK_NAME")
         policy = ModelPolicy(floors={"roc_auc": 0.7}, max_drop=0.01)
         policy.check_metrics("classification")
         ```

@@ -1,0 +1,62 @@
+"""evaluate: metrics for both tasks, per slice, champion on the same hold-out, a bootstrap interval."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from prefect_mlops.blocks import DataSource, ModelPolicy
+from prefect_mlops.tasks.evaluate import classification_metrics, regression_metrics
+from prefect_mlops.tasks.features import FeatureSpec
+from prefect_mlops.tasks.lineage import TrainerSpec
+from tests.tasks.stages import promote_cycle, train_and_judge
+
+
+def test_metric_functions_match_hand_computed_values():
+    y = np.array([0, 1, 1, 0])
+    proba = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7]])
+    got = classification_metrics(y, proba.argmax(axis=1), proba, np.array([0, 1]))
+    assert got["accuracy"] == 0.5 and got["roc_auc"] == 0.75
+    assert got["log_loss"] == pytest.approx(-np.mean(np.log([0.9, 0.8, 0.4, 0.3])))
+    one_class = classification_metrics(np.array([1, 1]), np.array([1, 0]), proba[:2], np.array([0, 1]))
+    assert math.isnan(one_class["roc_auc"])
+    reg = regression_metrics(np.array([1.0, 2.0, 3.0]), np.array([1.0, 2.0, 5.0]))
+    assert reg["mae"] == pytest.approx(2 / 3) and reg["rmse"] == pytest.approx(np.sqrt(4 / 3))
+
+
+def test_challenger_and_champion_scored_on_the_same_holdout_with_slices_and_interval(
+        churn_source, churn_features, fast_trainer, mlflow_server, workspace, window0):
+    first = train_and_judge(churn_source, churn_features, fast_trainer, server=mlflow_server, workspace=workspace,
+                            window=window0)
+    assert first.evaluation.champion is None and first.evaluation.interval is None
+    promote_cycle(first, server=mlflow_server, workspace=workspace)
+    weak = TrainerSpec(estimator="sklearn.dummy.DummyClassifier", params={"strategy": "prior"})
+    second = train_and_judge(churn_source, churn_features, weak, server=mlflow_server, workspace=workspace,
+                             window=window0)
+    evaluation = second.evaluation
+    assert evaluation.champion.version == "1"
+    assert evaluation.champion.overall == first.evaluation.challenger.overall  # same hold-out, same model
+    assert evaluation.challenger.overall["roc_auc"] == 0.5
+    assert set(evaluation.challenger.slices) == {"north", "south", "east", "west"}
+    assert sum(evaluation.challenger.slice_rows.values()) == evaluation.holdout_rows
+    low, high = evaluation.interval
+    assert low <= evaluation.difference <= high < 0
+
+
+def test_regression_models_are_scored_with_error_metrics(tmp_path, mlflow_server, workspace):
+    rng = np.random.default_rng(0)
+    import pandas as pd
+
+    x = rng.normal(size=(400, 2))
+    frame = pd.DataFrame({"a": x[:, 0], "b": x[:, 1], "g": rng.choice(["u", "v"], 400),
+                          "y": 3 * x[:, 0] - x[:, 1] + rng.normal(scale=0.1, size=400)})
+    frame.to_parquet(tmp_path / "reg.parquet", index=False)
+    spec = FeatureSpec(target="y", numeric=["a", "b"], categorical=["g"], task="regression", slice_column="g")
+    cycle = train_and_judge(DataSource(uri=str(tmp_path / "reg.parquet")), spec,
+                            TrainerSpec(estimator="sklearn.linear_model.Ridge"), server=mlflow_server,
+                            workspace=workspace, name="prices", policy=ModelPolicy(floors={"rmse": 0.5}))
+    overall = cycle.evaluation.challenger.overall
+    assert set(overall) == {"rmse", "mae", "r2"} and overall["r2"] > 0.95
+    assert cycle.evaluation.primary_metric == "rmse" and cycle.verdict.passed

@@ -1,0 +1,54 @@
+"""The package: a light import, working docstring examples, no bare top-level imports."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import inspect
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+HEAVY = ("torch", "great_expectations", "evidently", "mlflow", "sklearn")
+
+
+@pytest.mark.parametrize("module", ["prefect_mlops", "prefect_mlops.blocks", "prefect_mlops.flows"])
+def test_import_loads_no_heavy_library(module):
+    code = f"import sys, {module}; print(','.join(m for m in {HEAVY!r} if m in sys.modules))"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert loaded == "", f"import {module} loaded {loaded}"
+
+
+MODULES = ["prefect_mlops.refs", "prefect_mlops.workspace", "prefect_mlops.tasks.ingest",
+           "prefect_mlops.tasks.validate", "prefect_mlops.tasks.features", "prefect_mlops.tasks.lineage",
+           "prefect_mlops.tasks.train", "prefect_mlops.tasks.gate", "prefect_mlops.demo"]
+
+
+def examples():
+    for name in MODULES:
+        module = importlib.import_module(name)
+        for obj in [module, *vars(module).values()]:
+            if (inspect.isfunction(obj) or inspect.isclass(obj)) and obj.__module__ != name:
+                continue
+            for index, code in enumerate(re.findall(r"```python\n(.*?)```", inspect.getdoc(obj) or "", re.S)):
+                yield pytest.param(textwrap.dedent(code), id=f"{name}.{getattr(obj, '__name__', name)}[{index}]")
+
+
+@pytest.mark.parametrize("code", list(examples()))
+def test_docstring_example_runs(code):
+    exec(compile(code, "<docstring>", "exec"), {})  # noqa: S102 - our own docstrings
+
+
+def test_no_bare_top_level_imports_of_our_folders():
+    for path in [*ROOT.glob("tasks/*.py"), *ROOT.glob("flows/*.py"), *ROOT.glob("blocks/*.py"),
+                 *ROOT.glob("src/prefect_mlops/*.py"), *ROOT.glob("tests/**/*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else []
+            for name in names:
+                assert name.split(".")[0] not in {"tasks", "flows", "blocks"}, f"{path}: import {name}"
