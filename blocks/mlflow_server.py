@@ -96,7 +96,8 @@ class MlflowServer(Block):
         if found is not None:
             return found.experiment_id
         location = self.artifact_location
-        if location is None and not self.tracking_uri:
+        if location is None and self.uri(workspace).startswith(("sqlite:", "file:")):
+            # A local store keeps model files beside its database, not in ./mlruns of whatever directory.
             location = (workspace or Workspace()).artifact_root
         try:
             return client.create_experiment(self.experiment, artifact_location=location)

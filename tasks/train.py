@@ -107,11 +107,8 @@ def fit_pipeline(features: FeatureSet, trainer: TrainerSpec) -> tuple[Pipeline, 
             f"training {trainer.estimator if trainer.kind == 'sklearn' else 'torch'} on "
             f"{features.dataset.short()} failed: {exc}. Check trainer.params and the feature spec"
         ) from exc
-    example = x.head(5)
-    # Integer columns are declared as doubles: a missing value at scoring time turns an int column
-    # into floats, which an int64 signature would refuse.
-    ints = [c for c in spec.numeric if example[c].dtype.kind in "iu"]
-    return pipeline, example.astype(dict.fromkeys(ints, "float64"))
+    # The signature keeps integer columns as integers: MLflow refuses int64 input for a double column.
+    return pipeline, x.head(5)
 
 
 def log_model(
