@@ -19,6 +19,8 @@ from prefect_mlops.refs import DatasetRef
 from prefect_mlops.workspace import Workspace, read_frame
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     import pandas as pd
     from sklearn.compose import ColumnTransformer
 
@@ -168,7 +170,7 @@ def build_feature_set(dataset: DatasetRef, spec: FeatureSpec, *, workspace: Work
     holdout = holdout_positions(frame, spec)
     if len(holdout) >= len(frame):
         raise FeatureError(f"dataset {dataset.name!r}: {len(frame)} rows are too few to hold any out")
-    path = workspace.folder("splits") / f"{dataset.fingerprint[:24]}-{_spec_digest(spec)}.npy"
+    path = split_path(workspace, dataset, spec)
     if not path.exists():
         np.save(path, holdout)
     return FeatureSet(dataset=dataset, spec=spec, holdout_index_uri=str(path),
@@ -178,7 +180,12 @@ def build_feature_set(dataset: DatasetRef, spec: FeatureSpec, *, workspace: Work
 def load_split(features: FeatureSet) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The train and hold-out frames of a feature set."""
     frame = read_frame(features.dataset)
-    holdout = np.load(features.holdout_index_uri)
+    try:
+        holdout = np.load(features.holdout_index_uri)
+    except FileNotFoundError:
+        # A cached feature set whose split file was cleaned away: the split is deterministic, redo it.
+        holdout = holdout_positions(frame, features.spec)
+        np.save(features.holdout_index_uri, holdout)
     mask = np.zeros(len(frame), dtype=bool)
     mask[holdout] = True
     return frame.loc[~mask].reset_index(drop=True), frame.loc[mask].reset_index(drop=True)
@@ -207,13 +214,28 @@ def make_transform(spec: FeatureSpec) -> ColumnTransformer:
     return ColumnTransformer(parts, remainder="drop", verbose_feature_names_out=False)
 
 
+def split_path(workspace: Workspace, dataset: DatasetRef, spec: FeatureSpec) -> Path:
+    """Where the hold-out rows of `dataset` under `spec` are saved."""
+    return workspace.folder("splits") / f"{dataset.fingerprint[:24]}-{_spec_digest(spec)}.npy"
+
+
 def _spec_digest(spec: FeatureSpec) -> str:
     import hashlib
 
     return hashlib.sha256(spec.model_dump_json().encode()).hexdigest()[:12]
 
 
-@task(name="feature-build", task_run_name="features-{dataset.name}")
+def _cache_key(context: object, parameters: dict) -> str:
+    """Same data fingerprint and same spec: the checks and the split would come out the same."""
+    import hashlib
+
+    dataset = parameters["dataset"]  # its URI ties the key to one workspace's snapshot
+    where = hashlib.sha256(dataset.uri.encode()).hexdigest()[:12]
+    return f"feature-build-{where}-{dataset.fingerprint[:32]}-{_spec_digest(parameters['spec'])}"
+
+
+@task(name="feature-build", task_run_name="features-{dataset.name}", cache_key_fn=_cache_key,
+      persist_result=True)
 def feature_build(dataset: DatasetRef, spec: FeatureSpec, workspace: str | None = None) -> FeatureSet:
     """Check a dataset against its feature spec and split it (see `build_feature_set`)."""
     features = build_feature_set(dataset, spec, workspace=Workspace(workspace))

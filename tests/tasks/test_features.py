@@ -65,3 +65,24 @@ def test_spec_itself_is_checked_when_declared():
         FeatureSpec(target="y")
     with pytest.raises(ValidationError, match="holdout_fraction"):
         FeatureSpec(target="y", numeric=["x"], holdout_fraction=1.5)
+
+
+def test_unchanged_inputs_are_served_from_prefect_cache_and_a_lost_split_is_redone(frame, workspace):
+    import os
+
+    from prefect import flow
+
+    ref = workspace.write_snapshot(frame, name="cached")
+
+    @flow
+    def twice():
+        first = feature_build(ref, SPEC, workspace=str(workspace.root), return_state=True)
+        second = feature_build(ref, SPEC, workspace=str(workspace.root), return_state=True)
+        return first, second
+
+    first, second = twice()
+    assert second.name == "Cached" and second.result() == first.result()
+    _, holdout = load_split(first.result())
+    os.remove(first.result().holdout_index_uri)
+    _, again = load_split(second.result())
+    assert again.equals(holdout)
