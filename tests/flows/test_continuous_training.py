@@ -36,6 +36,21 @@ def test_loop_promotes_skips_retrains_on_drift_rejects_weak_and_rolls_back(
     assert weak.outcome == "rejected" and "roc_auc" in weak.gate_reason
     assert find_model("churn", mlflow_server=mlflow_server, workspace=workspace).model.version == "2"
 
+    version = mlflow_server.client(workspace).get_model_version("churn", "2")
+    assert version.tags["prefect_mlops.flow_run_id"] and version.tags["prefect_mlops.gate"] == "passed"
+    assert version.tags["prefect_mlops.data.window"] == drifted.drift.window
+    assert {"prefect_mlops.code_version", "prefect_mlops.metric.roc_auc"} <= set(version.tags)
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    keys = ["validation-churn", "metrics-churn", "gate-verdict-churn", "drift-report-churn", "promotion-churn"]
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=keys)))
+    assert set(keys) <= {a.key for a in artifacts}
+    link = next(a for a in artifacts if a.key == "drift-report-churn")
+    assert drifted.drift.report_path in link.data
+
     back = rollback("churn", reason="test", **common)
     assert (back.champion_version, back.previous_version) == ("1", "2")
     assert find_model("churn", mlflow_server=mlflow_server, workspace=workspace).model.version == "1"
