@@ -183,6 +183,13 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("PREFECT_HOME", str(home / "prefect"))
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # The demo's story is the table; library chatter (GX's docs site, MLflow's pickle advice) hides it.
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore", category=UserWarning)
+    for noisy in ("great_expectations", "mlflow", "alembic"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
     started = time.perf_counter()
     rows = run(home)
     print_table(rows)
