@@ -139,7 +139,7 @@ def log_model(
                   "features.target": lineage.features.target, "features.task": lineage.features.task,
                   "data.rows": lineage.dataset.rows}
         estimator = pipeline.steps[-1][1]
-        if getattr(estimator, "device_", None):  # the torch trainer: where it ran and how it ended
+        if trainer.kind == "torch":  # where the network trained and how training ended
             params.update({"torch.device": estimator.device_, "torch.amp": estimator.amp_,
                            "torch.best_epoch": estimator.best_epoch_, "torch.epochs_run": estimator.n_epochs_,
                            "torch.resumed_from_epoch": estimator.resumed_from_epoch_})

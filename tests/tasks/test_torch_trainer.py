@@ -54,7 +54,8 @@ def test_importing_the_trainer_or_train_does_not_import_torch():
 
 def test_kind_torch_without_torch_says_how_to_install_it(monkeypatch):
     monkeypatch.setitem(sys.modules, "torch", None)  # what `import torch` sees where it is not installed
-    with pytest.raises(TrainingError, match=r"trainer kind 'torch' needs PyTorch.*pip install 'prefect-mlops\[torch\]'"):
+    with pytest.raises(TrainingError,
+                       match=r"trainer kind 'torch' needs PyTorch.*pip install 'prefect-mlops\[torch\]'"):
         build_estimator(TrainerSpec(kind="torch"))
     x, y = toy_data(50)
     with pytest.raises(TrainingError, match=r"needs PyTorch.*prefect-mlops\[torch\]"):
@@ -246,7 +247,8 @@ def test_torch_model_is_logged_as_one_pyfunc_that_scores_raw_rows(churn_source, 
 
 
 def test_torch_challenger_competes_with_a_sklearn_champion(churn_source, churn_features, fast_trainer, policy,
-                                                           mlflow_server, workspace, champion_version):
+                                                           mlflow_server, workspace, champion_version, caplog):
+    caplog.set_level(logging.INFO)
     common = {"policy": policy, "window": period_window(0), "mlflow_server": mlflow_server,
               "workspace": str(workspace.root)}
     first = continuous_training("churn", churn_source, churn_features, fast_trainer, **common)
@@ -255,6 +257,9 @@ def test_torch_challenger_competes_with_a_sklearn_champion(churn_source, churn_f
     report = continuous_training("churn", churn_source, churn_features,
                                  TrainerSpec(kind="torch", params=SMALL, seed=7), **common)
     assert report.outcome in ("promoted", "rejected") and report.gate_reason
+    # Training progress is in the train task's Prefect log, one line per epoch.
+    assert any(r.name == "prefect.task_runs" and r.getMessage().startswith("torch trainer: epoch 1/15 train_loss=")
+               for r in caplog.records)
     assert report.champion_metric == pytest.approx(first.challenger_metric)  # judged against the sklearn model
     if report.outcome == "promoted":
         assert report.challenger_version == "2" and champion_version(mlflow_server, workspace) == "2"
@@ -290,6 +295,6 @@ def test_diverging_torch_run_fails_and_leaves_the_torch_champion_serving(churn_s
         state.result()
     assert champion_version(mlflow_server, workspace) == "1"
     client = mlflow_server.client(workspace)
-    assert [v.version for v in client.search_model_versions("name='churn'")] == ["1"]
+    assert [str(v.version) for v in client.search_model_versions("name='churn'")] == ["1"]
     runs = client.search_runs([mlflow_server.experiment_id(workspace)])
     assert len(runs) == 1  # the diverged fit logged no run at all
