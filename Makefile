@@ -9,7 +9,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR ?= false
 export GX_ANALYTICS_ENABLED ?= false
 
-.PHONY: install demo demo-server test test-fast lint bench bench-quick clean
+.PHONY: install demo demo-server test test-fast lint browser bench bench-quick clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,9 +33,13 @@ lint: $(STAMP)
 
 # Two pytest sessions: unit and flow tests share one embedded Prefect API; system tests start
 # their own Prefect server, workers, MLflow and S3 servers. `make test-fast` skips the latter.
-test: lint
+test: lint browser
 	$(PY) -m pytest -q -m "not system"
 	$(PY) -m pytest -q -m system
+
+# The UI system test drives Debian's chromium through Playwright (no browser download).
+browser:
+	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
 
 test-fast: lint
 	$(PY) -m pytest -q -m "not system"

@@ -35,6 +35,7 @@ class ComputeRoute(Block):
 
     _block_type_name = "Compute Route"
     _block_type_slug = "prefect-mlops-compute-route"
+    _logo_url = "https://raw.githubusercontent.com/PrefectHQ/prefect/420d0d6a78bb6df1fc18bcf188fdad43c1d22ea9/assets/block-logos/process.png"
     _documentation_url = "https://github.com/prefect-mlops/prefect-mlops#compute-routes"
     _description = "A compute label mapped to a work pool, a work queue and job variables (image, env, resources)."
 

@@ -63,12 +63,19 @@ def block_parameter(block: Any) -> Any:
 
 
 def pinned_server(server: MlflowServer, workspace: str) -> MlflowServer:
-    """The server as this process resolves it, so another process (with another environment) agrees."""
-    if server.tracking_uri:
+    """The server as this process resolves it, so another process (with another environment) agrees.
+
+    A block without a tracking URI means "$MLFLOW_TRACKING_URI, else the workspace's SQLite store",
+    which the training run could resolve differently; it is sent by value with the URI filled in.
+    A saved block holding a token stays a reference (the token must not travel as a parameter).
+    """
+    if server.tracking_uri or (server.token is not None and server._block_document_id is not None):
         return server
     ws = Workspace(workspace)
-    return server.model_copy(update={"tracking_uri": server.uri(ws),
-                                     "artifact_location": server.artifact_location or ws.artifact_root})
+    pinned = server.model_copy(update={"tracking_uri": server.uri(ws),
+                                       "artifact_location": server.artifact_location or ws.artifact_root})
+    pinned._block_document_id = None  # a reference would point at the unpinned block
+    return pinned
 
 
 def check_route(route: ComputeRoute, label: str) -> int:

@@ -21,12 +21,14 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +88,9 @@ class Server:
         return quiet_env(self.home, PREFECT_API_URL=self.api_url, **extra)
 
     def start(self, timeout: float = 120) -> Server:
+        with socket.socket() as sock:  # else the health check could be answered by another server
+            if sock.connect_ex(("127.0.0.1", self.port)) == 0:
+                raise RuntimeError(f"port {self.port} is in use; choose another with --port")
         self.home.mkdir(parents=True, exist_ok=True)
         env = quiet_env(self.home, PREFECT_SERVER_API_HOST="127.0.0.1", PREFECT_SERVER_API_PORT=str(self.port),
                         PREFECT_UI_API_URL=self.api_url, **self.extra_env)
@@ -121,6 +126,21 @@ class Server:
                 self.proc.wait(10)
 
 
+@contextmanager
+def _sigint_not_ignored() -> Iterator[None]:
+    """A process started in the background ignores SIGINT and its children inherit that, so a worker
+    would ignore the SIGINTs that stop it: let children inherit the default instead."""
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        yield
+        return
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 @dataclass
 class Worker:
     """A `prefect worker start` process for one work pool."""
@@ -132,9 +152,10 @@ class Worker:
 
     def start(self) -> Worker:
         log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([prefect_exe(), "worker", "start", "--pool", self.pool,
-                                      "--name", f"{self.pool}-worker-{os.getpid()}"],
-                                     env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        with _sigint_not_ignored():
+            self.proc = subprocess.Popen([prefect_exe(), "worker", "start", "--pool", self.pool,
+                                          "--name", f"{self.pool}-worker-{os.getpid()}"],
+                                         env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         return self
 
     def stop(self) -> None:
@@ -195,7 +216,7 @@ def read_config(path: Path | None) -> dict[str, Any]:
         return {}
     import yaml
 
-    text = path.read_text()
+    text = os.path.expandvars(path.read_text())  # ${VAR} from the environment: secrets stay out of the file
     config = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     if not isinstance(config, dict):
         raise SystemExit(f"{path}: expected a mapping with work_pools, blocks and notifications")
@@ -273,6 +294,44 @@ def apply_deployments(prefect_file: Path, env: dict[str, str] | None = None) -> 
     return done.stdout
 
 
+async def pin_block_references(deployment_names: list[str]) -> list[str]:
+    """Replace `{"$ref": {"block_document_slug": ...}}` parameters with the block's id, as the UI writes them.
+
+    prefect.yaml names blocks by slug (portable, kept as references by `prefect deploy`); the UI's
+    block pickers only recognise ids, so after deploying each slug is resolved once, here.
+    """
+    from prefect import get_client
+    from prefect.client.schemas.actions import DeploymentUpdate
+    from prefect.exceptions import ObjectNotFound
+
+    pinned: list[str] = []
+    missing: set[str] = set()
+    async with get_client() as client:
+        async def pin(value: Any) -> Any:
+            if isinstance(value, dict):
+                slug = value.get("$ref", {}).get("block_document_slug") if isinstance(value.get("$ref"), dict) else None
+                if slug:
+                    block_type, _, name = slug.partition("/")
+                    try:
+                        document = await client.read_block_document_by_name(name=name, block_type_slug=block_type)
+                    except ObjectNotFound:
+                        missing.add(slug)
+                        return value  # still a valid reference: runs load the block once it is saved
+                    return {"$ref": {"block_document_id": str(document.id)}}
+                return {key: await pin(item) for key, item in value.items()}
+            return value
+
+        for name in deployment_names:
+            deployment = await client.read_deployment_by_name(name)
+            parameters = await pin(deployment.parameters)
+            if parameters != deployment.parameters:
+                await client.update_deployment(deployment.id, DeploymentUpdate(parameters=parameters))
+                pinned.append(f"{name} (to block ids: the UI's block pickers show them)")
+    pinned += [f"nothing for block {slug}: not saved yet; save it (e.g. with --config) before the first run"
+               for slug in sorted(missing)]
+    return pinned
+
+
 def notification_automations(block_document_id: str, kinds: list[str]) -> list[Any]:
     """Automations that send promotion, rejection, drift and failure messages through one notification block."""
     from prefect.automations import Automation, EventTrigger, SendNotification
@@ -290,8 +349,10 @@ def notification_automations(block_document_id: str, kinds: list[str]) -> list[A
                                    match_related=ct_flow, posture="Reactive", threshold=1),
                       f"prefect-mlops: gate rejected the challenger of {model}",
                       f"{{{{ flow_run.state.message }}}} ({run})"),
+        # One drift alert per model per hour, however many monitors report it (like the retraining).
         "drift": (EventTrigger(expect={"prefect_mlops.drift.detected"},
-                               match={"prefect.resource.id": "prefect-mlops.model.*"}, posture="Reactive", threshold=1),
+                               match={"prefect.resource.id": "prefect-mlops.model.*"}, for_each={"prefect.resource.id"},
+                               posture="Reactive", threshold=1, within=timedelta(hours=1)),
                   "prefect-mlops: drift detected for {{ event.payload.model_name }}",
                   "{{ event.payload.model_name }}: drift share {{ event.payload.drift_share }} on window "
                   "{{ event.payload.window }}; drifted columns {{ event.payload.drifted_columns }}. "
@@ -360,6 +421,8 @@ def deploy(config: dict[str, Any], prefect_file: Path | None = None, *, env: dic
                                      if "Deployment '" in line and "successfully created" in line})
     for line in created["deployments"]:
         say(f"applied deployment {line}")
+    for line in asyncio.run(pin_block_references(created["deployments"])):
+        say(f"block references pinned: {line}")
     created["automations"] = []
     if config.get("notifications"):
         created["automations"] = asyncio.run(ensure_notifications(config["notifications"]))
@@ -391,7 +454,16 @@ class Stack:
         self.server.stop()
 
 
+def _exit_on_first_sigterm(*_: Any) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sys.exit(143)
+
+
 def start_stack(home: Path, database_url: str | None, port: int | None = None) -> Stack:
+    # SIGTERM (kill, a service manager) stops the stack like Ctrl-C does, through the caller's `finally`;
+    # a second one must not cut that cleanup short.
+    signal.signal(signal.SIGTERM, _exit_on_first_sigterm)
     server = Server(home=home / "prefect", port=port or free_port(), database_url=database_url)
     print(f"starting Prefect server on {server.ui_url} ({'PostgreSQL' if database_url else 'SQLite'}) ...",
           flush=True)
@@ -420,6 +492,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the cleanup short
         print("\nstopping ...")
     finally:
         stack.stop()
@@ -476,11 +549,28 @@ def runs_of(deployment_name: str) -> list[Any]:
                                      sort=FlowRunSort.START_TIME_DESC)
 
 
+def gate_verdict(run: Any) -> list[str]:
+    """The quality gate's verdict of a continuous-training run, from its `gate-verdict-*` artifact."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run.id])))
+    for artifact in artifacts:
+        if (artifact.key or "").startswith("gate-verdict"):
+            rows = [[cell.strip(" *") for cell in line.strip("|").split("|")]
+                    for line in str(artifact.data).splitlines() if line.startswith("| ")][1:]
+            return [artifact.description or "",
+                    *(f"- {rule} ({passed}): {reason}" for rule, passed, reason, *_ in rows)]
+    return [f"{run.state.name}: {run.state.message or 'no gate verdict (the run stopped before the gate)'}"]
+
+
 def describe(run: Any, ui: str) -> str:
     """One flow run in words: name, state, message and where to look at it."""
     state = run.state
     return (f"{run.name} [{state.name if state else '?'}] {state.message if state and state.message else ''}\n"
-            f"    {ui}/runs/flow-run/{run.id}")
+            f"    {ui}/v2/runs/flow-run/{run.id}")
 
 
 def cmd_demo_server(args: argparse.Namespace) -> int:
@@ -508,6 +598,7 @@ def cmd_demo_server(args: argparse.Namespace) -> int:
             first = run_deployment("continuous-training/churn", parameters={"window": period_window(0)}, timeout=0)
             first = wait_final(first.id)
             print(describe(first, ui))
+            print("\n".join(gate_verdict(first)))
             if not first.state.is_completed():
                 raise SystemExit("the first training did not complete; see the run above")
 
@@ -531,14 +622,16 @@ def cmd_demo_server(args: argparse.Namespace) -> int:
             print(f"started by:  {retrain.created_by.type if retrain.created_by else '?'} {trigger!r} "
                   f"(prefect_mlops.drift.detected for prefect-mlops.model.churn), window "
                   f"{retrain.parameters.get('window')}")
-            print(f"gate:        {retrain.state.name}: {retrain.state.message}")
-            print(f"UI:          {ui}/runs/flow-run/{retrain.id}")
+            print(f"final state: {retrain.state.name}")
+            print("gate:        " + "\n             ".join(gate_verdict(retrain)))
+            print(f"UI:          {ui}/v2/runs/flow-run/{retrain.id}")
         print(f"\nDone in {time.perf_counter() - started:.0f} s. Everything is under {home}.")
         if args.keep:
             print(f"Server and workers keep running: {ui}  (Ctrl-C stops them)", flush=True)
             while True:
                 time.sleep(3600)
     except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the cleanup short
         print("\nstopping ...")
     finally:
         stack.stop()
