@@ -7,9 +7,11 @@ and set-up are timed apart or not at all) and reports the process's peak RSS
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import resource
+import shutil
 import statistics
 import sys
 import tempfile
@@ -21,7 +23,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import data  # noqa: E402 - the benchmark's own data module, beside this file
+import data
 
 MODEL = "bench"
 TRAINER_PARAMS = {"max_iter": 30, "learning_rate": 0.1, "early_stopping": False}
@@ -36,7 +38,47 @@ def rss_bytes() -> int:
 
 
 def peak_rss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+    """This process's peak RSS: VmHWM. (`ru_maxrss` would do, but Linux carries it over `exec` from the
+    parent, so a child of a big parent would report the parent's peak.)"""
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def helper_cpu() -> dict[int, float]:
+    """CPU seconds (user + system) of the API server's processes: the local server's process group
+    (BENCH_SERVER_PGID), else this process's descendants (the embedded API runs in a subprocess)."""
+    group = int(os.environ.get("BENCH_SERVER_PGID") or 0)
+    stats = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        stats[int(entry)] = (int(fields[1]), int(fields[2]), (int(fields[11]) + int(fields[12])) / _TICK)
+    if group:
+        return {pid: cpu for pid, (_, pgrp, cpu) in stats.items() if pgrp == group}
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _, _) in stats.items():
+        children.setdefault(ppid, []).append(pid)
+    found, todo = {}, list(children.get(os.getpid(), []))
+    while todo:
+        pid = todo.pop()
+        found[pid] = stats[pid][2]
+        todo += children.get(pid, [])
+    return found
+
+
+def cpu_delta(before: dict[int, float], after: dict[int, float]) -> float:
+    return sum(cpu - before.get(pid, 0.0) for pid, cpu in after.items())
 
 
 class Sampler:
@@ -111,19 +153,33 @@ def configs(rows: int, folder: Path) -> dict[str, Any]:
 
 
 def init_mlflow(server: Any, workspace: Any) -> float:
-    """Create the MLflow SQLite store and experiment (its schema migrations take seconds once)."""
+    """Create the experiment in a copy of the migrated store template (migrations are timed once, apart)."""
+    template = os.environ.get("BENCH_MLFLOW_TEMPLATE")
+    target = Path(server.tracking_uri.removeprefix("sqlite:///"))
+    if template and not target.exists():
+        shutil.copyfile(template, target)
     started = time.perf_counter()
     server.experiment_id(workspace)
     return time.perf_counter() - started
 
 
+def mode_store(opts: dict[str, Any]) -> dict[str, Any]:
+    """Create an empty MLflow SQLite store (the schema migrations) at opts['path']."""
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{opts['path']}"
+    started = time.perf_counter()
+    MlflowClient(tracking_uri=uri, registry_uri=uri).search_experiments()
+    return {"seconds": time.perf_counter() - started}
+
+
 def preimport() -> float:
-    """Import what every configuration uses, so stage times hold no first-import cost."""
+    """Import what the plain script and the plugin both use, so no cycle time holds their first import."""
     started = time.perf_counter()
     import mlflow.sklearn  # noqa: F401
     import pandas  # noqa: F401
     import pyarrow.parquet  # noqa: F401
-    import sklearn.ensemble  # noqa: F401
+    import sklearn.ensemble
     import sklearn.metrics  # noqa: F401
     return time.perf_counter() - started
 
@@ -135,11 +191,38 @@ def requirements() -> list[str]:
     return _requirements(TrainerSpec())
 
 
-# ---------------------------------------------------------------------------------------------- modes
+def instrument_fit() -> list[float]:
+    """Record the wall time of every `Pipeline.fit` (the training itself), in the flow and the plain script
+    alike: the rest of a cycle, its overhead, can then be compared without the noise of the fit's time."""
+    from sklearn.pipeline import Pipeline
+
+    spent: list[float] = []
+    original = Pipeline.fit
+
+    @functools.wraps(original)
+    def fit(self: Any, *args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return original(self, *args, **kwargs)
+        finally:
+            spent.append(time.perf_counter() - started)
+
+    Pipeline.fit = fit
+    return spent
+
+
+def workdir(kind: str) -> Path:
+    return Path(tempfile.mkdtemp(prefix=f"bench-{kind}-", dir=os.environ.get("BENCH_TMP")))
+
+
+# ---------------------------------------------------------------------------------------------- cycles
 def mode_stages(opts: dict[str, Any]) -> dict[str, Any]:
-    """The nine stages' plain functions in sequence, as the flow orders them; then the drift check."""
+    """The CT stages' plain functions in sequence, as the flow orders them (drift-check: `mode_drift`)."""
+    imports = preimport()
+    started = time.perf_counter()
+    import great_expectations  # noqa: F401 - timed here, not inside validate
+
     from prefect_mlops.tasks.deploy import promote
-    from prefect_mlops.tasks.drift import check_drift
     from prefect_mlops.tasks.evaluate import evaluate_models
     from prefect_mlops.tasks.features import build_feature_set
     from prefect_mlops.tasks.gate import judge
@@ -150,12 +233,8 @@ def mode_stages(opts: dict[str, Any]) -> dict[str, Any]:
     from prefect_mlops.tasks.validate import validate_dataset
     from prefect_mlops.workspace import Workspace
 
-    imports = preimport()
-    started = time.perf_counter()
-    import evidently.presets  # noqa: F401 - stage times hold no first-import cost; timed here instead
-    import great_expectations  # noqa: F401
-    imports_gx_evidently = time.perf_counter() - started
-    folder = Path(tempfile.mkdtemp(prefix="bench-stages-"))
+    imports_plugin = time.perf_counter() - started
+    folder = workdir("stages")
     cfg = configs(opts["rows"], folder)
     ws = Workspace(cfg["workspace"])
     server = cfg["server"]
@@ -177,7 +256,6 @@ def mode_stages(opts: dict[str, Any]) -> dict[str, Any]:
         trained = log_model(pipeline, example, lineage=lineage, mlflow_server=server, workspace=ws,
                             fit_seconds=fitted - started)
         logged = time.perf_counter()
-    del pipeline
     with rec.step("evaluate"):
         evaluation = evaluate_models(trained, features, policy=cfg["policy"], mlflow_server=server, workspace=ws)
     with rec.step("gate"):
@@ -187,30 +265,76 @@ def mode_stages(opts: dict[str, Any]) -> dict[str, Any]:
         model = register_version(trained, verdict, evaluation, mlflow_server=server, workspace=ws)
     with rec.step("deploy"):
         promote(model, evaluation, verdict, mlflow_server=server, workspace=ws)
-    current = ingest_dataset(cfg["current"], name=f"{MODEL}-current", workspace=ws)  # not timed: set-up
-    with rec.step("drift-check"):
-        drift = check_drift(current, ref, model_name=MODEL, columns=cfg["features"].feature_columns,
-                            workspace=ws, **({"sample_rows": opts["sample_rows"]} if opts.get("sample_rows")
-                                             else {}))
     rec.sampler.stop()
     steps = rec.steps
     steps["train"]["fit_seconds"] = fitted - started
     steps["train"]["log_seconds"] = logged - fitted
-    return {"steps": steps, "imports": imports, "imports_gx_evidently": imports_gx_evidently,
-            "mlflow_init": mlflow_init, "drift_detected": drift.detected,
-            "cycle_seconds": sum(s["seconds"] for k, s in steps.items() if k != "drift-check"),
-            "peak_rss": peak_rss_bytes(), "folder": str(folder)}
+    out = {"steps": steps, "imports": imports, "imports_plugin_and_gx": imports_plugin, "mlflow_init": mlflow_init,
+           "cycle_seconds": sum(s["seconds"] for s in steps.values()), "peak_rss": peak_rss_bytes(),
+           "validation_outcomes": len(report.outcomes)}
+    return out
+
+
+def mode_mlflow(opts: dict[str, Any]) -> dict[str, Any]:
+    """MLflow apart from the stages, in a fresh process: save_model with and without pip_requirements
+    (in the order given: the first save in a process also pays MLflow's scan of the installed
+    distributions, done even when the requirements are given), then log_artifacts and register."""
+    import mlflow.sklearn
+    from mlflow.models import infer_signature
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.pipeline import Pipeline
+
+    from prefect_mlops.refs import DatasetRef
+    from prefect_mlops.tasks.features import make_transform
+    from prefect_mlops.workspace import Workspace, read_frame
+
+    preimport()
+    folder = workdir("mlflow")
+    cfg = configs(opts["rows"], folder)
+    spec, server = cfg["features"], cfg["server"]
+    frame = read_frame(DatasetRef(name=MODEL, uri=str(data.path_for(opts["rows"])), fingerprint="0", rows=0,
+                                  columns={}))
+    pipeline = Pipeline([("features", make_transform(spec)),
+                         ("model", HistGradientBoostingClassifier(random_state=0, **TRAINER_PARAMS))])
+    x = frame[spec.feature_columns]
+    pipeline.fit(x, frame[spec.target])
+    example = x.head(5)
+    signature = infer_signature(example, pipeline.predict(example))
+    out: dict[str, Any] = {"order": opts["order"]}
+    for i, label in enumerate(opts["order"]):
+        started = time.perf_counter()
+        mlflow.sklearn.save_model(pipeline, str(folder / f"model-{i}"), serialization_format="cloudpickle",
+                                  signature=signature, input_example=example,
+                                  pip_requirements=requirements() if label == "explicit" else None)
+        out.setdefault(f"save_{label}_seconds", []).append(time.perf_counter() - started)
+        if label == "inferred":
+            out["inferred_requirements"] = (folder / f"model-{i}" / "requirements.txt").read_text().split()
+    init_mlflow(server, Workspace(cfg["workspace"]))
+    client = server.client()
+    run = client.create_run(server.experiment_id())
+    started = time.perf_counter()
+    client.log_artifacts(run.info.run_id, str(folder / "model-0"), artifact_path="model")
+    client.set_terminated(run.info.run_id)
+    out["log_artifacts_seconds"] = time.perf_counter() - started
+    started = time.perf_counter()
+    client.create_registered_model(MODEL)
+    version = client.create_model_version(MODEL, source=f"{run.info.artifact_uri}/model", run_id=run.info.run_id)
+    client.set_registered_model_alias(MODEL, "champion", version.version)
+    out["register_seconds"] = time.perf_counter() - started
+    return out
 
 
 def mode_flow(opts: dict[str, Any]) -> dict[str, Any]:
-    """The CT cycle through `prefect_mlops.flows.continuous_training` (embedded API or PREFECT_API_URL)."""
+    """The CT cycle through `prefect_mlops.flows.continuous_training` (embedded API, or PREFECT_API_URL)."""
+    imports = preimport()
+    started = time.perf_counter()
     from prefect import flow
 
     from prefect_mlops.flows import continuous_training
     from prefect_mlops.workspace import Workspace
 
-    imports = preimport()
-    folder = Path(tempfile.mkdtemp(prefix="bench-flow-"))
+    imports_plugin = time.perf_counter() - started
+    folder = workdir("flow")
     cfg = configs(opts["rows"], folder)
     mlflow_init = init_mlflow(cfg["server"], Workspace(cfg["workspace"]))
 
@@ -225,23 +349,37 @@ def mode_flow(opts: dict[str, Any]) -> dict[str, Any]:
     noop()
     second = time.perf_counter() - started
     rss_before = rss_bytes()
+    fits = instrument_fit()
+    helpers, cpu = helper_cpu(), time.process_time()
     started = time.perf_counter()
     report = continuous_training(MODEL, cfg["source"], cfg["features"], cfg["trainer"], policy=cfg["policy"],
                                  suite_path=cfg["suite"], mlflow_server=cfg["server"],
                                  workspace=cfg["workspace"])
     cycle = time.perf_counter() - started
+    cpu, helpers = time.process_time() - cpu, cpu_delta(helpers, helper_cpu())
     assert report.outcome == "promoted", report
-    return {"cycle_seconds": cycle, "first_flow_seconds": first, "second_flow_seconds": second,
-            "startup_seconds": first - second, "imports": imports, "mlflow_init": mlflow_init,
-            "rss_before_cycle": rss_before, "peak_rss": peak_rss_bytes(),
-            "api": os.environ.get("PREFECT_API_URL") or "embedded", "folder": str(folder)}
+    out = {"cycle_seconds": cycle, "cycle_cpu_seconds": cpu, "api_cpu_seconds": helpers, "fit_seconds": sum(fits),
+           "first_flow_seconds": first, "second_flow_seconds": second,
+           "startup_seconds": first - second, "imports": imports, "imports_plugin": imports_plugin,
+           "mlflow_init": mlflow_init, "rss_before_cycle": rss_before, "peak_rss": peak_rss_bytes(),
+           "api": os.environ.get("PREFECT_API_URL") or "embedded"}
+    if opts.get("wrapper_rows"):
+        out["wrapper"] = wrapper_overhead(opts["wrapper_rows"], opts.get("wrapper_repeat", 3))
+    return out
 
 
 def mode_plain(opts: dict[str, Any]) -> dict[str, Any]:
-    """The floor: the same cycle as one plain script with the same libraries, no Prefect, no plugin."""
+    """The floor: the same cycle as one plain script with the same libraries, no Prefect, no plugin.
+
+    Read Parquet once; the learned suite's checks in pyarrow (the validation floor); the
+    same time-ordered hold-out; the same pipeline and estimator; hold-out metrics overall
+    and per slice; log to MLflow with explicit pip_requirements; register; set the alias.
+    """
+    started = time.perf_counter()
     import numpy as np
     import pyarrow.parquet as pq
     from mlflow import MlflowClient
+    from mlflow.models import infer_signature
     from sklearn import metrics
     from sklearn.compose import ColumnTransformer
     from sklearn.ensemble import HistGradientBoostingClassifier
@@ -249,29 +387,33 @@ def mode_plain(opts: dict[str, Any]) -> dict[str, Any]:
     from sklearn.pipeline import Pipeline, make_pipeline
     from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
-    imports = preimport()
+    imports = preimport() + (time.perf_counter() - started)
     import mlflow.sklearn
-    from mlflow.models import infer_signature
 
-    folder = Path(tempfile.mkdtemp(prefix="bench-plain-"))
+    folder = workdir("plain")
     rows = opts["rows"]
-    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    db = folder / "mlflow.db"
+    if os.environ.get("BENCH_MLFLOW_TEMPLATE"):
+        shutil.copyfile(os.environ["BENCH_MLFLOW_TEMPLATE"], db)
+    uri = f"sqlite:///{db}"
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     started = time.perf_counter()
     experiment = client.create_experiment("bench", artifact_location=(folder / "mlartifacts").as_uri())
     mlflow_init = time.perf_counter() - started
     suite = json.loads(Path(configs(rows, folder)["suite"]).read_text())
     pip = requirements()
+    fits = instrument_fit()
     rec = Recorder()
+    cpu = time.process_time()
     cycle_started = time.perf_counter()
     with rec.step("read"):
-        frame = pq.read_table(data.path_for(rows)).to_pandas()
+        table = pq.read_table(data.path_for(rows))
     with rec.step("validate"):
-        if opts.get("validate", "gx") == "gx":
-            failed = gx_validate(frame, suite)
-        else:
-            failed = arrow_validate(pq.read_table(data.path_for(rows)), suite)
+        failed = arrow_validate(table, suite)
     assert not failed, failed
+    with rec.step("to-pandas"):
+        frame = table.to_pandas()
+        del table
     with rec.step("split"):
         size = round(len(frame) * 0.2)
         order = np.argsort(frame[data.TIME].to_numpy(), kind="stable")
@@ -298,8 +440,9 @@ def mode_plain(opts: dict[str, Any]) -> dict[str, Any]:
         labels = pipeline.classes_[proba.argmax(axis=1)]
         scores = {"accuracy": metrics.accuracy_score(y, labels), "f1": metrics.f1_score(y, labels),
                   "roc_auc": metrics.roc_auc_score(y, proba[:, 1]), "log_loss": metrics.log_loss(y, proba)}
-        for _, part in test.groupby(data.SLICE, observed=True).indices.items():
+        for part in test.groupby(data.SLICE, observed=True).indices.values():
             metrics.roc_auc_score(y[part], proba[part, 1])
+            metrics.log_loss(y[part], proba[part], labels=pipeline.classes_)
     with rec.step("mlflow-log"):
         run = client.create_run(experiment, run_name="plain")
         for key, value in {"estimator": "HistGradientBoostingClassifier", **TRAINER_PARAMS}.items():
@@ -318,30 +461,20 @@ def mode_plain(opts: dict[str, Any]) -> dict[str, Any]:
                                               run_id=run.info.run_id)
         client.set_registered_model_alias(MODEL, "champion", version.version)
     cycle = time.perf_counter() - cycle_started
+    cpu = time.process_time() - cpu
     rec.sampler.stop()
-    return {"cycle_seconds": cycle, "steps": rec.steps, "imports": imports, "mlflow_init": mlflow_init,
-            "peak_rss": peak_rss_bytes(), "folder": str(folder)}
+    return {"cycle_seconds": cycle, "cycle_cpu_seconds": cpu, "fit_seconds": sum(fits), "steps": rec.steps,
+            "imports": imports,
+            "mlflow_init": mlflow_init, "peak_rss": peak_rss_bytes()}
 
 
-def gx_validate(frame: Any, suite_json: dict[str, Any]) -> list[str]:
-    """GX, called directly: the same ephemeral context and suite that `validate` runs."""
-    import great_expectations as gx
-    from great_expectations.data_context.types.base import ProgressBarsConfig
-
-    context = gx.get_context(mode="ephemeral")
-    context.variables.progress_bars = ProgressBarsConfig(globally=False)
-    batch = (context.data_sources.add_pandas("plain").add_dataframe_asset("frame")
-             .add_batch_definition_whole_dataframe("whole"))
-    suite = context.suites.add(gx.ExpectationSuite(**{**suite_json, "name": "suite"}))
-    result = gx.ValidationDefinition(data=batch, suite=suite, name="v").run(batch_parameters={"dataframe": frame})
-    return [r.expectation_config.type for r in result.results if not r.success]
-
-
+# ---------------------------------------------------------------------------------------------- floors
 def arrow_validate(table: Any, suite_json: dict[str, Any]) -> list[str]:
-    """The validation floor: every expectation of the learned suite, one pass of pyarrow.compute per column.
+    """The validation floor: the learned suite's checks in one pass of pyarrow.compute per column.
 
-    Per column: type, null count, min/max (numbers) or the count of values outside the set
-    (categories); the row count once. No pandas, no GX.
+    Row count once; per column: presence and type from the schema, the null count, values
+    outside [min, max] (numbers) or outside the set (categories). No pandas, no GX, no
+    unexpected-value samples: only pass or fail.
     """
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -361,122 +494,33 @@ def arrow_validate(table: Any, suite_json: dict[str, Any]) -> list[str]:
             failed.append(f"{column}: missing")
             continue
         values = table.column(column)
-        nulls = values.null_count
+        missing = values.null_count
         if pa.types.is_floating(values.type):
-            nulls += pc.sum(pc.is_nan(values)).as_py() or 0
-        nonnull = rows - nulls
+            missing += pc.sum(pc.is_nan(values)).as_py() or 0
+        present = rows - missing
         for expectation in expectations:
             kind, kwargs = expectation["type"], expectation["kwargs"]
             mostly = kwargs.get("mostly", 1.0)
             if kind == "expect_column_values_to_not_be_null":
-                ok = (rows - nulls) >= mostly * rows
+                ok = present >= mostly * rows
             elif kind == "expect_column_values_to_be_between":
                 bad = pc.sum(pc.or_(pc.less(values, kwargs["min_value"]),
                                     pc.greater(values, kwargs["max_value"]))).as_py() or 0
-                ok = nonnull == 0 or (nonnull - bad) >= mostly * nonnull
+                ok = present == 0 or (present - bad) >= mostly * present
             elif kind == "expect_column_values_to_be_in_set":
                 inside = pc.sum(pc.is_in(values, value_set=pa.array(kwargs["value_set"]))).as_py() or 0
-                ok = nonnull == 0 or inside >= mostly * nonnull
-            else:  # column exists, type list: schema facts, no data pass
+                ok = present == 0 or inside >= mostly * present
+            else:  # column exists, type list: schema facts, no pass over the data
                 ok = True
             if not ok:
                 failed.append(f"{column}: {kind}")
     return failed
 
 
-def mode_validate(opts: dict[str, Any]) -> dict[str, Any]:
-    """One validation configuration: our `validate_dataset`, GX alone on a pandas frame, or the pyarrow floor."""
-    import pyarrow.parquet as pq
-
-    from prefect_mlops.refs import DatasetRef
-    from prefect_mlops.workspace import Workspace
-
-    imports = preimport()
-    rows, variant = opts["rows"], opts["variant"]
-    folder = Path(tempfile.mkdtemp(prefix="bench-validate-"))
-    cfg = configs(rows, folder)
-    suite = json.loads(Path(cfg["suite"]).read_text())
-    ref = DatasetRef(name=MODEL, uri=str(data.path_for(rows)), fingerprint="0" * 64, rows=rows, columns={})
-    rec = Recorder()
-    outcomes = None
-    if variant in ("ours", "gx-only"):
-        import great_expectations  # noqa: F401 - first import is not the stage's cost
-
-        from prefect_mlops.tasks import validate as validate_module
-
-        with rec.step("validate"):
-            if variant == "ours":
-                report = validate_module.validate_dataset(ref, suite_path=cfg["suite"], workspace=Workspace(
-                    cfg["workspace"]))
-            else:  # everything through GX (what the stage did before push-down)
-                with gx_only(validate_module):
-                    report = validate_module.validate_dataset(ref, suite_path=cfg["suite"],
-                                                              workspace=Workspace(cfg["workspace"]))
-        failed = [o.expectation for o in report.failures]
-        outcomes = len(report.outcomes)
-    else:
-        with rec.step("validate"):
-            failed = arrow_validate(pq.read_table(data.path_for(rows)), suite)
-    rec.sampler.stop()
-    return {"seconds": rec.steps["validate"]["seconds"], "rss_peak": rec.steps["validate"]["rss_peak"],
-            "rss_start": rec.steps["validate"]["rss_start"], "failed": failed, "outcomes": outcomes,
-            "expectations": len(suite["expectations"]), "imports": imports, "peak_rss": peak_rss_bytes()}
-
-
-@contextmanager
-def gx_only(module: Any):
-    """Run every expectation through GX (the push-down switched off), if the module has the switch."""
-    saved = getattr(module, "PUSHDOWN", None)
-    if saved is not None:
-        module.PUSHDOWN = False
-    try:
-        yield
-    finally:
-        if saved is not None:
-            module.PUSHDOWN = saved
-
-
-def mode_drift(opts: dict[str, Any]) -> dict[str, Any]:
-    """One drift configuration: our `check_drift` (Evidently), optionally sampled, or the numpy/scipy floor."""
-    from prefect_mlops.refs import DatasetRef
-    from prefect_mlops.workspace import Workspace
-
-    imports = preimport()
-    rows, variant = opts["rows"], opts["variant"]
-    folder = Path(tempfile.mkdtemp(prefix="bench-drift-"))
-    columns = [*data.NUMERIC, *data.CATEGORICAL]
-    ref = DatasetRef(name=MODEL, uri=str(data.path_for(rows)), fingerprint="0" * 64, rows=rows,
-                     columns={c: "x" for c in data.COLUMNS})
-    current = DatasetRef(name=f"{MODEL}-current", uri=str(data.path_for(rows, drifted=True)),
-                         fingerprint="1" * 64, rows=rows, columns={c: "x" for c in data.COLUMNS})
-    rec = Recorder()
-    extra: dict[str, Any] = {}
-    if variant == "floor":
-        import scipy.stats  # noqa: F401
-
-        with rec.step("drift"):
-            result = drift_floor(ref.uri, current.uri, columns)
-        extra["drifted"] = sorted(c for c, r in result.items() if r["drifted"])
-    else:
-        import evidently  # noqa: F401 - first import is not the stage's cost
-
-        from prefect_mlops.tasks.drift import check_drift
-
-        sample = opts.get("sample_rows")
-        with rec.step("drift"):
-            report = check_drift(current, ref, model_name=MODEL, columns=columns, workspace=Workspace(
-                folder / "workspace"), **({"sample_rows": sample} if sample else {}))
-        extra["drifted"] = sorted(report.drifted_columns)
-        extra["methods"] = sorted({c.method for c in report.columns})
-    rec.sampler.stop()
-    return {"seconds": rec.steps["drift"]["seconds"], "rss_peak": rec.steps["drift"]["rss_peak"],
-            "rss_start": rec.steps["drift"]["rss_start"], "imports": imports, "peak_rss": peak_rss_bytes(),
-            **extra}
-
-
-def drift_floor(reference_uri: str, current_uri: str, columns: list[str]) -> dict[str, dict[str, float]]:
+def drift_floor(reference_uri: str, current_uri: str, columns: list[str]) -> dict[str, dict[str, Any]]:
     """The drift floor: per column, KS test + PSI (numbers) or chi-squared + PSI (categories), numpy/scipy."""
     import numpy as np
+    import pyarrow as pa
     import pyarrow.parquet as pq
     from scipy import stats
 
@@ -485,21 +529,16 @@ def drift_floor(reference_uri: str, current_uri: str, columns: list[str]) -> dic
     out = {}
     for column in columns:
         ref_col, cur_col = reference.column(column), current.column(column)
-        if ref_col.type.id in (8, 9, 10, 11, 12):  # ints and floats: pyarrow Type ids are stable
-            ref_values = ref_col.to_numpy(zero_copy_only=False)
-            cur_values = cur_col.to_numpy(zero_copy_only=False)
-            ref_values = ref_values[~np.isnan(ref_values)]
-            cur_values = cur_values[~np.isnan(cur_values)]
+        if pa.types.is_integer(ref_col.type) or pa.types.is_floating(ref_col.type):
+            ref_values = ref_col.to_numpy().astype("float64")
+            cur_values = cur_col.to_numpy().astype("float64")
+            ref_values, cur_values = ref_values[~np.isnan(ref_values)], cur_values[~np.isnan(cur_values)]
             p_value = stats.ks_2samp(ref_values, cur_values).pvalue
             edges = np.unique(np.quantile(ref_values, np.linspace(0, 1, 11)))
             ref_share = np.histogram(ref_values, edges)[0] / len(ref_values)
             cur_share = np.histogram(np.clip(cur_values, edges[0], edges[-1]), edges)[0] / len(cur_values)
         else:
-            ref_codes = ref_col.combine_chunks().dictionary_encode()
-            cur_codes = cur_col.combine_chunks().dictionary_encode()
-            keys = sorted(set(ref_codes.dictionary.to_pylist()) | set(cur_codes.dictionary.to_pylist()))
-            ref_counts = _counts(ref_codes, keys)
-            cur_counts = _counts(cur_codes, keys)
+            ref_counts, cur_counts = _category_counts(ref_col, cur_col)
             p_value = stats.chi2_contingency(np.vstack([ref_counts, cur_counts]) + 0.5)[1]
             ref_share, cur_share = ref_counts / ref_counts.sum(), cur_counts / cur_counts.sum()
         ref_share, cur_share = np.clip(ref_share, 1e-4, None), np.clip(cur_share, 1e-4, None)
@@ -508,111 +547,174 @@ def drift_floor(reference_uri: str, current_uri: str, columns: list[str]) -> dic
     return out
 
 
-def _counts(encoded: Any, keys: list[str]) -> Any:
+def _category_counts(reference: Any, current: Any) -> tuple[Any, Any]:
     import numpy as np
+    import pyarrow.compute as pc
 
+    ref_counts, cur_counts = pc.value_counts(reference), pc.value_counts(current)
+    keys = sorted(set(ref_counts.field("values").to_pylist()) | set(cur_counts.field("values").to_pylist()),
+                  key=str)
     position = {key: i for i, key in enumerate(keys)}
-    local = np.bincount(encoded.indices.to_numpy(zero_copy_only=False).astype("int64"),
-                        minlength=len(encoded.dictionary))
-    counts = np.zeros(len(keys))
-    for i, key in enumerate(encoded.dictionary.to_pylist()):
-        counts[position[key]] = local[i]
-    return counts
+    out = []
+    for counts in (ref_counts, cur_counts):
+        row = np.zeros(len(keys))
+        for key, count in zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist(), strict=True):
+            row[position[key]] = count
+        out.append(row)
+    return out[0], out[1]
 
 
-def mode_import(opts: dict[str, Any]) -> dict[str, Any]:
-    """Time one import statement in this fresh process."""
-    import importlib
+# ---------------------------------------------------------------------------------------------- micro
+def mode_validate(opts: dict[str, Any]) -> dict[str, Any]:
+    """Validation variants in one process, after a warm-up read: ours, GX on every expectation, the floor."""
+    import pyarrow.parquet as pq
 
-    started = time.perf_counter()
-    importlib.import_module(opts["module"])
-    return {"seconds": time.perf_counter() - started, "peak_rss": peak_rss_bytes()}
-
-
-def mode_mlflow(opts: dict[str, Any]) -> dict[str, Any]:
-    """MLflow costs apart from the stages: save a model with and without pip_requirements; register it."""
-    import mlflow.sklearn
-    from mlflow import MlflowClient
-    from mlflow.models import infer_signature
-    from sklearn.ensemble import HistGradientBoostingClassifier
-    from sklearn.pipeline import Pipeline
-
-    from prefect_mlops.tasks.features import make_transform
-    from prefect_mlops.workspace import read_frame
-
-    preimport()
-    folder = Path(tempfile.mkdtemp(prefix="bench-mlflow-"))
-    cfg = configs(opts["rows"], folder)
     from prefect_mlops.refs import DatasetRef
+    from prefect_mlops.tasks import validate as validate_module
+    from prefect_mlops.workspace import Workspace
 
-    ref = DatasetRef(name=MODEL, uri=str(data.path_for(opts["rows"])), fingerprint="0", rows=0, columns={})
-    frame = read_frame(ref)
-    spec = cfg["features"]
-    pipeline = Pipeline([("features", make_transform(spec)),
-                         ("model", HistGradientBoostingClassifier(random_state=0, **TRAINER_PARAMS))])
-    x = frame[spec.feature_columns]
-    pipeline.fit(x, frame[spec.target])
-    example = x.head(5)
-    signature = infer_signature(example, pipeline.predict(example))
-    uri = f"sqlite:///{folder / 'mlflow.db'}"
-    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    imports = preimport()
     started = time.perf_counter()
-    experiment = client.create_experiment("bench", artifact_location=(folder / "mlartifacts").as_uri())
-    store_init = time.perf_counter() - started
-    out: dict[str, Any] = {"store_init_seconds": store_init}
-    for label, pip in (("explicit", requirements()), ("inferred", None), ("explicit-2", requirements()),
-                       ("inferred-2", None)):
-        started = time.perf_counter()
-        mlflow.sklearn.save_model(pipeline, str(folder / label), serialization_format="cloudpickle",
-                                  signature=signature, input_example=example, pip_requirements=pip)
-        out[f"save_{label}_seconds"] = time.perf_counter() - started
-    out["inferred_requirements"] = (folder / "inferred" / "requirements.txt").read_text().split()
-    run = client.create_run(experiment)
-    started = time.perf_counter()
-    client.log_artifacts(run.info.run_id, str(folder / "explicit"), artifact_path="model")
-    client.set_terminated(run.info.run_id)
-    out["log_artifacts_seconds"] = time.perf_counter() - started
-    started = time.perf_counter()
-    client.create_registered_model(MODEL)
-    version = client.create_model_version(MODEL, source=f"{run.info.artifact_uri}/model", run_id=run.info.run_id)
-    client.set_registered_model_alias(MODEL, "champion", version.version)
-    out["register_seconds"] = time.perf_counter() - started
+    import great_expectations  # noqa: F401 - not the stage's cost; reported apart
+    gx_import = time.perf_counter() - started
+    rows = opts["rows"]
+    folder = workdir("validate")
+    cfg = configs(rows, folder)
+    suite = json.loads(Path(cfg["suite"]).read_text())
+    ref = DatasetRef(name=MODEL, uri=str(data.path_for(rows)), fingerprint="0" * 64, rows=rows, columns={})
+    pq.read_table(ref.uri).to_pandas()  # warm-up: page cache and allocator, for every variant alike
+    rec = Recorder()
+    out: dict[str, Any] = {"imports": imports, "gx_import": gx_import, "expectations": len(suite["expectations"])}
+    for variant in opts["variants"]:
+        gc_collect()
+        with rec.step(variant):
+            if variant == "floor":
+                failed = arrow_validate(pq.read_table(ref.uri), suite)
+            else:
+                saved = validate_module.PUSHDOWN
+                validate_module.PUSHDOWN = variant == "ours"
+                try:
+                    report = validate_module.validate_dataset(ref, suite_path=cfg["suite"],
+                                                              workspace=Workspace(cfg["workspace"]))
+                finally:
+                    validate_module.PUSHDOWN = saved
+                failed = [o.expectation for o in report.failures]
+                out[f"{variant}_outcomes"] = [o.model_dump() for o in report.outcomes]
+        out[variant] = {**rec.steps[variant], "failed": failed}
+    if "ours" in opts["variants"] and "gx" in opts["variants"]:
+        out["same_table"] = out.pop("ours_outcomes") == out.pop("gx_outcomes")
+    rec.sampler.stop()
     return out
 
 
-def mode_wrapper(opts: dict[str, Any]) -> dict[str, Any]:
-    """Per stage: the task's plain body (`task.fn`) against the task call, both inside one flow run."""
+def mode_drift(opts: dict[str, Any]) -> dict[str, Any]:
+    """Drift variants in one process, after a warm-up read: Evidently on all rows, on a sample, the floor."""
+    import pyarrow.parquet as pq
+
+    from prefect_mlops.refs import DatasetRef
+    from prefect_mlops.tasks.drift import check_drift
+    from prefect_mlops.workspace import Workspace
+
+    imports = preimport()
+    started = time.perf_counter()
+    import evidently.presets  # noqa: F401 - not the stage's cost; reported apart
+    import scipy.stats  # noqa: F401
+    evidently_import = time.perf_counter() - started
+    rows = opts["rows"]
+    folder = workdir("drift")
+    columns = [*data.NUMERIC, *data.CATEGORICAL]
+    kinds = {c: "x" for c in data.COLUMNS}
+    ref = DatasetRef(name=MODEL, uri=str(data.path_for(rows)), fingerprint="0" * 64, rows=rows, columns=kinds)
+    current = DatasetRef(name=f"{MODEL}-current", uri=str(data.path_for(rows, drifted=True)),
+                         fingerprint="1" * 64, rows=rows, columns=kinds)
+    for uri in (ref.uri, current.uri):
+        pq.read_table(uri, columns=columns).to_pandas()  # warm-up, for every variant alike
+    rec = Recorder()
+    out: dict[str, Any] = {"imports": imports, "evidently_import": evidently_import, "columns": len(columns)}
+    for variant in opts["variants"]:
+        gc_collect()
+        with rec.step(variant):
+            if variant == "floor":
+                result = drift_floor(ref.uri, current.uri, columns)
+                drifted = sorted(c for c, r in result.items() if r["drifted"])
+            else:
+                sample = None if variant == "evidently" else int(variant.split("-")[-1])
+                report = check_drift(current, ref, model_name=MODEL, columns=columns,
+                                     workspace=Workspace(folder / "workspace"), sample_rows=sample)
+                drifted = sorted(report.drifted_columns)
+                out.setdefault("methods", sorted({c.method for c in report.columns}))
+                out[f"{variant}_share"] = report.drift_share
+        out[variant] = {**rec.steps[variant], "drifted": drifted}
+    rec.sampler.stop()
+    return out
+
+
+def gc_collect() -> None:
+    import gc
+
+    gc.collect()
+
+
+def mode_import(opts: dict[str, Any]) -> dict[str, Any]:
+    """Time one import statement in this fresh process (`module`, or `module:name,name` for a from-import)."""
+    import importlib
+
+    module, _, names = opts["module"].partition(":")
+    started = time.perf_counter()
+    imported = importlib.import_module(module)
+    for name in filter(None, names.split(",")):
+        getattr(imported, name)  # `from prefect import flow` loads prefect.flows lazily, like this
+    return {"seconds": time.perf_counter() - started}
+
+
+def wrapper_overhead(rows: int, repeat: int) -> dict[str, Any]:
+    """Per stage: the task's body (`task.fn`) against the task call, both inside one flow run."""
     from prefect import flow
 
     from prefect_mlops.tasks import deploy, drift, evaluate, features, gate, ingest, register, train, validate
     from prefect_mlops.tasks.lineage import Lineage, recipe_digest
     from prefect_mlops.workspace import Workspace
 
-    preimport()
-    import evidently  # noqa: F401
-    import great_expectations  # noqa: F401
-
-    folder = Path(tempfile.mkdtemp(prefix="bench-wrapper-"))
-    rows, repeat = opts["rows"], opts.get("repeat", 5)
+    folder = workdir("wrapper")
     cfg = configs(rows, folder)
     server, ws_path = cfg["server"], cfg["workspace"]
     init_mlflow(server, Workspace(ws_path))
     times: dict[str, dict[str, list[float]]] = {}
+    states: dict[str, list[str]] = {}
 
-    def measure(name: str, task: Any, *args: Any, before: Any = None, **kwargs: Any) -> Any:
-        result = None
-        for _ in range(repeat):
-            for how in ("fn", "task"):
+    def measure(name: str, task: Any, /, *args: Any, before: Any = None, **kwargs: Any) -> Any:
+        """Overhead = the task call's wall time minus the time spent in the task's body during that call."""
+        body = task.fn
+        inside: list[float] = []
+
+        @functools.wraps(body)
+        def timed(*a: Any, **k: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return body(*a, **k)
+            finally:
+                inside.append(time.perf_counter() - started)
+
+        if before is not None:
+            before()
+        result = body(*args, **kwargs)  # warm-up: lazy imports and first-call caches
+        fresh = task.with_options(refresh_cache=True)  # a cached stage (feature-build) runs, not a cache hit
+        fresh.fn = timed
+        try:
+            for _ in range(repeat):
                 if before is not None:
                     before()
                 started = time.perf_counter()
-                if how == "fn":
-                    result = task.fn(*args, **kwargs)
-                else:
-                    state = task(*args, return_state=True, **kwargs)
-                    assert state.name == "Completed", (name, state)
-                    result = state.result()
-                times.setdefault(name, {}).setdefault(how, []).append(time.perf_counter() - started)
+                state = fresh(*args, return_state=True, **kwargs)
+                total = time.perf_counter() - started
+                result = state.result()
+                states.setdefault(name, []).append(state.name)
+                times.setdefault(name, {}).setdefault("task", []).append(total)
+                times[name].setdefault("body", []).append(inside[-1] if inside else float("nan"))
+                times[name].setdefault("overhead", []).append(total - (inside[-1] if inside else 0.0))
+                inside.clear()
+        finally:
+            fresh.fn = body
         return result
 
     @flow(name="bench-wrapper")
@@ -638,15 +740,15 @@ def mode_wrapper(opts: dict[str, Any]) -> dict[str, Any]:
 
     run()
     summary = {}
-    for name, pair in times.items():
-        fn, task = statistics.median(pair["fn"]), statistics.median(pair["task"])
-        summary[name] = {"fn_seconds": fn, "task_seconds": task, "overhead_seconds": task - fn,
-                         "fn_all": pair["fn"], "task_all": pair["task"]}
+    for name, got in times.items():
+        summary[name] = {"overhead_seconds": statistics.median(got["overhead"]),
+                         "body_seconds": statistics.median(got["body"]), "task_seconds": statistics.median(got["task"]),
+                         "overhead_all": got["overhead"], "states": states.get(name)}
     return {"stages": summary, "repeat": repeat, "rows": rows}
 
 
 MODES = {"stages": mode_stages, "flow": mode_flow, "plain": mode_plain, "validate": mode_validate,
-         "drift": mode_drift, "import": mode_import, "mlflow": mode_mlflow, "wrapper": mode_wrapper}
+         "drift": mode_drift, "import": mode_import, "store": mode_store, "mlflow": mode_mlflow}
 
 
 def main() -> None:

@@ -12,8 +12,6 @@ import json
 import os
 from pathlib import Path
 
-import numpy as np
-
 DATA = Path(__file__).resolve().parent / "data"
 GENERATOR = "v1"
 SEED = 20240101
@@ -36,8 +34,9 @@ def path_for(rows: int, *, drifted: bool = False) -> Path:
     return DATA / f"{kind}-{rows}-{GENERATOR}-s{SEED}.parquet"
 
 
-def make_table(rows: int, *, drifted: bool = False, seed: int = SEED):  # noqa: ANN201 - pyarrow.Table
+def make_table(rows: int, *, drifted: bool = False, seed: int = SEED):
     """Build the table in memory (pyarrow; strings are built from codes, never as Python objects)."""
+    import numpy as np
     import pyarrow as pa
 
     rng = np.random.default_rng(seed + (1 if drifted else 0))

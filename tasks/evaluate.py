@@ -19,7 +19,7 @@ from prefect_mlops.blocks.mlflow_server import MlflowServer
 from prefect_mlops.blocks.model_policy import LOWER_IS_BETTER, ModelPolicy
 from prefect_mlops.log import run_logger
 from prefect_mlops.refs import artifact_key
-from prefect_mlops.tasks.features import FeatureSet, load_split
+from prefect_mlops.tasks.features import FeatureSet, load_holdout
 from prefect_mlops.tasks.lineage import Champion
 from prefect_mlops.tasks.train import TrainedModel
 from prefect_mlops.workspace import Workspace
@@ -96,11 +96,19 @@ class _Outputs:
     """One model's predictions on the hold-out, enough to compute any metric on any subset."""
 
     def __init__(self, model: Any, x: pd.DataFrame, task: str) -> None:
-        self.labels = np.asarray(model.predict(x))
+        from sklearn.pipeline import Pipeline
+
         self.proba = None
         self.classes = None
-        if task == "classification" and hasattr(model, "predict_proba"):
-            self.proba = np.asarray(model.predict_proba(x))
+        wants_proba = task == "classification" and hasattr(model, "predict_proba")
+        if isinstance(model, Pipeline) and len(model.steps) > 1 and wants_proba:
+            # What Pipeline.predict and .predict_proba each do, with the feature transform run once, not twice.
+            final, xt = model.steps[-1][1], model[:-1].transform(x)
+        else:
+            final, xt = model, x
+        self.labels = np.asarray(final.predict(xt))
+        if wants_proba:
+            self.proba = np.asarray(final.predict_proba(xt))
             self.classes = np.asarray(model.classes_)
 
     def metrics(self, y: np.ndarray, task: str, rows: np.ndarray | slice = slice(None)) -> dict[str, float]:
@@ -161,7 +169,9 @@ def evaluate_models(
     policy = policy or ModelPolicy()
     spec = features.spec
     metric = policy.primary(spec.task)
-    _, holdout = load_split(features)
+    columns = list(dict.fromkeys([*spec.feature_columns, spec.target, *([spec.slice_column] if spec.slice_column
+                                                                        else [])]))
+    holdout = load_holdout(features, columns)  # only the rows and columns scored, never the train part
     x, y = holdout[spec.feature_columns], holdout[spec.target].to_numpy()
 
     challenger_model = server.load_model(trained.model_source, workspace)

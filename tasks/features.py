@@ -7,6 +7,7 @@ the transform used in training.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
@@ -16,9 +17,10 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from prefect_mlops.errors import FeatureError
 from prefect_mlops.log import run_logger
 from prefect_mlops.refs import DatasetRef
-from prefect_mlops.workspace import Workspace, read_frame
+from prefect_mlops.workspace import Workspace, read_frame, read_table
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from pathlib import Path
 
     import pandas as pd
@@ -179,16 +181,55 @@ def build_feature_set(dataset: DatasetRef, spec: FeatureSpec, *, workspace: Work
 
 def load_split(features: FeatureSet) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The train and hold-out frames of a feature set."""
+    import pandas as pd
+
     frame = read_frame(features.dataset)
+    mask = np.zeros(len(frame), dtype=bool)
+    mask[_holdout(features, lambda: frame)] = True
+    # One copy of each part (`reset_index` would copy them again), and the index renumbered in place.
+    holdout, train = frame.take(np.flatnonzero(mask)), frame.take(np.flatnonzero(~mask))
+    for part in (train, holdout):
+        part.index = pd.RangeIndex(len(part))
+    return train, holdout
+
+
+def load_holdout(features: FeatureSet, columns: list[str] | None = None) -> pd.DataFrame:
+    """The hold-out frame alone (`load_split(features)[1]`, or its `columns`), without building the train part.
+
+    The rows are picked in Arrow before the pandas conversion; a column whose nulls made the whole
+    column a float (integers) or object (booleans) keeps that dtype when the hold-out has no null.
+    """
+    import pandas as pd
+    import pyarrow as pa
+
+    table = read_table(features.dataset, columns=columns)
+    rows = _holdout(features, lambda: read_frame(features.dataset))
+    # The dtypes pandas gives the whole columns: the schema's own (pandas metadata included), then
+    # numpy integers and booleans that hold a null become float64 and object.
+    whole = dict(table.schema.empty_table().to_pandas().dtypes.items())
+    widened = {}
+    for name in table.column_names:
+        dtype = whole.get(name)
+        if table.column(name).null_count and isinstance(dtype, np.dtype) and dtype.kind in "iub":
+            widened[name] = np.dtype(object) if dtype.kind == "b" else np.dtype("float64")
+    holdout = table.take(pa.array(rows)).to_pandas()
+    del table
+    for name, dtype in widened.items():
+        if name in holdout.columns and holdout[name].dtype != dtype:
+            holdout[name] = holdout[name].astype(dtype)
+    holdout.index = pd.RangeIndex(len(holdout))
+    return holdout
+
+
+def _holdout(features: FeatureSet, frame: Callable[[], pd.DataFrame]) -> np.ndarray:
+    """The saved hold-out row positions; recomputed (deterministically) from `frame()` if the file is gone."""
     try:
-        holdout = np.load(features.holdout_index_uri)
+        return np.load(features.holdout_index_uri)
     except FileNotFoundError:
         # A cached feature set whose split file was cleaned away: the split is deterministic, redo it.
-        holdout = holdout_positions(frame, features.spec)
+        holdout = holdout_positions(frame(), features.spec)
         np.save(features.holdout_index_uri, holdout)
-    mask = np.zeros(len(frame), dtype=bool)
-    mask[holdout] = True
-    return frame.loc[~mask].reset_index(drop=True), frame.loc[mask].reset_index(drop=True)
+        return holdout
 
 
 def make_transform(spec: FeatureSpec) -> ColumnTransformer:

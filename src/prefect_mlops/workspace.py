@@ -17,6 +17,7 @@ from prefect_mlops.refs import DatasetRef
 
 if TYPE_CHECKING:
     import pandas as pd
+    import pyarrow as pa
 
 WORKSPACE_ENV = "PREFECT_MLOPS_WORKSPACE"
 
@@ -106,10 +107,28 @@ def read_frame(ref: DatasetRef, columns: list[str] | None = None) -> pd.DataFram
     try:
         return pd.read_parquet(ref.uri, columns=columns)
     except FileNotFoundError as exc:
-        raise DataSourceError(
-            f"dataset {ref.name!r}: snapshot {ref.uri} is gone; the workspace was cleaned or moved. "
-            "Run ingest again to re-create it"
-        ) from exc
+        raise _gone(ref) from exc
+
+
+def read_table(ref: DatasetRef, columns: list[str] | None = None) -> pa.Table:
+    """Load a snapshot as an Arrow table (no pandas conversion), saying which dataset is missing when it is.
+
+    `table.to_pandas()` gives the frame that `read_frame` gives; strings stay compact Arrow
+    buffers until then, so selecting rows before converting saves most of the memory.
+    """
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.read_table(ref.uri, columns=columns)
+    except FileNotFoundError as exc:
+        raise _gone(ref) from exc
+
+
+def _gone(ref: DatasetRef) -> DataSourceError:
+    return DataSourceError(
+        f"dataset {ref.name!r}: snapshot {ref.uri} is gone; the workspace was cleaned or moved. "
+        "Run ingest again to re-create it"
+    )
 
 
 def _safe(name: str) -> str:
