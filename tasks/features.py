@@ -228,6 +228,7 @@ def _holdout(features: FeatureSet, frame: Callable[[], pd.DataFrame]) -> np.ndar
     except FileNotFoundError:
         # A cached feature set whose split file was cleaned away: the split is deterministic, redo it.
         holdout = holdout_positions(frame(), features.spec)
+        Path(features.holdout_index_uri).parent.mkdir(parents=True, exist_ok=True)
         np.save(features.holdout_index_uri, holdout)
         return holdout
 

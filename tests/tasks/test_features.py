@@ -69,6 +69,7 @@ def test_spec_itself_is_checked_when_declared():
 
 def test_unchanged_inputs_are_served_from_prefect_cache_and_a_lost_split_is_redone(frame, workspace):
     import os
+    import shutil
 
     from prefect import flow
 
@@ -83,6 +84,6 @@ def test_unchanged_inputs_are_served_from_prefect_cache_and_a_lost_split_is_redo
     first, second = twice()
     assert second.name == "Cached" and second.result() == first.result()
     _, holdout = load_split(first.result())
-    os.remove(first.result().holdout_index_uri)
+    shutil.rmtree(os.path.dirname(first.result().holdout_index_uri))  # the workspace was cleaned
     _, again = load_split(second.result())
     assert again.equals(holdout)
