@@ -17,11 +17,12 @@ reports its wall time and peak RSS (`ru_maxrss`; per step, a thread sampling RSS
   API start-up, the `@task` wrapper overhead per stage, and import times (median of 5).
 
 Medians of 3 runs up to 1M rows, 1 run above; a quick run (no size above 100k, `make
-bench-quick`) runs each configuration once. `--repeat` overrides both. Results go to
-`bench/results/<date>.json`; the markdown tables are printed and written between the
-`<!-- bench:start -->` / `<!-- bench:end -->` markers of README.md (else to
-`bench/results/<date>.md`). Every child runs with OMP_NUM_THREADS=1 (Arrow then uses one
-thread too): the numbers are single-core numbers.
+bench-quick`, about 3 minutes) runs each configuration once. `--repeat` overrides both.
+Results go to `bench/results/<date>.json`; the markdown tables are printed and written
+between the `<!-- bench:start -->` / `<!-- bench:end -->` markers of README.md (else to
+`bench/results/<date>.md`). A quick run writes `bench/results/<date>-quick.json` and `.md`
+and leaves README.md alone unless `--readme` is given. Every child runs with
+OMP_NUM_THREADS=1 (Arrow then uses one thread too): the numbers are single-core numbers.
 """
 
 from __future__ import annotations
@@ -551,7 +552,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--drift-full-max", type=int, default=1_000_000,
                         help="largest size at which Evidently also runs on all rows (5M: minutes, ~15 GB)")
     parser.add_argument("--results", default=str(HERE / "results"), help="folder for <date>.json")
-    parser.add_argument("--readme", default=str(ROOT / "README.md"), help="file with the bench markers")
+    parser.add_argument("--readme", default=None,
+                        help="file with the bench markers (default: README.md, except for a quick run)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (workspaces, logs)")
     parser.add_argument("--quiet", action="store_true", help="do not print each child's wall time")
     args = parser.parse_args(argv)
@@ -559,16 +561,18 @@ def main(argv: list[str] | None = None) -> int:
     results = bench(args)
     folder = Path(args.results)
     folder.mkdir(parents=True, exist_ok=True)
-    stem = results["date"]
+    quick = max(int(size) for size in results["sizes"]) <= 100_000
+    stem = results["date"] + ("-quick" if quick else "")
     (folder / f"{stem}.json").write_text(json.dumps(results, indent=1, default=str))
     table = markdown(results)
     print("\n" + table)
-    if write_readme(table, Path(args.readme)):
-        print(f"results: {folder / (stem + '.json')}; table written into {args.readme}")
+    readme = args.readme or ("" if quick else str(ROOT / "README.md"))
+    if readme and write_readme(table, Path(readme)):
+        print(f"results: {folder / (stem + '.json')}; table written into {readme}")
     else:
         (folder / f"{stem}.md").write_text(table)
-        print(f"results: {folder / (stem + '.json')}; no bench markers in {args.readme}: table in "
-              f"{folder / (stem + '.md')}")
+        why = f"no bench markers in {readme}" if readme else "a quick run leaves README.md alone"
+        print(f"results: {folder / (stem + '.json')}; {why}: table in {folder / (stem + '.md')}")
     print(f"bench took {results['seconds']:.0f} s")
     return 0
 
