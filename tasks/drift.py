@@ -1,4 +1,9 @@
-"""Drift-check: compare a current window with the champion's training data using Evidently.
+"""Drift-check: compare a current window with the champion's training data.
+
+The decision comes from per-column effect sizes with thresholds that do not shrink with the
+sample size, gated by Holm-corrected p-values, weighted by the columns' importance to the model
+(see `_drift_stats`); below `min_rows` rows a side it decides nothing. Evidently draws the HTML
+report from a seeded sample, off the decision path.
 
 On drift it emits the Prefect event `prefect_mlops.drift.detected` with the model as its
 resource; a deployment trigger on a Prefect server turns that event into one retraining run.
@@ -6,35 +11,66 @@ resource; a deployment trigger on a Prefect server turns that event into one ret
 
 from __future__ import annotations
 
+import html
 import math
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Literal
 
 from prefect import task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact
 from pydantic import BaseModel, ConfigDict, Field
 
 from prefect_mlops.errors import DriftCheckError
-from prefect_mlops.log import run_logger
+from prefect_mlops.log import brief, run_logger
 from prefect_mlops.refs import DatasetRef, artifact_key
-from prefect_mlops.workspace import Workspace, read_frame, read_table
+from prefect_mlops.tasks import _drift_stats as stats
+from prefect_mlops.workspace import Workspace, read_table
 
 if TYPE_CHECKING:
-    import pandas as pd
+    import pyarrow as pa
 
 DRIFT_EVENT = "prefect_mlops.drift.detected"
+REPORT_SEED = 0
 
 
 class ColumnDrift(BaseModel):
-    """One column's drift test."""
+    """One column's statistics and decision."""
 
     model_config = ConfigDict(frozen=True, ser_json_inf_nan="constants")
 
     column: str
-    method: str = Field(description="Evidently's test, e.g. 'K-S p_value' or 'Wasserstein distance (normed)'.")
-    threshold: float
-    score: float
+    kind: Literal["numeric", "categorical"]
+    decision: Literal["drifted", "stable", "not-enough-data"]
     drifted: bool
+    method: str = Field(description="The effect size that decided: 'psi' or 'wasserstein' (normed).")
+    effect: float = Field(description="That effect size's value.")
+    threshold: float = Field(description="That effect size's threshold.")
+    score: float = Field(description="Same as `effect` (kept for earlier readers).")
+    psi: float = Field(description="Population stability index on the reference's deciles or on the categories.")
+    wasserstein: float | None = Field(description="Wasserstein distance / the reference's std; None for categories.")
+    jensen_shannon: float = Field(description="Jensen-Shannon distance (base 2) on the same bins as PSI.")
+    test: str = Field(description="'ks' (two-sample Kolmogorov-Smirnov) or 'chi2' (2xK chi-squared).")
+    p_value: float
+    p_adjusted: float | None = Field(description="Holm-corrected over the columns; None when not tested.")
+    importance: float = Field(description="The column's share of the importance (the weights sum to 1).")
+    reference_count: int = Field(description="Reference values compared (missing ones left out).")
+    current_count: int
+    reference_missing: int = Field(description="Reference nulls, NaNs and infinities left out.")
+    current_missing: int
+    unseen_share: float | None = Field(default=None, description="Categories: share of current values in "
+                                                                  "categories the reference lacks.")
+
+    @classmethod
+    def from_verdict(cls, verdict: stats.ColumnVerdict) -> ColumnDrift:
+        """The record of a `_drift_stats.ColumnVerdict` (e.g. from `label_drift`)."""
+        s = verdict.stats
+        return cls(column=s.column, kind=s.kind, decision=verdict.decision, drifted=verdict.drifted,
+                   method=verdict.method, effect=verdict.effect, threshold=verdict.threshold, score=verdict.effect,
+                   psi=s.psi, wasserstein=s.wasserstein, jensen_shannon=s.jensen_shannon, test=s.test,
+                   p_value=s.p_value, p_adjusted=verdict.p_adjusted, importance=verdict.importance,
+                   reference_count=s.reference_count, current_count=s.current_count,
+                   reference_missing=s.reference_missing, current_missing=s.current_missing,
+                   unseen_share=s.unseen_share)
 
 
 class DriftReport(BaseModel):
@@ -43,17 +79,24 @@ class DriftReport(BaseModel):
     model_config = ConfigDict(frozen=True, ser_json_inf_nan="constants")
 
     model_name: str
-    drift_share: float = Field(description="Share of checked columns that drifted.")
+    decision: Literal["drifted", "stable", "not-enough-data"]
+    reason: str = Field(description="One sentence with the numbers behind the decision.")
+    drift_share: float = Field(description="Importance-weighted share of the columns that drifted (0-1).")
     threshold: float = Field(description="Drift share at which the dataset counts as drifted.")
-    detected: bool
+    detected: bool = Field(description="decision == 'drifted'.")
     drifted_columns: list[str]
     columns: list[ColumnDrift]
+    current_rows: int = Field(description="Current rows compared (after sampling, before missing values).")
+    reference_rows: int
+    min_rows: int = Field(default=100, description="Rows a side below which nothing is decided.")
+    alpha: float = Field(default=0.05, description="Level of the Holm-corrected tests.")
     window: str | None
     current: DatasetRef
     reference: DatasetRef
     report_path: str
+    report_rows: int | None = Field(default=None, description="Rows a side the HTML report was drawn from.")
     sample_rows: int | None = Field(
-        default=None, description="Rows each side was sampled down to before the tests; None: every row."
+        default=None, description="Rows each side was sampled down to before the statistics; None: every row."
     )
 
 
@@ -69,73 +112,191 @@ def check_drift(
     model_name: str,
     columns: list[str],
     drift_share: float = 0.5,
+    importance: dict[str, float] | None = None,
+    min_rows: int = 100,
+    alpha: float = 0.05,
     workspace: Workspace | None = None,
     sample_rows: int | None = None,
+    report_rows: int = 5000,
 ) -> DriftReport:
-    """Run Evidently's data-drift preset on `columns` and save its HTML report.
+    """Decide whether `columns` drifted from `reference` to `current`, and save an HTML report.
 
-    The dataset counts as drifted when at least `drift_share` of the columns drifted.
+    A column drifts when its effect size passes its threshold (PSI >= 0.2, or for numbers the
+    Wasserstein distance >= 0.1 reference standard deviations) and its KS / chi-squared p-value,
+    Holm-corrected over the columns, is below `alpha`. The data drifts when the drifted columns
+    carry at least `drift_share` of `importance` (column -> weight, e.g. permutation importance;
+    negative counts as 0, a column left out as 0; None or all zero: equal weights). With fewer
+    than `min_rows` rows on either side the decision is "not-enough-data" and nothing drifts.
 
-    `sample_rows` (off by default) compares a uniform random sample of at most that many rows
-    of each side (seeded: the same data gives the same sample). Evidently's preset grows
-    linearly with the rows (about a minute for 1M x 18 columns a side on one core); the scores
-    are then those of the sample, and `DriftReport.sample_rows` (and the task's artifact) say so.
-    Evidently picks p-value tests up to 1,000 rows and distances above, so a sample that small
-    changes the tests themselves.
+    `sample_rows` (off by default) computes the statistics on a seeded uniform sample of at
+    most that many rows a side. The Evidently HTML report is always drawn from a seeded sample
+    of at most `report_rows` rows a side: it illustrates, it does not decide.
+
+    Example:
+        ```python
+        import tempfile
+        import numpy as np, pandas as pd
+        from prefect_mlops.tasks.drift import check_drift
+        from prefect_mlops.workspace import Workspace
+        ws, rng = Workspace(tempfile.mkdtemp()), np.random.default_rng(0)
+        ref = ws.write_snapshot(pd.DataFrame({"x": rng.normal(size=2000)}), name="ref")
+        cur = ws.write_snapshot(pd.DataFrame({"x": rng.normal(0.5, 1, size=2000)}), name="cur")
+        report = check_drift(cur, ref, model_name="m", columns=["x"], workspace=ws)
+        assert report.decision == "drifted" and report.drifted_columns == ["x"]
+        ```
     """
-    from evidently import Report
-    from evidently.presets import DataDriftPreset
-
     workspace = workspace or Workspace()
-    missing = [c for c in columns if c not in current.columns]
-    if missing:
-        raise DriftCheckError(f"drift check of {model_name!r}: current data {current.name!r} lacks columns "
-                              f"{missing} that the champion was trained on; fix the source")
-    if not columns:
-        raise DriftCheckError(f"drift check of {model_name!r}: no columns to compare")
-    if sample_rows is not None and sample_rows < 1:
-        raise DriftCheckError(f"drift check of {model_name!r}: sample_rows must be a positive number of rows "
-                              f"or None (no sampling), got {sample_rows}")
-    current_frame, reference_frame = (_read_sample(ref, columns, sample_rows) for ref in (current, reference))
+    _check_arguments(model_name, current, columns, drift_share, min_rows, alpha, sample_rows, report_rows,
+                     importance)
+    current_table, reference_table = (_sample(read_table(ref, columns), sample_rows) for ref in (current, reference))
     sampled = sample_rows if sample_rows is not None and max(current.rows, reference.rows) > sample_rows else None
-    snapshot = Report([DataDriftPreset(columns=columns, drift_share=drift_share)]).run(
-        current_data=current_frame, reference_data=reference_frame)
-    del current_frame, reference_frame
-    per_column, share = [], math.nan
-    for metric in snapshot.dict()["metrics"]:
-        config, value = metric["config"], metric["value"]
-        if config.get("type", "").endswith("DriftedColumnsCount"):
-            share = float(value["share"])
-        elif config.get("type", "").endswith("ValueDrift"):
-            method, threshold, score = config["method"], float(config["threshold"]), float(value)
-            # p-values drift when small; distances drift when large.
-            drifted = score < threshold if "p_value" in method else score >= threshold
-            per_column.append(ColumnDrift(column=config["column"], method=method, threshold=threshold,
-                                          score=score, drifted=drifted))
+    per_column = column_statistics(reference_table, current_table, columns, model_name=model_name)
+    verdict = stats.decide(per_column, importance=importance, drift_share=drift_share, min_rows=min_rows,
+                           alpha=alpha, reference_rows=reference_table.num_rows,
+                           current_rows=current_table.num_rows)
+    records = [ColumnDrift.from_verdict(v) for v in verdict.columns]
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%f")
     path = workspace.folder("reports", model_name) / f"drift-{stamp}.html"
-    snapshot.save_html(str(path))
-    drifted = [c.column for c in per_column if c.drifted]
-    return DriftReport(model_name=model_name, drift_share=share, threshold=drift_share,
-                       detected=math.isfinite(share) and share >= drift_share, drifted_columns=drifted,
-                       columns=per_column, window=current.window, current=current, reference=reference,
-                       report_path=str(path), sample_rows=sampled)
+    shown = _save_html(path, current_table, reference_table, per_column, columns, drift_share, report_rows, verdict)
+    return DriftReport(model_name=model_name, decision=verdict.decision, reason=verdict.reason,
+                       drift_share=verdict.drift_share, threshold=drift_share, detected=verdict.detected,
+                       drifted_columns=verdict.drifted_columns, columns=records,
+                       current_rows=current_table.num_rows, reference_rows=reference_table.num_rows,
+                       min_rows=min_rows, alpha=alpha, window=current.window, current=current, reference=reference,
+                       report_path=str(path), report_rows=shown, sample_rows=sampled)
 
 
-def _read_sample(ref: DatasetRef, columns: list[str], sample_rows: int | None) -> pd.DataFrame:
-    """The snapshot's `columns`; with `sample_rows`, at most that many rows drawn without replacement.
+def _check_arguments(model_name: str, current: DatasetRef, columns: list[str], drift_share: float, min_rows: int,
+                     alpha: float, sample_rows: int | None, report_rows: int,
+                     importance: dict[str, float] | None) -> None:
+    where = f"drift check of {model_name!r}"
+    if not columns:
+        raise DriftCheckError(f"{where}: no columns to compare")
+    missing = [c for c in columns if c not in current.columns]
+    if missing:
+        raise DriftCheckError(f"{where}: current data {current.name!r} lacks columns {missing} that the champion "
+                              "was trained on; fix the source")
+    if not 0 < drift_share <= 1:
+        raise DriftCheckError(f"{where}: drift_share must be in (0, 1], got {drift_share}")
+    if not 0 < alpha < 1:
+        raise DriftCheckError(f"{where}: alpha must be in (0, 1), got {alpha}")
+    if min_rows < 1:
+        raise DriftCheckError(f"{where}: min_rows must be at least 1 row a side, got {min_rows}")
+    if sample_rows is not None and sample_rows < 1:
+        raise DriftCheckError(f"{where}: sample_rows must be a positive number of rows or None (no sampling), "
+                              f"got {sample_rows}")
+    if report_rows < 1:
+        raise DriftCheckError(f"{where}: report_rows must be a positive number of rows, got {report_rows}")
+    for column, value in (importance or {}).items():
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise DriftCheckError(f"{where}: importance of column {column!r} must be a number, got {brief(value)}; "
+                                  "pass e.g. the model's permutation importance per column")
 
-    Rows are picked in Arrow before the pandas conversion, so a sample never holds the whole frame.
+
+def _sample(table: pa.Table, rows: int | None) -> pa.Table:
+    """At most `rows` rows drawn without replacement (seeded: the same data gives the same sample).
+
+    Rows are picked in Arrow, so a sample never converts the whole table.
     """
-    if sample_rows is None:
-        return read_frame(ref, columns)
+    if rows is None or table.num_rows <= rows:
+        return table
     import numpy as np
 
-    table = read_table(ref, columns)
-    if table.num_rows <= sample_rows:
-        return table.to_pandas()
-    rows = np.sort(np.random.default_rng(0).choice(table.num_rows, size=sample_rows, replace=False))
-    return table.take(rows).to_pandas()
+    picked = np.sort(np.random.default_rng(REPORT_SEED).choice(table.num_rows, size=rows, replace=False))
+    return table.take(picked)
+
+
+def column_statistics(reference: pa.Table, current: pa.Table, columns: list[str], *,
+                      model_name: str = "model") -> dict[str, stats.ColumnStats]:
+    """Per-column statistics of two Arrow tables: numbers (ints, floats, decimals, dates, times) by
+    `numeric_stats`, everything else (strings, dictionaries, booleans) by `categorical_stats`.
+
+    The kind follows the reference's type. Categories are counted in Arrow (`value_counts`), so
+    strings never become Python objects.
+    """
+    import pyarrow as pa
+
+    out = {}
+    for column in columns:
+        ref_col, cur_col = reference.column(column), current.column(column)
+        if _is_numeric(ref_col.type):
+            try:
+                ref_values, cur_values = _as_float(ref_col), _as_float(cur_col)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+                raise DriftCheckError(
+                    f"drift check of {model_name!r}: column {column!r} is numeric in the reference "
+                    f"({ref_col.type}) but {cur_col.type} in the current data; fix the source's type") from exc
+            out[column] = stats.numeric_stats(ref_values, cur_values, column=column)
+        else:
+            (ref_counts, ref_missing), (cur_counts, cur_missing) = _counts(ref_col), _counts(cur_col)
+            out[column] = stats.categorical_stats(ref_counts, cur_counts, column=column,
+                                                  reference_missing=ref_missing, current_missing=cur_missing)
+    return out
+
+
+def _is_numeric(arrow_type: Any) -> bool:
+    import pyarrow as pa
+
+    return (pa.types.is_integer(arrow_type) or pa.types.is_floating(arrow_type) or pa.types.is_decimal(arrow_type)
+            or pa.types.is_temporal(arrow_type))
+
+
+def _as_float(column: Any) -> Any:
+    """float64 numpy values; nulls become NaN (left out and counted by the statistics)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if pa.types.is_temporal(column.type):  # dates and times compare as their integer encoding
+        column = pc.cast(column, pa.int64()) if not pa.types.is_date32(column.type) else \
+            pc.cast(pc.cast(column, pa.int32()), pa.int64())
+    return pc.cast(column, pa.float64()).to_numpy()
+
+
+def _counts(column: Any) -> tuple[dict[Any, int], int]:
+    import pyarrow.compute as pc
+
+    counted = pc.value_counts(column)
+    keys, numbers = counted.field("values").to_pylist(), counted.field("counts").to_pylist()
+    counts = {key: number for key, number in zip(keys, numbers, strict=True) if key is not None}
+    return counts, int(column.null_count)
+
+
+def _save_html(path: Any, current: pa.Table, reference: pa.Table, per_column: dict[str, stats.ColumnStats],
+               columns: list[str], drift_share: float, report_rows: int, verdict: stats.DatasetVerdict) -> int:
+    """Evidently's report from at most `report_rows` sampled rows a side; returns the rows shown.
+
+    Evidently is told each column's kind and shown the decision's effect sizes (normed
+    Wasserstein for numbers, PSI for categories). The report is an illustration: when
+    Evidently cannot draw it (one row, say), a plain page with the decision takes its place.
+    """
+    current_sample, reference_sample = _sample(current, report_rows), _sample(reference, report_rows)
+    shown = max(current_sample.num_rows, reference_sample.num_rows)
+    numeric = [c for c in columns if per_column[c].kind == "numeric"]
+    categorical = [c for c in columns if per_column[c].kind == "categorical"]
+    try:
+        from evidently import DataDefinition, Dataset, Report
+        from evidently.presets import DataDriftPreset
+
+        definition = DataDefinition(numerical_columns=numeric, categorical_columns=categorical)
+        current_data, reference_data = (Dataset.from_pandas(t.to_pandas(), data_definition=definition)
+                                        for t in (current_sample, reference_sample))
+        preset = DataDriftPreset(columns=columns, drift_share=drift_share, num_method="wasserstein",
+                                 num_threshold=stats.Thresholds().wasserstein, cat_method="psi",
+                                 cat_threshold=stats.Thresholds().psi)
+        Report([preset]).run(current_data=current_data, reference_data=reference_data).save_html(str(path))
+    except Exception as exc:  # the report illustrates; it never blocks the decision
+        run_logger().warning("Evidently could not draw the drift report (%s: %s); wrote the decision alone to %s",
+                             type(exc).__name__, exc, path)
+        rows = "".join(f"<tr><td>{html.escape(c.column)}</td><td>{c.decision}</td><td>{c.method}</td>"
+                       f"<td>{c.effect:.4g}</td><td>{c.p_adjusted if c.p_adjusted is not None else '-'}</td></tr>"
+                       for c in verdict.columns)
+        path.write_text(
+            "<!doctype html>\n<html><head><meta charset='utf-8'><title>Drift</title></head><body>"
+            f"<h1>Drift: {verdict.decision}</h1><p>{html.escape(verdict.reason)}</p>"
+            f"<p>Evidently could not draw its report: {html.escape(type(exc).__name__)}: "
+            f"{html.escape(brief(str(exc)))}</p><table><tr><th>column</th><th>decision</th><th>effect</th>"
+            f"<th>value</th><th>Holm p</th></tr>{rows}</table></body></html>\n", encoding="utf-8")
+    return shown
 
 
 def emit_drift_event(report: DriftReport, champion_version: str | None = None) -> str | None:
@@ -146,12 +307,28 @@ def emit_drift_event(report: DriftReport, champion_version: str | None = None) -
         event=DRIFT_EVENT,
         resource={"prefect.resource.id": model_resource_id(report.model_name),
                   "prefect.resource.name": report.model_name, "prefect-mlops.model": report.model_name},
-        payload={"model_name": report.model_name, "drift_share": report.drift_share,
-                 "threshold": report.threshold, "drifted_columns": report.drifted_columns,
-                 "window": report.window or "latest", "champion_version": champion_version,
-                 "current_fingerprint": report.current.fingerprint, "report": report.report_path},
+        payload={"model_name": report.model_name, "decision": report.decision, "reason": report.reason,
+                 "drift_share": report.drift_share, "threshold": report.threshold,
+                 "drifted_columns": report.drifted_columns, "current_rows": report.current_rows,
+                 "reference_rows": report.reference_rows, "window": report.window or "latest",
+                 "champion_version": champion_version, "current_fingerprint": report.current.fingerprint,
+                 "report": report.report_path},
     )
     return str(event.id) if event else None
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3g}"
+
+
+def markdown_table(report: DriftReport) -> str:
+    """The per-column table of a report, in Markdown."""
+    head = ("| column | kind | decision | effect | threshold | PSI | Wasserstein (normed) | Jensen-Shannon | test "
+            "| p | Holm p | importance | missing (ref / cur) |\n" + "|---" * 13 + "|\n")
+    return head + "\n".join(
+        f"| {c.column} | {c.kind} | {c.decision} | {c.method} {_fmt(c.effect)} | {c.threshold:g} | {_fmt(c.psi)} "
+        f"| {_fmt(c.wasserstein)} | {_fmt(c.jensen_shannon)} | {c.test} | {_fmt(c.p_value)} | {_fmt(c.p_adjusted)} "
+        f"| {c.importance:.0%} | {c.reference_missing} / {c.current_missing} |" for c in report.columns)
 
 
 @task(name="drift-check", task_run_name="drift-{model_name}")
@@ -164,31 +341,36 @@ def drift_check(
     champion_version: str | None = None,
     workspace: str | None = None,
     sample_rows: int | None = None,
+    importance: dict[str, float] | None = None,
+    min_rows: int = 100,
+    alpha: float = 0.05,
+    report_rows: int = 5000,
 ) -> DriftReport:
     """Check drift (see `check_drift`), link the HTML report, and emit the drift event when drifted.
 
-    `sample_rows`: compare at most that many sampled rows a side (see `check_drift`); None, the
-    default, compares every row.
+    The event is emitted only for the decision "drifted": never for "stable" or "not-enough-data".
+    `importance`: column -> weight (e.g. the champion's permutation importance); None weighs the
+    columns equally. `min_rows`: rows a side below which nothing is decided.
     """
     report = check_drift(current, reference, model_name=model_name, columns=columns, drift_share=drift_share,
-                         workspace=Workspace(workspace), sample_rows=sample_rows)
+                         importance=importance, min_rows=min_rows, alpha=alpha, workspace=Workspace(workspace),
+                         sample_rows=sample_rows, report_rows=report_rows)
     logger = run_logger()
     create_link_artifact(key=artifact_key("drift-report", model_name), link=f"file://{report.report_path}",
-                         link_text=f"Evidently drift report ({report.drift_share:.0%} of columns drifted)",
-                         description=f"Drift of {current.short()} against {reference.short()}")
+                         link_text=f"Evidently drift report (decision: {report.decision}, {report.drift_share:.0%} "
+                                   "of the importance drifted)",
+                         description=f"Drift of {current.short()} against {reference.short()}"
+                                     f" (report drawn from {report.report_rows} rows a side)")
     create_markdown_artifact(
-        f"# Drift of {model_name}: {'DETECTED' if report.detected else 'none'}\n\n"
-        f"drift_share {report.drift_share:.3f} (threshold {report.threshold}); window {report.window or 'latest'}"
-        + (f"; tests on a sample of {report.sample_rows} rows a side" if report.sample_rows else "")
-        + "\n\n| column | test | score | threshold | drifted |\n|---|---|---|---|---|\n"
-        + "\n".join(f"| {c.column} | {c.method} | {c.score:.4g} | {c.threshold} | {'yes' if c.drifted else ''} |"
-                    for c in report.columns)
-        + f"\n\nReport: {report.report_path}",
-        key=artifact_key("drift", model_name), description="Per-column drift tests")
-    if report.detected:
+        f"# Drift of {model_name}: {report.decision.upper()}\n\n{report.reason}\n\n"
+        f"drift_share {report.drift_share:.3f} (threshold {report.threshold}); window {report.window or 'latest'}; "
+        f"min_rows {report.min_rows}; alpha {report.alpha}"
+        + (f"; statistics on a sample of {report.sample_rows} rows a side" if report.sample_rows else "")
+        + "\n\n" + markdown_table(report) + f"\n\nReport: {report.report_path}",
+        key=artifact_key("drift", model_name), description="Per-column drift statistics and decision")
+    if report.decision == "drifted":
         event_id = emit_drift_event(report, champion_version)
-        logger.warning("drift detected for %s: drift_share=%.2f, columns %s; emitted %s (%s)", model_name,
-                       report.drift_share, report.drifted_columns, DRIFT_EVENT, event_id)
+        logger.warning("drift detected for %s: %s Emitted %s (%s)", model_name, report.reason, DRIFT_EVENT, event_id)
     else:
-        logger.info("no drift for %s: drift_share=%.2f", model_name, report.drift_share)
+        logger.info("no drift event for %s: %s", model_name, report.reason)
     return report
