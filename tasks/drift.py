@@ -345,12 +345,14 @@ def drift_check(
     min_rows: int = 100,
     alpha: float = 0.05,
     report_rows: int = 5000,
+    emit: bool = True,
 ) -> DriftReport:
     """Check drift (see `check_drift`), link the HTML report, and emit the drift event when drifted.
 
     The event is emitted only for the decision "drifted": never for "stable" or "not-enough-data".
     `importance`: column -> weight (e.g. the champion's permutation importance); None weighs the
-    columns equally. `min_rows`: rows a side below which nothing is decided.
+    columns equally. `min_rows`: rows a side below which nothing is decided. `emit=False` leaves
+    the event to the caller (a retrain policy that weighs drift with other signals emits one).
     """
     report = check_drift(current, reference, model_name=model_name, columns=columns, drift_share=drift_share,
                          importance=importance, min_rows=min_rows, alpha=alpha, workspace=Workspace(workspace),
@@ -368,7 +370,9 @@ def drift_check(
         + (f"; statistics on a sample of {report.sample_rows} rows a side" if report.sample_rows else "")
         + "\n\n" + markdown_table(report) + f"\n\nReport: {report.report_path}",
         key=artifact_key("drift", model_name), description="Per-column drift statistics and decision")
-    if report.decision == "drifted":
+    if report.decision == "drifted" and not emit:
+        logger.warning("drift detected for %s: %s No event: the caller decides.", model_name, report.reason)
+    elif report.decision == "drifted":
         event_id = emit_drift_event(report, champion_version)
         logger.warning("drift detected for %s: %s Emitted %s (%s)", model_name, report.reason, DRIFT_EVENT, event_id)
     else:

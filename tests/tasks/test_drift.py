@@ -126,6 +126,8 @@ def test_the_same_shift_drifts_at_1k_and_100k_rows_and_no_shift_does_not(rows, w
     same = run_check(snapshot(workspace, "same", rows, seed=3), reference, workspace)
     assert same.decision == "stable" and same.drifted_columns == [] and same.drift_share == 0.0
     assert len(drift_events) == 1  # no event for a stable window
+    assert run_check(shifted.current, reference, workspace, emit=False).decision == "drifted"
+    assert len(drift_events) == 1  # emit=False: the caller emits
     # Evidently drew the report from at most 5,000 rows a side, whatever the data's size.
     assert shifted.report_rows == min(rows, 5_000) and shifted.sample_rows is None
 
