@@ -241,7 +241,12 @@ def category_counts(values: Any) -> tuple[dict[Any, int], int]:
     For large string columns count in Arrow (`pyarrow.compute.value_counts`) and pass the dict
     to `categorical_stats` instead: sorting a million Python strings is slow.
     """
-    array = np.asarray(values, dtype=object).ravel()
+    array = np.asarray(values).ravel()
+    if array.dtype.kind in "biuf":  # class labels as numbers or booleans: no Python loop
+        missing = np.isnan(array) if array.dtype.kind == "f" else np.zeros(array.size, dtype=bool)
+        keys, numbers = np.unique(array[~missing], return_counts=True)
+        return dict(zip(keys.tolist(), numbers.tolist(), strict=True)), int(missing.sum())
+    array = array.astype(object)
     missing = np.array([v is None or (isinstance(v, float) and math.isnan(v)) for v in array], dtype=bool)
     present = array[~missing]
     counts: dict[Any, int] = {}

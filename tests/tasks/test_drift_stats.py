@@ -112,6 +112,12 @@ def test_categorical_statistics_match_scipy_with_unseen_categories():
     assert from_counts == got
 
 
+def test_category_counts_of_labels_leave_missing_values_out():
+    assert ds.category_counts(np.array([1.0, np.nan, 0.0, 1.0])) == ({0.0: 1, 1.0: 2}, 1)
+    assert ds.category_counts(np.array([True, False, True])) == ({False: 1, True: 2}, 0)
+    assert ds.category_counts(np.array(["b", None, "a", "b"], dtype=object)) == ({"a": 1, "b": 2}, 1)
+
+
 def test_one_category_on_both_sides_is_no_drift():
     got = ds.categorical_stats(np.array(["x"] * 300), np.array(["x"] * 200))
     assert got.p_value == 1.0 and got.psi == 0.0 and got.jensen_shannon == 0.0
