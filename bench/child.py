@@ -476,6 +476,8 @@ def arrow_validate(table: Any, suite_json: dict[str, Any]) -> list[str]:
     outside [min, max] (numbers) or outside the set (categories). No pandas, no GX, no
     unexpected-value samples: only pass or fail.
     """
+    from datetime import datetime
+
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -485,7 +487,7 @@ def arrow_validate(table: Any, suite_json: dict[str, Any]) -> list[str]:
     for expectation in suite_json["expectations"]:
         kwargs = expectation["kwargs"]
         if expectation["type"] == "expect_table_row_count_to_be_between":
-            if not kwargs["min_value"] <= rows <= kwargs["max_value"]:
+            if not kwargs.get("min_value", 0) <= rows <= kwargs.get("max_value", rows):
                 failed.append("row_count")
         else:
             by_column.setdefault(kwargs["column"], []).append(expectation)
@@ -510,6 +512,13 @@ def arrow_validate(table: Any, suite_json: dict[str, Any]) -> list[str]:
             elif kind == "expect_column_values_to_be_in_set":
                 inside = pc.sum(pc.is_in(values, value_set=pa.array(kwargs["value_set"]))).as_py() or 0
                 ok = present == 0 or inside >= mostly * present
+            elif kind == "expect_column_value_lengths_to_be_between":
+                ok = (pc.max(pc.utf8_length(values)).as_py() or 0) <= kwargs["max_value"]
+            elif kind in ("expect_column_min_to_be_between", "expect_column_max_to_be_between"):
+                extremes = pc.min_max(values)
+                low, high = kwargs.get("min_value"), kwargs.get("max_value")
+                ok = (low is None or extremes["min"].as_py() >= datetime.fromisoformat(low)) and (
+                    high is None or extremes["max"].as_py() <= datetime.fromisoformat(high))
             else:  # column exists, type list: schema facts, no pass over the data
                 ok = True
             if not ok:
@@ -591,13 +600,9 @@ def mode_validate(opts: dict[str, Any]) -> dict[str, Any]:
             if variant == "floor":
                 failed = arrow_validate(pq.read_table(ref.uri), suite)
             else:
-                saved = validate_module.PUSHDOWN
-                validate_module.PUSHDOWN = variant == "ours"
-                try:
-                    report = validate_module.validate_dataset(ref, suite_path=cfg["suite"],
-                                                              workspace=Workspace(cfg["workspace"]))
-                finally:
-                    validate_module.PUSHDOWN = saved
+                report = validate_module.validate_dataset(ref, suite_path=cfg["suite"],
+                                                          workspace=Workspace(cfg["workspace"]),
+                                                          engine="arrow" if variant == "ours" else "gx")
                 failed = [o.expectation for o in report.failures]
                 out[f"{variant}_outcomes"] = [o.model_dump() for o in report.outcomes]
         out[variant] = {**rec.steps[variant], "failed": failed}

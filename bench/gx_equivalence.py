@@ -116,6 +116,7 @@ def same(a: Any, b: Any) -> bool:
 def check() -> list[str]:
     import great_expectations as gx
 
+    from prefect_mlops.tasks import _gx_arrow as engine
     from prefect_mlops.tasks import validate as v
 
     problems, pushed_count, cases = [], 0, 0
@@ -141,8 +142,8 @@ def check() -> list[str]:
                 problems.append(f"{suite_name}/{case}: tables differ ({len(got)} vs {len(expected)} rows): {diff}")
                 continue
             # The result dicts of the pushed-down expectations, against GX's for the same expectation.
-            gx_results = v._gx_validate(read_back, suite)
-            facts = v._ArrowFacts(table)
+            gx_results = engine.gx_validate(read_back, suite)
+            facts = engine._ArrowFacts(table)
             by_config = {}
             for result in gx_results:
                 kwargs = {k: v for k, v in result.expectation_config.kwargs.items() if k != "batch_id"}
@@ -150,7 +151,7 @@ def check() -> list[str]:
                                  sort_keys=True, default=str)
                 by_config.setdefault(key, result)
             for expectation in expectations:
-                mine = v._pushed_down(expectation, facts)
+                mine = engine._pushed_down(expectation, facts)
                 if mine is None:
                     continue
                 pushed_count += 1

@@ -1,36 +1,42 @@
 """Validate: check a dataset against a Great Expectations suite, read from JSON or learned from data.
 
-GX 1.x has no profiler, so `learn_suite` writes one from reference data: column types,
-nullability, numeric ranges with a tolerance, category sets and a row-count band. The
-learned suite is saved as GX JSON beside the data so a person can review and edit it.
+A suite holds two roles of expectation, marked in each expectation's `meta`:
 
-Validating a snapshot runs the suite in one pass over the Arrow table: for the expectation
-types that `learn_suite` writes (row count, column exists, type list, not null, between,
-in set), the metrics GX would compute on a pandas frame (row and null counts, unexpected
-counts, the first unexpected values and their row numbers, the column's pandas dtype) are
-computed with `pyarrow.compute`, and GX's own expectation classes turn them into GX
-`ExpectationValidationResult`s: GX decides success (`mostly`) and formats the result, so the
-table is the one GX gives. Any other expectation, a column of another type, or anything
-unusual runs in GX on the pandas frame as before; if GX reports an error, the whole suite is
-re-run in GX, so error rows look exactly as GX orders them. Set PREFECT_MLOPS_GX_PUSHDOWN=0
-to run every expectation in GX (1M rows x 20 columns, one core: about 10 s against 0.5 s).
+- the **contract** blocks a run: the columns exist, keep their type family and their nulls, and
+  hold no impossible values (numbers far beyond any plausible scale, strings longer than any
+  seen by an order of magnitude, timestamps before 1900 or years ahead), and the table has rows;
+- the **profile** describes the reference (numeric ranges with a tolerance, category sets, a
+  row-count band). A deviation is reported, never blocks: drift is judged by the drift stage, and
+  a retraining that drift starts must not be stopped by the reference it is meant to replace.
+
+An expectation without a role (one a person wrote) is contract. GX 1.x has no profiler, so
+`learn_suite` writes the suite; it is saved as GX JSON so a person can review and edit it.
+`evolve_suite` re-learns a learned suite from a new champion's training data, keeping the previous
+version under `history/`, and never touches a suite a person edited.
+
+The suite runs on the snapshot's Arrow table (`engine="arrow"`, see `_gx_arrow`) or in GX on the
+pandas frame (`engine="gx"`); both give GX's table. The task reads PREFECT_MLOPS_GX_PUSHDOWN
+(0/false: "gx") at call time.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from prefect import task
-from prefect.artifacts import create_table_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from pydantic import BaseModel, Field
 
 from prefect_mlops.errors import ConfigError, DataValidationError
 from prefect_mlops.log import run_logger
 from prefect_mlops.refs import DatasetRef, artifact_key
+from prefect_mlops.tasks import _gx_arrow
 from prefect_mlops.workspace import Workspace, read_frame, read_table
 
 if TYPE_CHECKING:
@@ -39,9 +45,15 @@ if TYPE_CHECKING:
     import pandas as pd
     import pyarrow as pa
 
-PUSHDOWN_ENV = "PREFECT_MLOPS_GX_PUSHDOWN"
-PUSHDOWN = os.environ.get(PUSHDOWN_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
-"""Compute the metrics of the standard expectations with pyarrow (see the module docstring)."""
+Engine = Literal["arrow", "gx"]
+Role = Literal["contract", "profile"]
+ENGINE_ENV = "PREFECT_MLOPS_GX_PUSHDOWN"
+CONTRACT_FACTOR = 100
+"""Impossible numbers lie beyond the reference's scale (max of span, |min|, |max|, 1) times this, on either side."""
+LENGTH_FACTOR, MIN_MAX_LENGTH = 10, 1000
+FUTURE_YEARS = 10
+"""A timestamp may lie this many years past the later of the reference's last year and this year."""
+_INT64 = (-(2**63), 2**63 - 1)
 
 
 class ExpectationOutcome(BaseModel):
@@ -51,10 +63,11 @@ class ExpectationOutcome(BaseModel):
     expectation: str = Field(description="GX expectation type.")
     observed: str = Field(description="What was seen, in words.")
     passed: bool
+    role: Role = Field(default="contract", description="contract: a failure blocks; profile: reported only.")
 
 
 class ValidationReport(BaseModel):
-    """The result of validating one dataset against one suite."""
+    """The result of validating one dataset against one suite; `passed` when every contract expectation passed."""
 
     dataset: DatasetRef
     suite_name: str
@@ -64,8 +77,23 @@ class ValidationReport(BaseModel):
 
     @property
     def failures(self) -> list[ExpectationOutcome]:
-        """The expectations that failed."""
-        return [o for o in self.outcomes if not o.passed]
+        """The contract expectations that failed: what blocks the run."""
+        return [o for o in self.outcomes if not o.passed and o.role == "contract"]
+
+    @property
+    def profile_deviations(self) -> list[ExpectationOutcome]:
+        """The profile expectations the data no longer meets: reported, never blocking."""
+        return [o for o in self.outcomes if not o.passed and o.role == "profile"]
+
+
+class SuiteUpdate(BaseModel):
+    """What `evolve_suite` did with a suite file."""
+
+    path: str
+    version: str
+    updated: bool
+    reason: str
+    history_path: str | None = Field(default=None, description="Where the previous suite was kept.")
 
 
 def learn_suite(
@@ -76,57 +104,80 @@ def learn_suite(
     max_categories: int = 50,
     row_count_band: tuple[float, float] = (0.2, 5.0),
     mostly: float = 0.99,
+    version: str | None = None,
 ) -> dict[str, Any]:
-    """Learn a GX expectation suite (as GX's JSON dict) from reference data.
+    """Learn a GX expectation suite (as GX's JSON dict) from reference data: a contract and a profile.
 
-    Numeric ranges widen by `range_tolerance` times the observed span on each side; a
-    column with at most `max_categories` distinct values gets a value set.
+    The profile's numeric ranges widen by `range_tolerance` times the observed span on each
+    side; a column with at most `max_categories` distinct values gets a value set. The suite's
+    `meta` records `version` and a digest of the expectations, by which `evolve_suite` tells a
+    learned suite from one a person edited.
 
     Example:
         ```python
         import pandas as pd
         from prefect_mlops.tasks.validate import learn_suite
         suite = learn_suite(pd.DataFrame({"x": [1.0, 2.0], "c": ["a", "b"]}), name="demo")
-        assert {e["type"] for e in suite["expectations"]} >= {"expect_column_values_to_be_in_set"}
+        roles = {(e["type"], e["meta"]["role"]) for e in suite["expectations"]}
+        assert ("expect_column_values_to_be_in_set", "profile") in roles
+        assert ("expect_column_values_to_not_be_null", "contract") in roles
         ```
     """
     import pandas as pd
 
     expectations: list[dict[str, Any]] = []
 
-    def expect(kind: str, **kwargs: Any) -> None:
-        expectations.append({"type": kind, "kwargs": kwargs, "meta": {"learned": True}})
+    def expect(role: Role, kind: str, **kwargs: Any) -> None:
+        expectations.append({"type": kind, "kwargs": kwargs, "meta": {"learned": True, "role": role}})
 
     rows = len(frame)
-    expect(
-        "expect_table_row_count_to_be_between",
-        min_value=max(1, math.floor(rows * row_count_band[0])),
-        max_value=math.ceil(rows * row_count_band[1]),
-    )
+    expect("contract", "expect_table_row_count_to_be_between", min_value=1)
+    expect("profile", "expect_table_row_count_to_be_between",
+           min_value=max(1, math.floor(rows * row_count_band[0])), max_value=math.ceil(rows * row_count_band[1]))
     for column in frame.columns:
         series = frame[column]
-        expect("expect_column_to_exist", column=column)
-        expect("expect_column_values_to_be_in_type_list", column=column, type_list=_type_family(series))
+        values = series.dropna()
+        expect("contract", "expect_column_to_exist", column=column)
+        kind, kwargs = _type_expectation(series, values)
+        if kind:
+            expect("contract", kind, column=column, **kwargs)
         null_share = float(series.isna().mean())
         if null_share == 0:
-            expect("expect_column_values_to_not_be_null", column=column)
+            expect("contract", "expect_column_values_to_not_be_null", column=column)
         elif null_share < 1:
-            expect("expect_column_values_to_not_be_null", column=column,
+            expect("contract", "expect_column_values_to_not_be_null", column=column,
                    mostly=round(max(0.0, 1 - 2 * null_share - 0.01), 4))
-        values = series.dropna()
         if values.empty:
             continue
+        for kind, kwargs in _impossible(series, values):
+            expect("contract", kind, column=column, **kwargs)
         if pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series):
             low, high = float(values.min()), float(values.max())
             pad = range_tolerance * ((high - low) or abs(high) or 1.0)
-            expect("expect_column_values_to_be_between", column=column,
-                   min_value=low - pad, max_value=high + pad, mostly=mostly)
-        elif not pd.api.types.is_datetime64_any_dtype(series):
+            if math.isfinite(low - pad) and math.isfinite(high + pad):
+                expect("profile", "expect_column_values_to_be_between", column=column,
+                       min_value=low - pad, max_value=high + pad, mostly=mostly)
+        elif _plain_values(series, values):
             distinct = values.unique()
             if len(distinct) <= max_categories:
-                expect("expect_column_values_to_be_in_set", column=column,
+                expect("profile", "expect_column_values_to_be_in_set", column=column,
                        value_set=sorted(_plain(v) for v in distinct), mostly=mostly)
-    return {"name": name, "expectations": expectations, "meta": {"learned_from_rows": rows}}
+    suite = {"name": name, "expectations": json.loads(json.dumps(expectations, default=str))}
+    suite["meta"] = {"learned_from_rows": rows, "learned_version": version,
+                     "digest": suite_digest(suite["expectations"])}
+    return suite
+
+
+def suite_digest(expectations: list[dict[str, Any]]) -> str:
+    """SHA-256 of a suite's expectations, independent of key order and whitespace."""
+    text = json.dumps(expectations, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def role_of(expectation: dict[str, Any]) -> Role:
+    """An expectation's role: "profile" only when its meta says so; a person's expectation is contract."""
+    meta = expectation.get("meta") or {}
+    return "profile" if isinstance(meta, dict) and meta.get("role") == "profile" else "contract"
 
 
 def validate_dataset(
@@ -136,14 +187,31 @@ def validate_dataset(
     reference: DatasetRef | None = None,
     warn_only: bool = False,
     workspace: Workspace | None = None,
+    engine: Engine = "arrow",
 ) -> ValidationReport:
     """Validate `dataset` with a GX suite and return the per-expectation table.
 
     The suite is read from `suite_path` when that file exists; otherwise it is learned from
     `reference` (or from `dataset` itself on a first run) and saved to `suite_path`, or to
     the workspace's `suites/` folder. Raises `DataValidationError` listing every failed
-    expectation unless `warn_only`.
+    contract expectation unless `warn_only`; profile deviations are only reported.
+    `engine="gx"` runs every expectation in GX on the pandas frame.
+
+    Example:
+        ```python
+        import tempfile, pandas as pd
+        from prefect_mlops.tasks.validate import validate_dataset
+        from prefect_mlops.workspace import Workspace
+        ws = Workspace(tempfile.mkdtemp())
+        first = ws.write_snapshot(pd.DataFrame({"t": [1.0, 2.0, 3.0]}), name="temps")
+        validate_dataset(first, workspace=ws)  # learns suites/temps.json
+        warmer = ws.write_snapshot(pd.DataFrame({"t": [9.0, 10.0, 12.0]}), name="temps")
+        report = validate_dataset(warmer, workspace=ws)
+        assert report.passed and report.profile_deviations
+        ```
     """
+    if engine not in ("arrow", "gx"):
+        raise ConfigError(f"validate engine {engine!r}: expected 'arrow' or 'gx'")
     workspace = workspace or Workspace()
     path = Path(suite_path) if suite_path else workspace.folder("suites") / f"{dataset.name}.json"
     if path.exists():
@@ -153,16 +221,14 @@ def validate_dataset(
     else:
         learn_from = reference or dataset
         suite_json = learn_suite(read_frame(learn_from), name=dataset.name)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(suite_json, indent=2, default=str))
-        os.replace(tmp, path)
-    if PUSHDOWN:
+        _write_json(path, suite_json)
+    if engine == "arrow":
         outcomes = run_suite_on_table(read_table(dataset), suite_json, load_frame=lambda: read_frame(dataset))
     else:
         outcomes = run_suite(read_frame(dataset), suite_json)
     report = ValidationReport(
         dataset=dataset, suite_name=suite_json.get("name", path.stem), suite_path=str(path),
-        passed=all(o.passed for o in outcomes), outcomes=outcomes,
+        passed=all(o.passed for o in outcomes if o.role == "contract"), outcomes=outcomes,
     )
     if not report.passed and not warn_only:
         raise DataValidationError(describe_failures(report))
@@ -170,40 +236,8 @@ def validate_dataset(
 
 
 def run_suite(frame: pd.DataFrame, suite_json: dict[str, Any]) -> list[ExpectationOutcome]:
-    """Run a suite (GX JSON) on a frame with an ephemeral GX context."""
-    return [_outcome(result) for result in _gx_validate(frame, suite_json)]
-
-
-def _gx_validate(frame: pd.DataFrame, suite_json: dict[str, Any]) -> list[Any]:
-    """GX's `ExpectationValidationResult`s of a suite on a pandas frame, in GX's order."""
-    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
-    import great_expectations as gx
-    from great_expectations.data_context.types.base import ProgressBarsConfig
-
-    context = gx.get_context(mode="ephemeral")
-    context.variables.progress_bars = ProgressBarsConfig(globally=False)
-    batch = (
-        context.data_sources.add_pandas("prefect-mlops")
-        .add_dataframe_asset("frame")
-        .add_batch_definition_whole_dataframe("whole")
-    )
-    try:
-        suite = context.suites.add(gx.ExpectationSuite(**{**suite_json, "name": "suite"}))
-    except Exception as exc:  # GX raises several types for a malformed suite
-        raise ConfigError(f"suite {suite_json.get('name')!r} is not a valid GX suite: {exc}") from exc
-    result = gx.ValidationDefinition(data=batch, suite=suite, name="validation").run(
-        batch_parameters={"dataframe": frame}
-    )
-    return list(result.results)
-
-
-def _outcome(result: Any) -> ExpectationOutcome:
-    return ExpectationOutcome(
-        column=result.expectation_config.kwargs.get("column"),
-        expectation=result.expectation_config.type,
-        observed=_observed(result.result, result.exception_info),
-        passed=bool(result.success),
-    )
+    """Run a suite (GX JSON) on a frame with an ephemeral GX context: every expectation in GX."""
+    return [_outcome(result) for result in _gx_arrow.gx_validate(frame, suite_json)]
 
 
 def run_suite_on_table(
@@ -218,243 +252,234 @@ def run_suite_on_table(
     expectation classes; the rest run in GX on the pandas frame (`load_frame()`, else
     `table.to_pandas()`), which is only built when some expectation needs it.
     """
-    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
-    import great_expectations as gx
-
-    try:
-        expectations = gx.ExpectationSuite(**{**suite_json, "name": "suite"}).expectations
-    except Exception as exc:  # GX raises several types for a malformed suite
-        raise ConfigError(f"suite {suite_json.get('name')!r} is not a valid GX suite: {exc}") from exc
-    frame: pd.DataFrame | None = None
-
-    def pandas_frame() -> pd.DataFrame:
-        nonlocal frame
-        if frame is None:
-            frame = load_frame() if load_frame is not None else table.to_pandas()
-        return frame
-
-    try:
-        facts = _ArrowFacts(table)
-        pushed = {i: _pushed_down(e, facts) for i, e in enumerate(expectations)}
-    except Exception:  # anything unforeseen in the fast path: GX does it all, as before
-        pushed = {}
-    rest = [i for i in range(len(expectations)) if pushed.get(i) is None]
-    if not rest:
-        by_index = pushed
-    else:
-        rest_json = {**suite_json, "expectations": [suite_json["expectations"][i] for i in rest]}
-        rest_results = _gx_validate(pandas_frame(), rest_json)
-        order = _gx_order(expectations, rest)
-        if len(rest_results) != len(rest) or any(_raised(r) for r in rest_results) or any(
-                r.expectation_config.type != expectations[i].configuration.type
-                or r.expectation_config.kwargs.get("column") != expectations[i].configuration.kwargs.get("column")
-                for i, r in zip(order, rest_results, strict=True)):
-            # GX lists errors first: let it validate and order the whole suite.
-            return [_outcome(r) for r in _gx_validate(pandas_frame(), suite_json)]
-        by_index = {**pushed, **dict(zip(order, rest_results, strict=True))}
-    return [_outcome(by_index[i]) for i in _gx_order(expectations, range(len(expectations)))]
+    return [_outcome(r) for r in _gx_arrow.run_suite_on_table(table, suite_json, load_frame=load_frame)]
 
 
-def _gx_order(expectations: list[Any], indices: Any) -> list[int]:
-    """GX validates expectations grouped by column, columns in order of first appearance."""
-    groups: dict[str, list[int]] = {}
-    for i in indices:
-        column = expectations[i].configuration.kwargs.get("column")
-        groups.setdefault(column if isinstance(column, str) else "_nocolumn", []).append(i)
-    return [i for group in groups.values() for i in group]
+def evolve_suite(
+    suite_path: str | os.PathLike[str] | None,
+    reference: DatasetRef,
+    *,
+    version: str,
+    workspace: Workspace | None = None,
+) -> SuiteUpdate:
+    """Re-learn a learned suite from `reference` (a new champion's training data), keeping the old one.
 
+    The profile is learned afresh; the contract is re-learned and widened to cover the previous
+    one, so data the old contract accepted stays accepted. The previous file is kept as
+    `history/<stem>.v<its version>.json` beside the suite, and the new one is written atomically
+    with `meta.learned_version = version`. A suite whose expectations no longer match the digest
+    `learn_suite` wrote (a person edited it), or that has none, is left untouched: `updated=False`.
 
-def _raised(result: Any) -> bool:
-    info = result.exception_info or {}
-    return bool(info.get("raised_exception")) or any(
-        isinstance(v, dict) and v.get("raised_exception") for v in info.values())
-
-
-_MAP_KWARGS = {"column", "mostly"}
-_PUSHABLE: dict[str, set[str]] = {
-    "expect_table_row_count_to_be_between": {"min_value", "max_value", "strict_min", "strict_max"},
-    "expect_column_to_exist": {"column"},
-    "expect_column_values_to_be_in_type_list": _MAP_KWARGS | {"type_list"},
-    "expect_column_values_to_not_be_null": _MAP_KWARGS,
-    "expect_column_values_to_be_between": _MAP_KWARGS | {"min_value", "max_value", "strict_min", "strict_max"},
-    "expect_column_values_to_be_in_set": _MAP_KWARGS | {"value_set"},
-}
-_PARTIAL = 20  # GX's partial_unexpected_count in the SUMMARY result format
-
-
-class _ArrowFacts:
-    """What GX's pandas metrics would see of each column, computed from the Arrow table once."""
-
-    def __init__(self, table: pa.Table) -> None:
-        import pandas as pd
-
-        self.table = table
-        self.rows = table.num_rows
-        self.columns = list(table.column_names)
-        # The dtypes `read_frame` gives: pandas' own mapping of the schema, then the columns whose
-        # nulls change the dtype (integers become floats, booleans objects).
-        empty = table.schema.empty_table().to_pandas()
-        self.supported = (len(set(self.columns)) == len(self.columns) and list(empty.columns) == self.columns
-                          and not pd.get_option("future.infer_string"))
-        self._dtypes = dict(empty.dtypes.items()) if self.supported else {}
-        self._missing: dict[str, Any] = {}
-
-    def kind(self, column: str) -> str | None:
-        """'float', 'int', 'string', 'bool' or 'datetime' for the types handled here; None otherwise."""
-        import numpy as np
-        import pyarrow as pa
-
-        if not self.supported or column not in self._dtypes:
-            return None
-        kind, dtype = self.table.schema.field(column).type, self._dtypes[column]
-        nulls = self.table.column(column).null_count
-        if pa.types.is_float64(kind) and dtype == np.float64:
-            return "float"
-        if pa.types.is_int64(kind) and dtype == np.int64:
-            return "float" if nulls else "int"
-        if (pa.types.is_string(kind) or pa.types.is_large_string(kind)) and isinstance(dtype, np.dtype) \
-                and dtype.kind == "O":
-            return "string"
-        if pa.types.is_boolean(kind) and dtype == np.bool_ and not nulls:
-            return "bool"
-        if pa.types.is_timestamp(kind) and kind.tz is None and str(dtype).startswith("datetime64["):
-            return "datetime"
-        return None
-
-    def dtype(self, column: str) -> Any:
-        import numpy as np
-
-        return np.dtype("float64") if self.kind(column) == "float" else self._dtypes[column]
-
-    def missing(self, column: str) -> Any:
-        """Boolean mask of the values pandas reads as missing (null, and NaN in float columns)."""
-        import pyarrow.compute as pc
-
-        if column not in self._missing:
-            values = self.table.column(column)
-            self._missing[column] = pc.is_null(values, nan_is_null=self.kind(column) == "float")
-        return self._missing[column]
-
-    def missing_count(self, column: str) -> int:
-        import pyarrow.compute as pc
-
-        if self.kind(column) != "float":
-            return self.table.column(column).null_count
-        return int(pc.sum(self.missing(column)).as_py() or 0)
-
-    def first(self, column: str, mask: Any) -> tuple[list[Any], list[int]]:
-        """The first unexpected values, boxed as iterating the pandas column boxes them, and their rows."""
-        import pyarrow as pa
-        import pyarrow.compute as pc
-
-        positions = pc.indices_nonzero(mask.combine_chunks() if isinstance(mask, pa.ChunkedArray) else mask)
-        positions = positions.slice(0, _PARTIAL)
-        values = self.table.column(column).take(positions).to_pandas()
-        if values.dtype != self.dtype(column):
-            values = values.astype(self.dtype(column))
-        return list(values), [int(p) for p in positions.to_pylist()]
-
-
-def _pushed_down(expectation: Any, facts: _ArrowFacts) -> Any:
-    """GX's result for one expectation from Arrow metrics, or None when GX must compute it itself."""
-    config = expectation.configuration
-    kwargs, kind = dict(config.kwargs), config.type
-    allowed = _PUSHABLE.get(kind)
-    if allowed is None or set(kwargs) - allowed or any(isinstance(v, dict) for v in kwargs.values()):
-        return None  # another expectation type, suite parameters, row conditions, result formats...
-    if kind == "expect_table_row_count_to_be_between":
-        return _judge(expectation, {"table.row_count": facts.rows})
-    column = kwargs.get("column")
-    if kind == "expect_column_to_exist":
-        return _judge(expectation, {"table.columns": facts.columns}) if isinstance(column, str) else None
-    column_kind = facts.kind(column) if isinstance(column, str) else None
-    if column_kind is None:
-        return None
-    if kind == "expect_column_values_to_not_be_null":
-        missing = facts.missing(column)
-        count = facts.missing_count(column)
-        values, rows = facts.first(column, missing) if count else ([], [])
-        return _judge(expectation, {"table.row_count": facts.rows, **_map("column_values.nonnull", count,
-                                                                          values, rows)})
-    if kind == "expect_column_values_to_be_in_type_list":
-        from great_expectations.execution_engine import PandasExecutionEngine
-
-        metrics = {"table.column_types": [{"name": column, "type": facts.dtype(column)}]}
-        if column_kind == "string":  # object dtype: GX checks each value's Python type
-            types = kwargs.get("type_list")
-            if not isinstance(types, list) or not any(str(t).lower() in ("str", "string_types") for t in types):
-                return None  # the values are all str: other type lists need GX's own per-value check
-            metrics.update(_column_map(facts, column, "column_values.in_type_list", None))
-        return _judge(expectation, metrics, engine=PandasExecutionEngine())
-    if kind == "expect_column_values_to_be_between":
-        low, high = kwargs.get("min_value"), kwargs.get("max_value")
-        numbers = all(v is None or (isinstance(v, int | float) and not isinstance(v, bool)) for v in (low, high))
-        if column_kind not in ("int", "float") or not numbers or (low is None and high is None) \
-                or (low is not None and high is not None and low > high):
-            return None
-        import pyarrow.compute as pc
-
-        values = facts.table.column(column)
-        outside = None
-        if low is not None:
-            outside = (pc.less_equal if kwargs.get("strict_min") else pc.less)(values, low)
-        if high is not None:
-            above = (pc.greater_equal if kwargs.get("strict_max") else pc.greater)(values, high)
-            outside = above if outside is None else pc.or_(outside, above)
-        return _judge(expectation, _column_map(facts, column, "column_values.between", outside))
-    if kind == "expect_column_values_to_be_in_set":
-        value_set = kwargs.get("value_set")
-        wanted = {"string": str, "bool": bool}.get(column_kind)
-        if wanted is None or not isinstance(value_set, list) or not value_set \
-                or not all(type(v) is wanted for v in value_set):
-            return None
-        import pyarrow as pa
-        import pyarrow.compute as pc
-
-        values = facts.table.column(column)
-        inside = pc.is_in(values, value_set=pa.array(value_set, type=values.type))
-        return _judge(expectation, _column_map(facts, column, "column_values.in_set", pc.invert(inside)))
-    return None
-
-
-def _column_map(facts: _ArrowFacts, column: str, metric: str, unexpected: Any) -> dict[str, Any]:
-    """The metrics of a column map expectation: nulls are not judged, as in GX (`filter_column_isnull`)."""
-    import pyarrow.compute as pc
-
-    if unexpected is None:  # nothing unexpected among the non-null values
-        count, values, rows = 0, [], []
-    else:
-        # Nulls compare as null and NaN as False; either way a missing value is not judged.
-        unexpected = pc.and_kleene(pc.fill_null(unexpected, False), pc.invert(facts.missing(column)))
-        count = int(pc.sum(unexpected).as_py() or 0)
-        values, rows = facts.first(column, unexpected) if count else ([], [])
-    return {"table.row_count": facts.rows, "column_values.nonnull.unexpected_count": facts.missing_count(column),
-            **_map(metric, count, values, rows)}
-
-
-def _map(metric: str, count: int, values: list[Any], rows: list[int]) -> dict[str, Any]:
-    return {f"{metric}.unexpected_count": count, f"{metric}.unexpected_values": values,
-            f"{metric}.unexpected_index_list": rows, f"{metric}.unexpected_index_query": None}
-
-
-def _judge(expectation: Any, metrics: dict[str, Any], engine: Any = None) -> Any:
-    """GX's own verdict and result dict for `metrics`, as its validator would build them."""
-    from great_expectations.expectations.expectation import parse_result_format
-
-    runtime = {"result_format": parse_result_format("SUMMARY")}
-    return expectation._build_evr(expectation._validate(metrics=metrics, runtime_configuration=runtime,
-                                                        execution_engine=engine))
+    Example:
+        ```python
+        import tempfile, pandas as pd
+        from prefect_mlops.tasks.validate import evolve_suite, validate_dataset
+        from prefect_mlops.workspace import Workspace
+        ws = Workspace(tempfile.mkdtemp())
+        winter = ws.write_snapshot(pd.DataFrame({"t": [-5.0, 0.0, 3.0]}), name="temps")
+        path = validate_dataset(winter, workspace=ws).suite_path
+        summer = ws.write_snapshot(pd.DataFrame({"t": [18.0, 25.0, 31.0]}), name="temps")
+        update = evolve_suite(path, summer, version="2", workspace=ws)
+        assert update.updated and update.history_path
+        assert not validate_dataset(summer, suite_path=path, workspace=ws).profile_deviations
+        ```
+    """
+    workspace = workspace or Workspace()
+    path = Path(suite_path) if suite_path else workspace.folder("suites") / f"{reference.name}.json"
+    learned = learn_suite(read_frame(reference), name=reference.name, version=version)
+    if not path.exists():
+        _write_json(path, learned)
+        return SuiteUpdate(path=str(path), version=version, updated=True,
+                           reason=f"no suite yet: learned from {reference.short()}")
+    before = path.read_bytes()
+    old = _read_suite(path)
+    meta = old.get("meta") if isinstance(old.get("meta"), dict) else {}
+    if not meta.get("digest"):
+        return SuiteUpdate(path=str(path), version=version, updated=False,
+                           reason="not a learned suite (no learned digest in its meta): left as it is; delete "
+                                  "the file to have one learned")
+    if meta["digest"] != suite_digest(old["expectations"]):
+        return SuiteUpdate(path=str(path), version=version, updated=False,
+                           reason="edited by a person (its expectations no longer match the learned digest): "
+                                  "left as it is")
+    expectations = _widened_contract(old["expectations"], learned["expectations"])
+    suite = {**learned, "name": old.get("name", learned["name"]), "expectations": expectations}
+    suite["meta"] = {**learned["meta"], "digest": suite_digest(expectations)}
+    if expectations == old["expectations"]:
+        return SuiteUpdate(path=str(path), version=version, updated=False,
+                           reason=f"unchanged: {reference.short()} gives the expectations it holds")
+    history = path.parent / "history" / f"{path.stem}.v{_safe(meta.get('learned_version') or '0')}.json"
+    history.parent.mkdir(parents=True, exist_ok=True)
+    _write_bytes(history, before)
+    if path.read_bytes() != before:  # a person saved it meanwhile: theirs wins
+        return SuiteUpdate(path=str(path), version=version, updated=False,
+                           reason="changed while it was being re-learned: left as it is")
+    _write_json(path, suite)
+    return SuiteUpdate(path=str(path), version=version, updated=True, history_path=str(history),
+                       reason=f"re-learned from {reference.short()}; the previous suite is kept in {history}")
 
 
 def describe_failures(report: ValidationReport) -> str:
-    """One message listing every failed expectation, naming the dataset and the suite."""
+    """One message listing every failed contract expectation, naming the dataset and the suite."""
+    contract = [o for o in report.outcomes if o.role == "contract"]
     lines = [
         f"dataset {report.dataset.name!r} ({report.dataset.uri}) failed "
-        f"{len(report.failures)} of {len(report.outcomes)} expectations of suite {report.suite_path}:"
+        f"{len(report.failures)} of {len(contract)} contract expectations of suite {report.suite_path}:"
     ]
-    lines += [f"  - {o.column or '(table)'}: {o.expectation}: {o.observed}" for o in report.failures]
+    lines += [f"  - {o.column or '(table)'}: {o.expectation}: {o.observed}" for o in report.failures[:20]]
+    if len(report.failures) > 20:
+        lines.append(f"  ... and {len(report.failures) - 20} more (see the validation artifact)")
+    if report.profile_deviations:
+        count = len(report.profile_deviations)
+        lines.append(f"({count} profile deviation{'s' if count != 1 else ''} as well, reported only)")
     lines.append("Fix the data at its source, or review the suite file if the data is right.")
     return "\n".join(lines)
+
+
+def _outcome(result: Any) -> ExpectationOutcome:
+    config = result.expectation_config
+    return ExpectationOutcome(
+        column=config.kwargs.get("column"),
+        expectation=config.type,
+        observed=_observed(result.result, result.exception_info),
+        passed=bool(result.success),
+        role=role_of({"meta": config.meta}),
+    )
+
+
+def _type_expectation(series: pd.Series, values: pd.Series) -> tuple[str | None, dict[str, Any]]:
+    """The GX expectation that holds a column to its type family, as GX's pandas checks can say it.
+
+    GX compares a categorical or tz-aware column's dtype with no type name it can parse, so those
+    get `expect_column_values_to_be_of_type` with the dtype's scalar type, which GX does match.
+    An object column's values are checked one by one, so its family follows the values' type.
+    """
+    import pandas as pd
+
+    kind = series.dtype
+    if isinstance(kind, pd.CategoricalDtype):
+        return "expect_column_values_to_be_of_type", {"type_": "CategoricalDtypeType"}
+    if isinstance(kind, pd.DatetimeTZDtype):
+        return "expect_column_values_to_be_of_type", {"type_": "Timestamp"}
+    if pd.api.types.is_bool_dtype(kind):
+        return "expect_column_values_to_be_in_type_list", {"type_list": ["bool", "BooleanDtype"]}
+    if pd.api.types.is_numeric_dtype(kind):
+        # Integers that gain a null become floats: accept the whole numeric family.
+        return "expect_column_values_to_be_in_type_list", {"type_list": _NUMERIC}
+    if pd.api.types.is_datetime64_any_dtype(kind):
+        units = ["datetime64[ns]", "datetime64[us]", "datetime64[ms]", "datetime64[s]"]
+        return "expect_column_values_to_be_in_type_list", {"type_list": sorted({str(kind), *units})}
+    inferred = pd.api.types.infer_dtype(values, skipna=True) if len(values) else "empty"
+    family = {"string": ["object", "string", "str", "StringDtype"], "empty": ["object", "string", "str"],
+              "boolean": ["bool", "BooleanDtype"], "integer": ["int", "float", *_NUMERIC],
+              "floating": ["int", "float", *_NUMERIC], "mixed-integer-float": ["int", "float", *_NUMERIC],
+              "decimal": ["Decimal", *_NUMERIC], "date": ["date"], "datetime": ["Timestamp", "datetime"],
+              "bytes": ["bytes"]}.get(inferred)
+    return ("expect_column_values_to_be_in_type_list", {"type_list": family}) if family else (None, {})
+
+
+_NUMERIC = [*(f"{s}int{b}" for s in ("", "u") for b in (8, 16, 32, 64)), "float16", "float32", "float64",
+            *(f"{s}Int{b}Dtype" for s in ("", "U") for b in (8, 16, 32, 64)), "Float32Dtype", "Float64Dtype"]
+
+
+def _impossible(series: pd.Series, values: pd.Series) -> list[tuple[str, dict[str, Any]]]:
+    """The contract's bounds on values no real data holds, derived from the reference's scale.
+
+    Numbers: beyond `CONTRACT_FACTOR` times the reference's scale (an index may grow a hundredfold
+    between promotions; an age of 1e23 may not). Strings: longer than `LENGTH_FACTOR` times the
+    longest seen, and at least 1000 characters are allowed. Timestamps: before 1900 (or the
+    reference's own past, when older), or more than `FUTURE_YEARS` past the later of the
+    reference's last year and this year: a backfill or a replay of old data passes, a year-2500
+    typo does not.
+    """
+    import numpy as np
+    import pandas as pd
+
+    kind = series.dtype
+    if pd.api.types.is_bool_dtype(kind):
+        return []
+    if pd.api.types.is_integer_dtype(kind):
+        low, high = int(values.min()), int(values.max())
+        pad = CONTRACT_FACTOR * max(high - low, abs(low), abs(high), 1)
+        top = int(np.iinfo(getattr(kind, "numpy_dtype", kind)).max)
+        return [("expect_column_values_to_be_between",
+                 {"min_value": max(low - pad, _INT64[0]), "max_value": min(high + pad, max(top, _INT64[1]))})]
+    if pd.api.types.is_float_dtype(kind):
+        low, high = float(values.min()), float(values.max())
+        pad = CONTRACT_FACTOR * max(high - low, abs(low), abs(high), 1.0)
+        if not (math.isfinite(low - pad) and math.isfinite(high + pad)):
+            return []
+        return [("expect_column_values_to_be_between", {"min_value": low - pad, "max_value": high + pad})]
+    if pd.api.types.is_datetime64_any_dtype(kind):
+        first, last = values.min(), values.max()
+        span_years = (last - first).days / 365.25
+        lower = max(1, min(1900, first.year - math.ceil(10 * span_years)))
+        upper = min(9999, max(last.year, datetime.now(timezone.utc).year) + FUTURE_YEARS + 1)
+        zone = "+00:00" if isinstance(kind, pd.DatetimeTZDtype) else ""
+        return [("expect_column_min_to_be_between", {"min_value": f"{lower:04d}-01-01T00:00:00{zone}"}),
+                ("expect_column_max_to_be_between", {"max_value": f"{upper:04d}-01-01T00:00:00{zone}"})]
+    strings = values.astype(object) if isinstance(kind, pd.CategoricalDtype) else values
+    if len(strings) and pd.api.types.infer_dtype(strings, skipna=True) == "string":
+        longest = int(strings.map(len).max())
+        return [("expect_column_value_lengths_to_be_between",
+                 {"max_value": max(LENGTH_FACTOR * longest, MIN_MAX_LENGTH)})]
+    return []
+
+
+def _plain_values(series: pd.Series, values: pd.Series) -> bool:
+    """Whether a value set can hold the column's values as JSON gives them back (str and bool)."""
+    import pandas as pd
+
+    if pd.api.types.is_datetime64_any_dtype(series.dtype):
+        return False
+    if pd.api.types.is_bool_dtype(series.dtype):
+        return True
+    return pd.api.types.infer_dtype(values, skipna=True) in ("string", "boolean")
+
+
+def _widened_contract(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """`new`'s expectations, each contract one widened to admit what the same one in `old` admitted."""
+    previous = {_key(e): e for e in old if role_of(e) == "contract" and (e.get("meta") or {}).get("learned")}
+    out = []
+    for expectation in new:
+        before = previous.get(_key(expectation)) if role_of(expectation) == "contract" else None
+        if before is not None:
+            expectation = {**expectation, "kwargs": _wider(before["kwargs"], expectation["kwargs"])}
+        out.append(expectation)
+    return out
+
+
+def _key(expectation: dict[str, Any]) -> tuple[str, Any]:
+    return expectation.get("type"), (expectation.get("kwargs") or {}).get("column")
+
+
+def _wider(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """The looser of two kwargs of one expectation: lower minimum, higher maximum, lower mostly, more types."""
+    out = dict(new)
+    for key, pick in (("min_value", min), ("max_value", max)):
+        a, b = old.get(key), new.get(key)
+        if a is None or b is None:
+            out.pop(key, None)  # a side without a bound admitted everything there
+        elif _comparable(a, b):
+            out[key] = pick(a, b)
+    if out.get("min_value") is None and out.get("max_value") is None and (
+            new.get("min_value") is not None or new.get("max_value") is not None):
+        out = dict(new)  # GX needs one bound: keep the new one rather than none
+    loosest = min(old.get("mostly", 1.0), new.get("mostly", 1.0))
+    if loosest < 1.0:
+        out["mostly"] = loosest
+    if isinstance(old.get("type_list"), list) and isinstance(new.get("type_list"), list):
+        out["type_list"] = new["type_list"] + [t for t in old["type_list"] if t not in new["type_list"]]
+    return out
+
+
+def _comparable(a: Any, b: Any) -> bool:
+    """Two bounds of one kind: numbers, or ISO timestamps written alike (same length, same zone)."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return False
+    if isinstance(a, int | float) and isinstance(b, int | float):
+        return True
+    return isinstance(a, str) and isinstance(b, str) and len(a) == len(b)
 
 
 def _read_suite(path: Path) -> dict[str, Any]:
@@ -462,23 +487,23 @@ def _read_suite(path: Path) -> dict[str, Any]:
         suite = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise ConfigError(f"suite {path}: not readable JSON ({exc})") from exc
-    if not isinstance(suite, dict) or "expectations" not in suite:
+    if not isinstance(suite, dict) or not isinstance(suite.get("expectations"), list):
         raise ConfigError(f"suite {path}: expected a GX suite object with an 'expectations' list")
     return suite
 
 
-def _type_family(series: pd.Series) -> list[str]:
-    import pandas as pd
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    _write_bytes(path, json.dumps(data, indent=2, default=str).encode())
 
-    kind = series.dtype
-    if pd.api.types.is_bool_dtype(kind):
-        return ["bool", "boolean"]
-    if pd.api.types.is_integer_dtype(kind) or pd.api.types.is_float_dtype(kind):
-        # Integers that gain a null become floats: accept the whole numeric family.
-        return ["int8", "int16", "int32", "int64", "Int64", "float32", "float64", "Float64"]
-    if pd.api.types.is_datetime64_any_dtype(kind):
-        return [str(kind), "datetime64[ns]", "datetime64[us]", "datetime64[ms]"]
-    return ["object", "string", "str", "category"]
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)  # atomic: a reader never sees half a suite
+
+
+def _safe(text: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in str(text)) or "0"
 
 
 def _plain(value: Any) -> Any:
@@ -491,11 +516,23 @@ def _observed(result: dict[str, Any], exception: dict[str, Any] | None) -> str:
         message = (raised[0] if raised else exception).get("exception_message", "error")
         return f"could not run: {str(message).splitlines()[0][:200]}"
     if result.get("unexpected_percent") is not None:
-        sample = ", ".join(map(str, (result.get("partial_unexpected_list") or [])[:5]))
+        sample = ", ".join(_cut(v) for v in (result.get("partial_unexpected_list") or [])[:5])
         return f"{result['unexpected_percent']:.2f}% unexpected" + (f" (e.g. {sample})" if sample else "")
     if "observed_value" in result:
-        return f"observed {result['observed_value']}"
+        return f"observed {_cut(result['observed_value'])}"
     return "ok"
+
+
+def _cut(value: Any, limit: int = 80) -> str:
+    """A value for the table and messages: a 1 MiB string shows its start and its length."""
+    text = str(value)
+    return text if len(text) <= limit else f"{text[:limit]}...({len(text):,} characters)"
+
+
+def engine_from_env() -> Engine:
+    """The engine PREFECT_MLOPS_GX_PUSHDOWN asks for, read now: 0/false/no/off give "gx"."""
+    off = os.environ.get(ENGINE_ENV, "1").strip().lower() in ("0", "false", "no", "off")
+    return "gx" if off else "arrow"
 
 
 @task(name="validate", task_run_name="validate-{dataset.name}")
@@ -509,19 +546,44 @@ def validate(
     """Validate a dataset (see `validate_dataset`) and publish the table as a Prefect artifact."""
     logger = run_logger()
     # Validate in warn-only mode first so the table is published before the run fails.
-    report = validate_dataset(
-        dataset, suite_path=suite_path, reference=reference, warn_only=True, workspace=Workspace(workspace)
-    )
+    report = validate_dataset(dataset, suite_path=suite_path, reference=reference, warn_only=True,
+                              workspace=Workspace(workspace), engine=engine_from_env())
+    deviations = len(report.profile_deviations)
     create_table_artifact(
         key=artifact_key("validation", dataset.name),
         table=[o.model_dump() for o in report.outcomes],
         description=f"Validation of {dataset.short()} against {report.suite_path}: "
-        f"{'passed' if report.passed else f'{len(report.failures)} failed'}",
+        f"{'contract passed' if report.passed else f'{len(report.failures)} contract failures'}, "
+        f"{deviations} profile deviations",
     )
+    if deviations:
+        logger.info("%s: %s profile deviations (reported, not blocking): %s", dataset.short(), deviations,
+                    "; ".join(f"{o.column or '(table)'}: {o.expectation}" for o in report.profile_deviations[:10]))
     if report.passed:
-        logger.info("%s passed %s expectations", dataset.short(), len(report.outcomes))
+        logger.info("%s passed %s contract expectations; %s profile deviations", dataset.short(),
+                    sum(o.role == "contract" for o in report.outcomes), deviations)
     elif warn_only:
         logger.warning(describe_failures(report))
     else:
         raise DataValidationError(describe_failures(report))
     return report
+
+
+@task(name="update-suite", task_run_name="update-suite-{reference.name}")
+def update_suite(
+    suite_path: str | None,
+    reference: DatasetRef,
+    version: str,
+    workspace: str | None = None,
+) -> SuiteUpdate:
+    """Re-learn the suite after a promotion (see `evolve_suite`) and say what happened in an artifact."""
+    update = evolve_suite(suite_path, reference, version=version, workspace=Workspace(workspace))
+    run_logger().info("suite %s %s for version %s: %s", update.path,
+                      "updated" if update.updated else "kept", version, update.reason)
+    create_markdown_artifact(
+        key=artifact_key("suite", reference.name),
+        markdown=f"### Suite {'updated' if update.updated else 'kept'}: `{update.path}`\n\n"
+        f"- version: {version}\n- reference: `{reference.short()}`\n- {update.reason}\n",
+        description=f"Suite of {reference.name} after version {version}",
+    )
+    return update

@@ -1,0 +1,351 @@
+"""The Arrow push-down engine behind `validate`: GX's results for a suite, computed on an Arrow table.
+
+For the expectation types that `learn_suite` writes (row count, column exists, type list, not null,
+between, in set, value lengths, and a timestamp column's min and max), the metrics GX would compute
+on a pandas frame (row and null counts, unexpected counts, the first unexpected values and their row
+numbers, the column's pandas dtype, its min and max) are computed with `pyarrow.compute`, and GX's
+own expectation classes turn them into GX `ExpectationValidationResult`s: GX decides success
+(`mostly`) and formats the result, so the table is the one GX gives. Any other expectation, a column
+of another type, or anything unusual runs in GX on the pandas frame; if GX reports an error, the
+whole suite is re-run in GX, so error rows look exactly as GX orders them.
+`bench/gx_equivalence.py` compares the two engines row for row.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from typing import TYPE_CHECKING, Any
+
+from prefect_mlops.errors import ConfigError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    import pandas as pd
+    import pyarrow as pa
+
+
+def gx_validate(frame: pd.DataFrame, suite_json: dict[str, Any]) -> list[Any]:
+    """GX's `ExpectationValidationResult`s of a suite on a pandas frame, in GX's order."""
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = ProgressBarsConfig(globally=False)
+    batch = (
+        context.data_sources.add_pandas("prefect-mlops")
+        .add_dataframe_asset("frame")
+        .add_batch_definition_whole_dataframe("whole")
+    )
+    try:
+        suite = context.suites.add(gx.ExpectationSuite(**{**suite_json, "name": "suite"}))
+    except Exception as exc:  # GX raises several types for a malformed suite
+        raise ConfigError(f"suite {suite_json.get('name')!r} is not a valid GX suite: {exc}") from exc
+    result = gx.ValidationDefinition(data=batch, suite=suite, name="validation").run(
+        batch_parameters={"dataframe": frame}
+    )
+    return list(result.results)
+
+
+def suite_expectations(suite_json: dict[str, Any]) -> list[Any]:
+    """GX's expectation objects of a suite (GX JSON); `ConfigError` when GX cannot read it."""
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    import great_expectations as gx
+
+    try:
+        return gx.ExpectationSuite(**{**suite_json, "name": "suite"}).expectations
+    except Exception as exc:  # GX raises several types for a malformed suite
+        raise ConfigError(f"suite {suite_json.get('name')!r} is not a valid GX suite: {exc}") from exc
+
+
+def run_suite_on_table(
+    table: pa.Table,
+    suite_json: dict[str, Any],
+    *,
+    load_frame: Callable[[], pd.DataFrame] | None = None,
+) -> list[Any]:
+    """GX's results of a suite on an Arrow table: the same, in the same order, as `gx_validate(table.to_pandas())`.
+
+    The standard expectations' metrics are computed with pyarrow and judged by GX's own
+    expectation classes; the rest run in GX on the pandas frame (`load_frame()`, else
+    `table.to_pandas()`), which is only built when some expectation needs it.
+    """
+    expectations = suite_expectations(suite_json)
+    frame: pd.DataFrame | None = None
+
+    def pandas_frame() -> pd.DataFrame:
+        nonlocal frame
+        if frame is None:
+            frame = load_frame() if load_frame is not None else table.to_pandas()
+        return frame
+
+    try:
+        facts = _ArrowFacts(table)
+        pushed = {i: _pushed_down(e, facts) for i, e in enumerate(expectations)}
+    except Exception:  # anything unforeseen in the fast path: GX does it all, as before
+        pushed = {}
+    rest = [i for i in range(len(expectations)) if pushed.get(i) is None]
+    if not rest:
+        by_index = pushed
+    else:
+        rest_json = {**suite_json, "expectations": [suite_json["expectations"][i] for i in rest]}
+        rest_results = gx_validate(pandas_frame(), rest_json)
+        order = _gx_order(expectations, rest)
+        if len(rest_results) != len(rest) or any(_raised(r) for r in rest_results) or any(
+                r.expectation_config.type != expectations[i].configuration.type
+                or r.expectation_config.kwargs.get("column") != expectations[i].configuration.kwargs.get("column")
+                for i, r in zip(order, rest_results, strict=True)):
+            # GX lists errors first: let it validate and order the whole suite.
+            return gx_validate(pandas_frame(), suite_json)
+        by_index = {**pushed, **dict(zip(order, rest_results, strict=True))}
+    return [by_index[i] for i in _gx_order(expectations, range(len(expectations)))]
+
+
+def _gx_order(expectations: list[Any], indices: Any) -> list[int]:
+    """GX validates expectations grouped by column, columns in order of first appearance."""
+    groups: dict[str, list[int]] = {}
+    for i in indices:
+        column = expectations[i].configuration.kwargs.get("column")
+        groups.setdefault(column if isinstance(column, str) else "_nocolumn", []).append(i)
+    return [i for group in groups.values() for i in group]
+
+
+def _raised(result: Any) -> bool:
+    info = result.exception_info or {}
+    return bool(info.get("raised_exception")) or any(
+        isinstance(v, dict) and v.get("raised_exception") for v in info.values())
+
+
+_MAP_KWARGS = {"column", "mostly"}
+_BOUNDS = {"min_value", "max_value", "strict_min", "strict_max"}
+_PUSHABLE: dict[str, set[str]] = {
+    "expect_table_row_count_to_be_between": _BOUNDS,
+    "expect_column_to_exist": {"column"},
+    "expect_column_values_to_be_in_type_list": _MAP_KWARGS | {"type_list"},
+    "expect_column_values_to_not_be_null": _MAP_KWARGS,
+    "expect_column_values_to_be_between": _MAP_KWARGS | _BOUNDS,
+    "expect_column_values_to_be_in_set": _MAP_KWARGS | {"value_set"},
+    "expect_column_value_lengths_to_be_between": _MAP_KWARGS | _BOUNDS,
+    "expect_column_min_to_be_between": {"column"} | _BOUNDS,
+    "expect_column_max_to_be_between": {"column"} | _BOUNDS,
+}
+_PARTIAL = 20  # GX's partial_unexpected_count in the SUMMARY result format
+
+
+class _ArrowFacts:
+    """What GX's pandas metrics would see of each column, computed from the Arrow table once."""
+
+    def __init__(self, table: pa.Table) -> None:
+        import pandas as pd
+
+        self.table = table
+        self.rows = table.num_rows
+        self.columns = list(table.column_names)
+        # The dtypes `read_frame` gives: pandas' own mapping of the schema, then the columns whose
+        # nulls change the dtype (integers become floats, booleans objects).
+        empty = table.schema.empty_table().to_pandas()
+        self.supported = (len(set(self.columns)) == len(self.columns) and list(empty.columns) == self.columns
+                          and not pd.get_option("future.infer_string"))
+        self._dtypes = dict(empty.dtypes.items()) if self.supported else {}
+        self._missing: dict[str, Any] = {}
+
+    def kind(self, column: str) -> str | None:
+        """'float', 'int', 'string', 'bool' or 'datetime' for the types handled here; None otherwise."""
+        import numpy as np
+        import pyarrow as pa
+
+        if not self.supported or column not in self._dtypes:
+            return None
+        kind, dtype = self.table.schema.field(column).type, self._dtypes[column]
+        nulls = self.table.column(column).null_count
+        if pa.types.is_float64(kind) and dtype == np.float64:
+            return "float"
+        if pa.types.is_int64(kind) and dtype == np.int64:
+            return "float" if nulls else "int"
+        if (pa.types.is_string(kind) or pa.types.is_large_string(kind)) and isinstance(dtype, np.dtype) \
+                and dtype.kind == "O":
+            return "string"
+        if pa.types.is_boolean(kind) and dtype == np.bool_ and not nulls:
+            return "bool"
+        if pa.types.is_timestamp(kind) and kind.tz is None and str(dtype).startswith("datetime64["):
+            return "datetime"
+        return None
+
+    def dtype(self, column: str) -> Any:
+        import numpy as np
+
+        return np.dtype("float64") if self.kind(column) == "float" else self._dtypes[column]
+
+    def missing(self, column: str) -> Any:
+        """Boolean mask of the values pandas reads as missing (null, and NaN in float columns)."""
+        import pyarrow.compute as pc
+
+        if column not in self._missing:
+            values = self.table.column(column)
+            self._missing[column] = pc.is_null(values, nan_is_null=self.kind(column) == "float")
+        return self._missing[column]
+
+    def missing_count(self, column: str) -> int:
+        import pyarrow.compute as pc
+
+        if self.kind(column) != "float":
+            return self.table.column(column).null_count
+        return int(pc.sum(self.missing(column)).as_py() or 0)
+
+    def first(self, column: str, mask: Any) -> tuple[list[Any], list[int]]:
+        """The first unexpected values, boxed as iterating the pandas column boxes them, and their rows."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        positions = pc.indices_nonzero(mask.combine_chunks() if isinstance(mask, pa.ChunkedArray) else mask)
+        positions = positions.slice(0, _PARTIAL)
+        values = self.table.column(column).take(positions).to_pandas()
+        if values.dtype != self.dtype(column):
+            values = values.astype(self.dtype(column))
+        return list(values), [int(p) for p in positions.to_pylist()]
+
+
+def _pushed_down(expectation: Any, facts: _ArrowFacts) -> Any:
+    """GX's result for one expectation from Arrow metrics, or None when GX must compute it itself."""
+    config = expectation.configuration
+    kwargs, kind = dict(config.kwargs), config.type
+    allowed = _PUSHABLE.get(kind)
+    if allowed is None or set(kwargs) - allowed or any(isinstance(v, dict) for v in kwargs.values()):
+        return None  # another expectation type, suite parameters, row conditions, result formats...
+    if kind == "expect_table_row_count_to_be_between":
+        return _judge(expectation, {"table.row_count": facts.rows})
+    column = kwargs.get("column")
+    if kind == "expect_column_to_exist":
+        return _judge(expectation, {"table.columns": facts.columns}) if isinstance(column, str) else None
+    column_kind = facts.kind(column) if isinstance(column, str) else None
+    if column_kind is None:
+        return None
+    return _COLUMN_RULES[kind](expectation, facts, column, column_kind, kwargs)
+
+
+def _not_null(expectation: Any, facts: _ArrowFacts, column: str, _kind: str, _kwargs: dict[str, Any]) -> Any:
+    missing = facts.missing(column)
+    count = facts.missing_count(column)
+    values, rows = facts.first(column, missing) if count else ([], [])
+    return _judge(expectation, {"table.row_count": facts.rows, **_map("column_values.nonnull", count, values, rows)})
+
+
+def _type_list(expectation: Any, facts: _ArrowFacts, column: str, kind: str, kwargs: dict[str, Any]) -> Any:
+    from great_expectations.execution_engine import PandasExecutionEngine
+
+    metrics = {"table.column_types": [{"name": column, "type": facts.dtype(column)}]}
+    if kind == "string":  # object dtype: GX checks each value's Python type
+        types = kwargs.get("type_list")
+        if not isinstance(types, list) or not any(str(t).lower() in ("str", "string_types") for t in types):
+            return None  # the values are all str: other type lists need GX's own per-value check
+        metrics.update(_column_map(facts, column, "column_values.in_type_list", None))
+    return _judge(expectation, metrics, engine=PandasExecutionEngine())
+
+
+def _outside(values: Any, kwargs: dict[str, Any], *, kinds: type | tuple[type, ...]) -> Any:
+    """The mask of `values` outside [min_value, max_value] (strict as asked), or None when GX must judge."""
+    import pyarrow.compute as pc
+
+    low, high = kwargs.get("min_value"), kwargs.get("max_value")
+    if not all(v is None or (isinstance(v, kinds) and not isinstance(v, bool)) for v in (low, high)) \
+            or (low is None and high is None) or (low is not None and high is not None and low > high):
+        return None
+    outside = None
+    if low is not None:
+        outside = (pc.less_equal if kwargs.get("strict_min") else pc.less)(values, low)
+    if high is not None:
+        above = (pc.greater_equal if kwargs.get("strict_max") else pc.greater)(values, high)
+        outside = above if outside is None else pc.or_(outside, above)
+    return outside
+
+
+def _between(expectation: Any, facts: _ArrowFacts, column: str, kind: str, kwargs: dict[str, Any]) -> Any:
+    if kind not in ("int", "float"):
+        return None
+    outside = _outside(facts.table.column(column), kwargs, kinds=(int, float))
+    if outside is None:
+        return None
+    return _judge(expectation, _column_map(facts, column, "column_values.between", outside))
+
+
+def _lengths(expectation: Any, facts: _ArrowFacts, column: str, kind: str, kwargs: dict[str, Any]) -> Any:
+    import pyarrow.compute as pc
+
+    if kind != "string":  # GX measures `str(value)`: only str values have the length Arrow counts
+        return None
+    outside = _outside(pc.utf8_length(facts.table.column(column)), kwargs, kinds=int)
+    if outside is None:
+        return None
+    return _judge(expectation, _column_map(facts, column, "column_values.value_length.between", outside))
+
+
+def _in_set(expectation: Any, facts: _ArrowFacts, column: str, kind: str, kwargs: dict[str, Any]) -> Any:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    value_set = kwargs.get("value_set")
+    wanted = {"string": str, "bool": bool}.get(kind)
+    if wanted is None or not isinstance(value_set, list) or not value_set \
+            or not all(type(v) is wanted for v in value_set):
+        return None
+    values = facts.table.column(column)
+    inside = pc.is_in(values, value_set=pa.array(value_set, type=values.type))
+    return _judge(expectation, _column_map(facts, column, "column_values.in_set", pc.invert(inside)))
+
+
+def _extreme(expectation: Any, facts: _ArrowFacts, column: str, kind: str, kwargs: dict[str, Any]) -> Any:
+    """A timestamp column's min or max, as the pandas `Timestamp` (or NaT) GX's `column.min/max` gives."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    bounds = (kwargs.get("min_value"), kwargs.get("max_value"))
+    if kind != "datetime" or bounds == (None, None) or \
+            not all(v is None or isinstance(v, str | datetime.datetime) for v in bounds):
+        return None  # GX reads ISO strings as datetimes; other bounds it judges itself
+    metric = "column.min" if expectation.configuration.type == "expect_column_min_to_be_between" else "column.max"
+    values = facts.table.column(column)
+    extreme = pc.min_max(values)["min" if metric == "column.min" else "max"]
+    value = pa.array([extreme], type=values.type).to_pandas().iloc[0]  # keeps nanoseconds; null gives NaT
+    return _judge(expectation, {metric: value})
+
+
+_COLUMN_RULES: dict[str, Callable[..., Any]] = {
+    "expect_column_values_to_not_be_null": _not_null,
+    "expect_column_values_to_be_in_type_list": _type_list,
+    "expect_column_values_to_be_between": _between,
+    "expect_column_value_lengths_to_be_between": _lengths,
+    "expect_column_values_to_be_in_set": _in_set,
+    "expect_column_min_to_be_between": _extreme,
+    "expect_column_max_to_be_between": _extreme,
+}
+
+
+def _column_map(facts: _ArrowFacts, column: str, metric: str, unexpected: Any) -> dict[str, Any]:
+    """The metrics of a column map expectation: nulls are not judged, as in GX (`filter_column_isnull`)."""
+    import pyarrow.compute as pc
+
+    if unexpected is None:  # nothing unexpected among the non-null values
+        count, values, rows = 0, [], []
+    else:
+        # Nulls compare as null and NaN as False; either way a missing value is not judged.
+        unexpected = pc.and_kleene(pc.fill_null(unexpected, False), pc.invert(facts.missing(column)))
+        count = int(pc.sum(unexpected).as_py() or 0)
+        values, rows = facts.first(column, unexpected) if count else ([], [])
+    return {"table.row_count": facts.rows, "column_values.nonnull.unexpected_count": facts.missing_count(column),
+            **_map(metric, count, values, rows)}
+
+
+def _map(metric: str, count: int, values: list[Any], rows: list[int]) -> dict[str, Any]:
+    return {f"{metric}.unexpected_count": count, f"{metric}.unexpected_values": values,
+            f"{metric}.unexpected_index_list": rows, f"{metric}.unexpected_index_query": None}
+
+
+def _judge(expectation: Any, metrics: dict[str, Any], engine: Any = None) -> Any:
+    """GX's own verdict and result dict for `metrics`, as its validator would build them."""
+    from great_expectations.expectations.expectation import parse_result_format
+
+    runtime = {"result_format": parse_result_format("SUMMARY")}
+    return expectation._build_evr(expectation._validate(metrics=metrics, runtime_configuration=runtime,
+                                                        execution_engine=engine))
