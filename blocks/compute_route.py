@@ -10,7 +10,9 @@ from __future__ import annotations
 from typing import Any
 
 from prefect.blocks.core import Block
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
+
+from prefect_mlops.refs import reject_unknown_keys
 
 TRAIN_FLOW = "train-on-pool"
 
@@ -26,6 +28,7 @@ class ComputeRoute(Block):
     Example:
         ```python
         from prefect_mlops.blocks import ComputeRoute
+        saved = ComputeRoute.load("BLOCK_NAME")
         route = ComputeRoute(work_pool="gpu", image="prefect-mlops-worker:0.1.0-cuda", gpu_count=1,
                              env={"PREFECT_MLOPS_DEVICE": "cuda"})
         assert route.deployment_name() == "train-on-pool/gpu"
@@ -70,6 +73,12 @@ class ComputeRoute(Block):
     timeout_seconds: float = Field(
         default=6 * 3600, gt=0, description="How long the training run may take once started."
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_keys(cls, data: Any) -> Any:
+        # Prefect's own keys (block_type_slug, _block_document_id...) travel with a saved Block.
+        return reject_unknown_keys(cls, data, also=("block_type_slug",))
 
     @field_validator("deployment")
     @classmethod

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from prefect.blocks.core import Block
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator, model_validator
+
+from prefect_mlops.log import brief
+from prefect_mlops.refs import reject_unknown_keys
 
 if TYPE_CHECKING:
     from botocore.client import BaseClient
@@ -46,6 +49,25 @@ class DataSource(Block):
         default=None, description="Secret access key matching the access key id."
     )
     region_name: str | None = Field(default=None, description="AWS region, e.g. us-east-1.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_keys(cls, data: Any) -> Any:
+        # Prefect's own keys (block_type_slug, _block_document_id...) travel with a saved Block.
+        return reject_unknown_keys(cls, data, also=("block_type_slug",))
+
+    @field_validator("uri")
+    @classmethod
+    def _uri_names_something(cls, value: str) -> str:
+        # An empty path would read the working folder as a Parquet dataset.
+        if not value.strip():
+            raise ValueError("DataSource.uri is empty; give a path, file:// or s3://bucket/key of a Parquet "
+                             "or CSV file (or Parquet folder)")
+        if value != value.strip():
+            raise ValueError(f"DataSource.uri {brief(value)} starts or ends with spaces; remove them")
+        if value.rstrip("/").lower() in ("s3:", "file:", "s3://", "file://"):
+            raise ValueError(f"DataSource.uri {brief(value)} names no file; add the path or bucket and key")
+        return value
 
     def scheme(self) -> str:
         """`file` for local paths, else the URI's scheme (`s3`, ...)."""

@@ -5,12 +5,13 @@ from __future__ import annotations
 import os
 import urllib.error
 import urllib.request
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prefect.blocks.core import Block
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 
 from prefect_mlops.errors import RegistryError
+from prefect_mlops.refs import reject_unknown_keys
 from prefect_mlops.workspace import Workspace
 
 if TYPE_CHECKING:
@@ -57,6 +58,12 @@ class MlflowServer(Block):
         description="Where a new experiment stores model files (e.g. s3://bucket/mlflow). "
         "Empty: the server's default, or the workspace's mlartifacts folder for a local store.",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_keys(cls, data: Any) -> Any:
+        # Prefect's own keys (block_type_slug, _block_document_id...) travel with a saved Block.
+        return reject_unknown_keys(cls, data, also=("block_type_slug",))
 
     def uri(self, workspace: Workspace | None = None) -> str:
         """The tracking URI in force: this Block's, or the workspace's embedded store."""

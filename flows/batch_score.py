@@ -5,13 +5,15 @@ from __future__ import annotations
 from prefect import flow
 
 from prefect_mlops.blocks import DataSource, MlflowServer
+from prefect_mlops.errors import ConfigError
+from prefect_mlops.refs import ModelName, Window
 from prefect_mlops.tasks.ingest import ingest
 from prefect_mlops.tasks.score import ScoringResult, batch_score_task
 
 
 @flow(name="batch-score", log_prints=True, validate_parameters=True)
 def batch_score(
-    model_name: str,
+    model_name: ModelName,
     source: DataSource,
     output_uri: str,
     window: str | None = None,
@@ -30,6 +32,9 @@ def batch_score(
         mlflow_server: Tracking server and registry; the workspace's SQLite store when empty.
         workspace: Folder for snapshots.
     """
+    Window.parse(window)  # a malformed window fails here, naming the parameter, before any data is read
+    if not output_uri.strip():
+        raise ConfigError("output_uri is empty; give a Parquet path or s3://bucket/key for the predictions")
     dataset = ingest(source, name=f"{model_name}-scoring", window=window, workspace=workspace)
     return batch_score_task(dataset, model_name, output_uri, alias=alias, output=source,
                             mlflow_server=mlflow_server, workspace=workspace)

@@ -15,8 +15,8 @@ from prefect import task
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from prefect_mlops.errors import FeatureError
-from prefect_mlops.log import run_logger
-from prefect_mlops.refs import DatasetRef
+from prefect_mlops.log import brief, run_logger
+from prefect_mlops.refs import DatasetRef, StrictModel
 from prefect_mlops.workspace import Workspace, read_frame, read_table
 
 if TYPE_CHECKING:
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from sklearn.compose import ColumnTransformer
 
 
-class FeatureSpec(BaseModel):
+class FeatureSpec(StrictModel):
     """Which columns are features, which is the target, and how to split.
 
     Example:
@@ -55,7 +55,7 @@ class FeatureSpec(BaseModel):
         default=None, description="Column whose values are the slices reported and gated separately."
     )
     holdout_fraction: float = Field(default=0.2, gt=0, lt=1, description="Share of rows held out.")
-    seed: int = Field(default=0, description="Seed of the split.")
+    seed: int = Field(default=0, ge=0, le=2**32 - 1, description="Seed of the split (0 to 2**32 - 1).")
 
     @model_validator(mode="after")
     def _some_features(self) -> FeatureSpec:
@@ -86,18 +86,108 @@ class FeatureSet(BaseModel):
     holdout_rows: int
 
 
+def _roles(spec: FeatureSpec) -> list[tuple[str, str]]:
+    """(role, column) for every column the spec names, the target first."""
+    roles = [("target", spec.target), *(("numeric feature", c) for c in spec.numeric),
+             *(("categorical feature", c) for c in spec.categorical)]
+    roles += [(f"{field.replace('_', ' ')}", column) for field, column in
+              (("time_column", spec.time_column), ("slice_column", spec.slice_column)) if column]
+    return roles
+
+
+def check_columns(dataset: DatasetRef, spec: FeatureSpec) -> None:
+    """Raise a `FeatureError` when a column the spec names is missing or nested; reads no data.
+
+    Cheap enough to run straight after ingest, before validation, so a missing target is
+    reported as a missing target and not as a failed expectation.
+
+    Example:
+        ```python
+        import tempfile, pandas as pd, pytest
+        from prefect_mlops.errors import FeatureError
+        from prefect_mlops.tasks.features import FeatureSpec, check_columns
+        from prefect_mlops.workspace import Workspace
+        ref = Workspace(tempfile.mkdtemp()).write_snapshot(pd.DataFrame({"x": [1, 2]}), name="toy")
+        with pytest.raises(FeatureError, match="target column 'y' is missing"):
+            check_columns(ref, FeatureSpec(target="y", numeric=["x"]))
+        ```
+    """
+    for role, column in _roles(spec):
+        if column in dataset.dropped_columns:
+            raise FeatureError(
+                f"dataset {dataset.name!r}: {role} column {brief(column)} is nested "
+                f"({shorten_type(dataset.dropped_columns[column])}); features, the target, time and slice "
+                "columns must hold one number, category or timestamp per row. Flatten it into plain "
+                "columns (e.g. one per struct field) or drop it from the feature spec"
+            )
+        if column not in dataset.columns:
+            raise FeatureError(
+                f"dataset {dataset.name!r}: {role} column {brief(column)} is missing; columns are "
+                f"{brief(sorted(dataset.columns), 2000)}. Fix the feature spec or the data"
+            )
+
+
+def shorten_type(arrow_type: str, limit: int = 120) -> str:
+    """An Arrow type's text, cut to `limit` characters (a struct's type lists all its fields)."""
+    return arrow_type if len(arrow_type) <= limit else f"{arrow_type[:limit]}...>"
+
+
+def plain_dtypes(frame: pd.DataFrame) -> pd.DataFrame:
+    """`frame` with pandas' nullable extension columns turned into NumPy ones, `pd.NA` into NaN/None.
+
+    scikit-learn's imputers test missing values with `x != x`, which `pd.NA` refuses ("boolean
+    value of NA is ambiguous"); `string`, `boolean`, `Int64`, `Float64` and the Arrow-backed
+    dtypes all carry it. Integers without gaps stay integers; with gaps they become floats,
+    as pandas reads them from Parquet without the extension types.
+
+    Example:
+        ```python
+        import pandas as pd
+        from prefect_mlops.tasks.features import plain_dtypes
+        frame = plain_dtypes(pd.DataFrame({"s": pd.array(["a", None], dtype="string"),
+                                           "i": pd.array([1, None], dtype="Int64")}))
+        assert str(frame.s.dtype) == "object" and str(frame.i.dtype) == "float64"
+        ```
+    """
+    import pandas as pd
+
+    changed = {}
+    for column, dtype in frame.dtypes.items():
+        if not isinstance(dtype, pd.api.extensions.ExtensionDtype) or isinstance(
+                dtype, (pd.CategoricalDtype, pd.DatetimeTZDtype, pd.PeriodDtype, pd.IntervalDtype,
+                        pd.SparseDtype)):
+            continue
+        series = frame[column]
+        gaps = bool(series.isna().any())
+        if pd.api.types.is_bool_dtype(dtype):
+            values = series.to_numpy(dtype=object, na_value=None) if gaps else series.to_numpy(dtype=bool)
+        elif pd.api.types.is_integer_dtype(dtype) and not gaps:
+            values = series.to_numpy(dtype=getattr(dtype, "numpy_dtype", np.dtype("int64")))
+        elif pd.api.types.is_numeric_dtype(dtype):
+            values = series.to_numpy(dtype="float64", na_value=np.nan)
+        elif pd.api.types.is_datetime64_any_dtype(dtype) or pd.api.types.is_timedelta64_dtype(dtype):
+            continue  # Arrow-backed timestamps: scikit-learn never sees them, pandas handles NaT
+        else:
+            values = series.to_numpy(dtype=object, na_value=None)
+        changed[column] = pd.Series(values, index=frame.index, name=column)
+    if not changed:
+        return frame
+    frame = frame.copy(deep=False)  # the caller's frame keeps its dtypes; untouched columns are shared
+    for column, series in changed.items():
+        frame[column] = series
+    return frame
+
+
 def check_features(frame: pd.DataFrame, spec: FeatureSpec, *, dataset: str) -> None:
     """Raise a `FeatureError` naming the first column that does not fit the spec."""
     import pandas as pd
 
-    for role, columns in (("target", [spec.target]), ("numeric feature", spec.numeric),
-                          ("categorical feature", spec.categorical)):
-        for column in columns:
-            if column not in frame.columns:
-                raise FeatureError(
-                    f"dataset {dataset!r}: {role} column {column!r} is missing; columns are "
-                    f"{sorted(map(str, frame.columns))}. Fix the feature spec or the data"
-                )
+    for role, column in _roles(spec):
+        if column not in frame.columns:
+            raise FeatureError(
+                f"dataset {dataset!r}: {role} column {brief(column)} is missing; columns are "
+                f"{brief(sorted(map(str, frame.columns)), 2000)}. Fix the feature spec or the data"
+            )
     for column in spec.numeric:
         series = frame[column]
         if not pd.api.types.is_numeric_dtype(series) or pd.api.types.is_bool_dtype(series):
@@ -126,6 +216,14 @@ def check_features(frame: pd.DataFrame, spec: FeatureSpec, *, dataset: str) -> N
         raise FeatureError(
             f"dataset {dataset!r}: regression target {spec.target!r} holds {target.dtype}, expected numbers"
         )
+    if spec.time_column:
+        times = frame[spec.time_column]
+        if not (pd.api.types.is_datetime64_any_dtype(times) or pd.api.types.is_numeric_dtype(times)):
+            raise FeatureError(
+                f"dataset {dataset!r}: time column {spec.time_column!r} holds {times.dtype}, expected "
+                "timestamps (or numbers) to order the rows by; convert it, or set DataSource.time_column "
+                "so ingest reads it as timestamps"
+            )
 
 
 def holdout_positions(frame: pd.DataFrame, spec: FeatureSpec) -> np.ndarray:
@@ -161,13 +259,8 @@ def build_feature_set(dataset: DatasetRef, spec: FeatureSpec, *, workspace: Work
     workspace = workspace or Workspace()
     columns = list(dict.fromkeys([*spec.feature_columns, spec.target, *(c for c in (spec.time_column,
                                   spec.slice_column) if c)]))
-    missing = [c for c in columns if c not in dataset.columns]
-    if missing:
-        raise FeatureError(
-            f"dataset {dataset.name!r}: column {missing[0]!r} named by the feature spec is missing; "
-            f"columns are {sorted(dataset.columns)}. Fix the feature spec or the data"
-        )
-    frame = read_frame(dataset, columns=columns)
+    check_columns(dataset, spec)
+    frame = plain_dtypes(read_frame(dataset, columns=columns))
     check_features(frame, spec, dataset=dataset.name)
     holdout = holdout_positions(frame, spec)
     if len(holdout) >= len(frame):
@@ -183,7 +276,7 @@ def load_split(features: FeatureSet) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The train and hold-out frames of a feature set."""
     import pandas as pd
 
-    frame = read_frame(features.dataset)
+    frame = plain_dtypes(read_frame(features.dataset))
     mask = np.zeros(len(frame), dtype=bool)
     mask[_holdout(features, lambda: frame)] = True
     # One copy of each part (`reset_index` would copy them again), and the index renumbered in place.
@@ -217,6 +310,7 @@ def load_holdout(features: FeatureSet, columns: list[str] | None = None) -> pd.D
     for name, dtype in widened.items():
         if name in holdout.columns and holdout[name].dtype != dtype:
             holdout[name] = holdout[name].astype(dtype)
+    holdout = plain_dtypes(holdout)
     holdout.index = pd.RangeIndex(len(holdout))
     return holdout
 

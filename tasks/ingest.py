@@ -10,12 +10,14 @@ from prefect import task
 
 from prefect_mlops.blocks.data_source import DataSource
 from prefect_mlops.errors import ConfigError, DataSourceError
-from prefect_mlops.log import run_logger
+from prefect_mlops.log import brief, run_logger
 from prefect_mlops.refs import DatasetRef, Window
+from prefect_mlops.tasks.features import plain_dtypes
 from prefect_mlops.workspace import Workspace
 
 if TYPE_CHECKING:
     import pandas as pd
+    import pyarrow as pa
 
 _PARQUET_SUFFIXES = (".parquet", ".pq", ".parq")
 _CSV_SUFFIXES = (".csv", ".csv.gz", ".csv.bz2", ".csv.zst")
@@ -27,8 +29,14 @@ def ingest_dataset(
     name: str | None = None,
     window: Window | str | None = None,
     workspace: Workspace | None = None,
+    max_rows: int | None = None,
 ) -> DatasetRef:
-    """Read `source`, keep the rows inside `window`, and snapshot them as Parquet.
+    """Read `source`, keep the rows inside `window` (at most the latest `max_rows`), and snapshot them as Parquet.
+
+    Nested columns (struct, list, map) are left out of the snapshot and listed in
+    `DatasetRef.dropped_columns`: a model cannot take them as they are, and feature-build
+    names them when the feature spec asks for one. Pandas' nullable dtypes (`string`,
+    `Int64`, `boolean`...) become NumPy ones, so `pd.NA` never reaches scikit-learn.
 
     Example:
         ```python
@@ -45,21 +53,58 @@ def ingest_dataset(
     workspace = workspace or Workspace()
     window = Window.parse(window)
     name = name or _stem(source.uri)
-    frame = read_source(source)
+    table = read_source_table(source)
+    dropped = nested_columns(table)
+    if dropped:
+        table = table.drop_columns(list(dropped))
+        run_logger().warning(
+            "dataset %r: left out nested columns %s (a model takes one value per column); flatten them "
+            "into plain columns to use them as features", name, brief(sorted(dropped), 1000))
+    frame = plain_dtypes(_to_pandas(table, source.uri))
+    del table
     if window is not None:
         frame = cut_window(frame, window, source=source)
+    if max_rows is not None and len(frame) > max_rows:
+        frame = latest_rows(frame, max_rows, source=source)
     if frame.empty:
         where = f" inside window {window}" if window else ""
         raise DataSourceError(
             f"dataset {name!r} ({source.uri}) has no rows{where}; check the source or the window"
         )
-    return workspace.write_snapshot(
+    ref = workspace.write_snapshot(
         frame, name=name, source_uri=source.uri, window=str(window) if window else None
     )
+    return ref.model_copy(update={"dropped_columns": dropped}) if dropped else ref
+
+
+def nested_columns(table: pa.Table) -> dict[str, str]:
+    """Columns of `table` whose values are structs, lists, maps or unions, with their Arrow types.
+
+    Example:
+        ```python
+        import pyarrow as pa
+        from prefect_mlops.tasks.ingest import nested_columns
+        table = pa.table({"x": [1, 2], "tags": [["a"], []]})
+        assert nested_columns(table) == {"tags": "list<item: string>"}
+        ```
+    """
+    import pyarrow as pa
+
+    def nested(kind: pa.DataType) -> bool:
+        if pa.types.is_dictionary(kind):
+            return nested(kind.value_type)
+        return pa.types.is_nested(kind) or pa.types.is_union(kind)
+
+    return {field.name: str(field.type) for field in table.schema if nested(field.type)}
 
 
 def read_source(source: DataSource) -> pd.DataFrame:
     """Read a whole source into pandas, turning every failure into a `DataSourceError` naming the URI."""
+    return _to_pandas(read_source_table(source), source.uri)
+
+
+def read_source_table(source: DataSource) -> pa.Table:
+    """Read a whole source as an Arrow table, turning every failure into a `DataSourceError` naming the URI."""
     scheme = source.scheme()
     fmt = _format(source)
     if scheme == "file":
@@ -90,22 +135,103 @@ def cut_window(frame: pd.DataFrame, window: Window, *, source: DataSource) -> pd
         raise DataSourceError(
             f"data source {source.uri}: time column {column!r} is missing; columns are {list(frame.columns)}"
         )
-    times = frame[column]
-    if not pd.api.types.is_datetime64_any_dtype(times):
-        try:
-            times = pd.to_datetime(times)
-        except (ValueError, TypeError) as exc:
-            raise DataSourceError(
-                f"data source {source.uri}: time column {column!r} does not hold timestamps ({exc})"
-            ) from exc
-    if getattr(times.dt, "tz", None) is not None:
-        times = times.dt.tz_convert("UTC").dt.tz_localize(None)
+    times = as_timestamps(frame[column], column=column, uri=source.uri)
     mask = pd.Series(True, index=frame.index)
     if window.start is not None:
-        mask &= times >= pd.Timestamp(window.start).tz_localize(None)
+        mask &= times >= _naive_utc(window.start)
     if window.end is not None:
-        mask &= times < pd.Timestamp(window.end).tz_localize(None)
+        mask &= times < _naive_utc(window.end)
     return frame.loc[mask].reset_index(drop=True)
+
+
+def as_timestamps(values: pd.Series, *, column: str, uri: str) -> pd.Series:
+    """`values` as naive UTC timestamps, or a `DataSourceError` naming the column and the problem.
+
+    Timestamps with a UTC offset are converted to UTC, even when the offsets differ (daylight
+    saving time). Refused, each with its own message: numbers (epoch values: their unit would
+    be a guess), a mix of values with and without an offset (the naive ones have no time zone),
+    and text that is not a timestamp (the first such value and its row are quoted).
+
+    Example:
+        ```python
+        import pandas as pd
+        from prefect_mlops.tasks.ingest import as_timestamps
+        times = as_timestamps(pd.Series(["2024-03-30T12:00+01:00", "2024-04-01T12:00+02:00"]), column="t", uri="x")
+        assert str(times[1]) == "2024-04-01 10:00:00"
+        ```
+    """
+    import warnings
+
+    import pandas as pd
+
+    where = f"data source {uri}: time column {column!r}"
+    if pd.api.types.is_datetime64_any_dtype(values):
+        return values.dt.tz_convert("UTC").dt.tz_localize(None) if values.dt.tz is not None else values
+    present = values.dropna()
+    if pd.api.types.is_numeric_dtype(values) or _all_digits(present):
+        first = present.iloc[0] if len(present) else None
+        example = brief(first.item() if hasattr(first, "item") else first)
+        raise DataSourceError(
+            f"{where} holds numbers ({values.dtype}, e.g. {example}), not timestamps. Epoch numbers are not "
+            "read as times because their unit (seconds, milliseconds...) would be a guess; convert the column "
+            "to timestamps (e.g. pandas.to_datetime(col, unit='s')) or write ISO-8601 text such as "
+            "2024-01-31T12:00:00Z"
+        )
+    text = present.astype(str)
+    offset = text.str.contains(r"(?:[+-]\d{2}:?\d{2}|Z)$", regex=True)
+    if offset.any() and not offset.all():
+        with_at, without_at = offset.idxmax(), (~offset).idxmax()
+        raise DataSourceError(
+            f"{where} mixes timestamps with a UTC offset (row index {with_at}: {brief(text[with_at])}) and without one "
+            f"(row index {without_at}: {brief(text[without_at])}); a value without an offset has no time zone. "
+            "Give every value an offset, or none"
+        )
+    utc = bool(offset.any())
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pandas' advice on formats: the message below says more
+            parsed = pd.to_datetime(values, utc=utc)
+    except (ValueError, TypeError, OverflowError):
+        parsed = pd.to_datetime(values, utc=utc, errors="coerce", format="ISO8601")
+        bad = values.notna() & parsed.isna()
+        if bad.any():
+            first = bad.idxmax()
+            raise DataSourceError(
+                f"{where}: {int(bad.sum())} of {len(values)} values are not timestamps, the first at row index "
+                f"{first}: {brief(values[first])}. Write ISO-8601 timestamps such as 2024-01-31T12:00:00 (years "
+                "1677 to 2262), or fix DataSource.time_column"
+            ) from None
+    if not pd.api.types.is_datetime64_any_dtype(parsed):
+        raise DataSourceError(f"{where} holds values such as {brief(present.iloc[0])} that pandas cannot read as "
+                              "one kind of timestamp; write ISO-8601 timestamps such as 2024-01-31T12:00:00Z")
+    return parsed.dt.tz_convert("UTC").dt.tz_localize(None) if parsed.dt.tz is not None else parsed
+
+
+def _all_digits(present: pd.Series) -> bool:
+    """Text that is only digits (9 or more: an epoch count, not a year or a date like 20240131)."""
+    if present.dtype != object or not len(present):
+        return False
+    return bool(present.astype(str).str.fullmatch(r"[+-]?\d{9,}(?:\.\d+)?").all())
+
+
+def _naive_utc(moment: object) -> pd.Timestamp:
+    import pandas as pd
+
+    stamp = pd.Timestamp(moment)
+    return stamp.tz_convert("UTC").tz_localize(None) if stamp.tzinfo is not None else stamp
+
+
+def latest_rows(frame: pd.DataFrame, rows: int, *, source: DataSource) -> pd.DataFrame:
+    """The latest `rows` rows by the source's time column (file order without one), in their original order."""
+    import numpy as np
+
+    if source.time_column and source.time_column in frame.columns:
+        times = as_timestamps(frame[source.time_column], column=source.time_column, uri=source.uri)
+        order = np.argsort(times.to_numpy(), kind="stable")
+        keep = np.sort(order[len(frame) - rows:])
+    else:
+        keep = np.arange(len(frame) - rows, len(frame))
+    return frame.take(keep).reset_index(drop=True)
 
 
 def _format(source: DataSource) -> str:
@@ -122,7 +248,7 @@ def _format(source: DataSource) -> str:
     )
 
 
-def _parse(where: Path | io.BytesIO, fmt: str, uri: str) -> pd.DataFrame:
+def _parse(where: Path | io.BytesIO, fmt: str, uri: str) -> pa.Table:
     import pyarrow as pa
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
@@ -134,12 +260,49 @@ def _parse(where: Path | io.BytesIO, fmt: str, uri: str) -> pd.DataFrame:
             table = pacsv.read_csv(where)
     except (pa.ArrowInvalid, pa.ArrowException, OSError) as exc:
         kind = "a readable Parquet file" if fmt == "parquet" else "parseable CSV"
+        ragged = _ragged_row(where) if fmt == "csv" else None
         raise DataSourceError(
-            f"data source {uri}: not {kind} ({exc}); check the file or set DataSource.format"
+            f"data source {uri}: not {kind} ({ragged or exc}); check the file or set DataSource.format"
         ) from exc
     if table.num_columns == 0:
         raise DataSourceError(f"data source {uri}: no columns found; the file is empty or has no header")
-    return table.to_pandas()
+    return table
+
+
+def _ragged_row(where: Path | io.BytesIO) -> str | None:
+    """Which line of a CSV has the wrong number of fields: read again on one thread, so Arrow counts lines."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    found = []
+
+    def note(row: pacsv.InvalidRow) -> str:
+        found.append(row)
+        return "error"
+
+    if isinstance(where, io.BytesIO):
+        where.seek(0)
+    try:
+        pacsv.read_csv(where, read_options=pacsv.ReadOptions(use_threads=False),
+                       parse_options=pacsv.ParseOptions(invalid_row_handler=note))
+    except (pa.ArrowException, OSError):
+        pass
+    if not found:
+        return None
+    row = found[0]
+    line = f"line {row.number}" if row.number is not None else "a line"
+    return (f"{line} has {row.actual_columns} fields where the header has {row.expected_columns}: "
+            f"{brief(row.text)}; fix or remove that line (a comma inside a value needs quotes)")
+
+
+def _to_pandas(table: pa.Table, uri: str) -> pd.DataFrame:
+    import pyarrow as pa
+
+    try:
+        return table.to_pandas()
+    except (pa.ArrowException, ValueError, TypeError) as exc:
+        raise DataSourceError(f"data source {uri}: the data cannot be read into pandas ({exc}); check the "
+                              "column types") from exc
 
 
 def _read_s3(source: DataSource) -> bytes:
@@ -184,9 +347,10 @@ def ingest(
     name: str | None = None,
     window: str | None = None,
     workspace: str | None = None,
+    max_rows: int | None = None,
 ) -> DatasetRef:
     """Snapshot a source's data into the workspace (see `ingest_dataset`)."""
-    ref = ingest_dataset(source, name=name, window=window, workspace=Workspace(workspace))
+    ref = ingest_dataset(source, name=name, window=window, workspace=Workspace(workspace), max_rows=max_rows)
     run_logger().info(
         "ingested %s rows x %s columns from %s -> %s", ref.rows, len(ref.columns), source.uri, ref.short()
     )

@@ -12,33 +12,38 @@ import hashlib
 import json
 import tempfile
 from datetime import datetime, timezone
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from prefect import task
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from prefect_mlops.blocks.mlflow_server import MlflowServer
-from prefect_mlops.errors import RegistryError
+from prefect_mlops.errors import ConfigError, RegistryError
 from prefect_mlops.log import run_logger
-from prefect_mlops.refs import DatasetRef, ModelRef
+from prefect_mlops.refs import DatasetRef, ModelRef, StrictModel
 from prefect_mlops.tasks.features import FeatureSpec
 from prefect_mlops.workspace import Workspace
 
 TAG = "prefect_mlops"
 
 
-class TrainerSpec(BaseModel):
+class TrainerSpec(StrictModel):
     """Which estimator to fit, with which parameters and seed.
+
+    `check()` imports the estimator class and checks the parameters without reading any data;
+    the flows call it before any work starts.
 
     Example:
         ```python
         from prefect_mlops.tasks.train import TrainerSpec, build_estimator
         spec = TrainerSpec(estimator="sklearn.linear_model.LogisticRegression", params={"C": 0.5})
+        spec.check()
         assert build_estimator(spec).C == 0.5
         ```
     """
 
     model_config = ConfigDict(frozen=True)
+    _unknown_key_hint: ClassVar[str] = "; the estimator's own parameters go under 'params'"
 
     kind: Literal["sklearn", "torch"] = Field(
         default="sklearn", description="'sklearn': any scikit-learn estimator; 'torch': a tabular network."
@@ -53,6 +58,34 @@ class TrainerSpec(BaseModel):
         default=None,
         description="Compute route label (e.g. 'gpu') to train on; empty trains in the flow's own process.",
     )
+
+    @field_validator("seed")
+    @classmethod
+    def _seed_in_range(cls, value: int) -> int:
+        # NumPy and scikit-learn take seeds in [0, 2**32); a bad one would only fail after ingest.
+        if not 0 <= value < 2**32:
+            raise ValueError(f"trainer.seed: expected a non-negative integer below 2**32, got {value}")
+        return value
+
+    def check(self) -> None:
+        """Raise a `ConfigError` naming `trainer.estimator` or `trainer.params` if they cannot work.
+
+        Imports the estimator class and builds it (no data, no fit). A torch trainer routed to
+        another machine (`label`) has its parameters checked without importing PyTorch here.
+        """
+        from prefect_mlops.tasks.train import build_estimator
+
+        if self.kind == "torch" and self.label:
+            from prefect_mlops.tasks.torch_trainer import TabularNetEstimator
+
+            accepted = TabularNetEstimator().get_params()
+            unknown = sorted(set(self.params) - set(accepted))
+            if unknown:
+                raise ConfigError(f"trainer.params {unknown} are not parameters of the torch trainer; it "
+                                  f"accepts {sorted(accepted)}")
+            TabularNetEstimator(**{"seed": self.seed, **self.params}).config()
+            return
+        build_estimator(self)
 
 
 class Lineage(BaseModel):

@@ -13,8 +13,9 @@ from pydantic import BaseModel, ConfigDict
 from prefect_mlops.blocks.data_source import DataSource
 from prefect_mlops.blocks.mlflow_server import MlflowServer
 from prefect_mlops.errors import ConfigError, FeatureError
-from prefect_mlops.log import run_logger
+from prefect_mlops.log import brief, run_logger
 from prefect_mlops.refs import DatasetRef
+from prefect_mlops.tasks.features import plain_dtypes
 from prefect_mlops.tasks.lineage import find_model
 from prefect_mlops.workspace import Workspace, read_frame
 
@@ -69,15 +70,23 @@ def score_dataset(
     pipeline = server.load_model(found.model.source, workspace)
     frame = read_frame(dataset)
     columns = list(getattr(pipeline, "feature_names_in_", []))
+    nested = {c: dataset.dropped_columns[c] for c in columns if c in dataset.dropped_columns}
+    if nested:
+        raise FeatureError(f"dataset {dataset.name!r}: feature columns {brief(nested, 1000)} that {model_name!r} "
+                           f"v{found.model.version} needs are nested (struct, list or map); give them as the "
+                           "plain columns the model was trained on")
     missing = [c for c in columns if c not in frame.columns]
     if missing:
-        raise FeatureError(f"dataset {dataset.name!r}: feature columns {missing} that {model_name!r} "
-                           f"v{found.model.version} needs are missing; columns are {sorted(frame.columns)}")
-    unseen = unseen_categories(pipeline, frame)
+        raise FeatureError(f"dataset {dataset.name!r}: feature columns {brief(missing, 1000)} that {model_name!r} "
+                           f"v{found.model.version} needs are missing; columns are "
+                           f"{brief(sorted(map(str, frame.columns)), 2000)}")
+    # pd.NA (string, Int64, boolean, Float64 columns) breaks scikit-learn's imputers: plain NumPy dtypes.
+    features = plain_dtypes(frame[columns])
+    unseen = unseen_categories(pipeline, features)
     scored = frame.copy()
-    scored["prediction"] = pipeline.predict(frame[columns])
+    scored["prediction"] = pipeline.predict(features)
     if hasattr(pipeline, "predict_proba"):
-        proba = np.asarray(pipeline.predict_proba(frame[columns]))
+        proba = np.asarray(pipeline.predict_proba(features))
         for index, label in enumerate(pipeline.classes_):
             scored[f"proba_{label}"] = proba[:, index]
     scored["model_name"] = model_name
@@ -119,5 +128,6 @@ def batch_score_task(
     logger = run_logger()
     logger.info("scored %s rows with %s v%s -> %s", result.rows, model_name, result.model_version, output_uri)
     for column, values in result.unseen_categories.items():
-        logger.warning("column %r has categories the model never saw, scored as unknown: %s", column, values)
+        logger.warning("column %r has categories the model never saw, scored as unknown: %s", column,
+                       brief(values, 1000))
     return result

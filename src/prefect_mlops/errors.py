@@ -1,12 +1,20 @@
 """Errors raised by prefect-mlops.
 
 Every message names the dataset, column, field or URI at fault, what was expected,
-and what to do next. A failed quality gate is a verdict, not an error.
+and what to do next. A failed quality gate is a verdict, not an error. A message is cut to
+`prefect_mlops.log.MAX_MESSAGE_BYTES`, however large the values it quotes.
 """
+
+from prefect_mlops.log import shorten
 
 
 class MlopsError(Exception):
     """Base class for every error raised by prefect-mlops."""
+
+    def __init__(self, *args: object) -> None:
+        if args and isinstance(args[0], str):
+            args = (shorten(args[0]), *args[1:])
+        super().__init__(*args)
 
 
 class ConfigError(MlopsError, ValueError):

@@ -1,8 +1,86 @@
-"""A logger that works inside and outside Prefect runs, so a task's `.fn()` runs anywhere."""
+"""Logging: a run logger that works inside and outside Prefect runs, and a cap on every line's size.
+
+A value can be huge (a 1 MiB category, a whole row); no log line or error message of this
+package exceeds `MAX_MESSAGE_BYTES`. `shorten` cuts text in the middle, keeping both ends,
+and a filter on the `prefect_mlops` logger and Prefect's run loggers applies it to every
+record, whoever interpolated the value.
+"""
 
 from __future__ import annotations
 
 import logging
+
+MAX_MESSAGE_BYTES = 8000  # under the 10 kB a line may take, leaving room for Prefect's prefixes
+MAX_VALUE_CHARS = 200
+# A filter acts only on records of its own logger: every logger that quotes parameters or errors is listed.
+_LOGGERS = ("prefect_mlops", "prefect.flow_runs", "prefect.task_runs", "prefect.flows", "prefect.engine",
+            "prefect.task_engine", "prefect.flow_engine", "prefect.tasks")
+
+
+def shorten(text: object, limit: int = MAX_MESSAGE_BYTES) -> str:
+    """`text` as a string of at most `limit` UTF-8 bytes, cut in the middle with a note of how much.
+
+    Example:
+        ```python
+        from prefect_mlops.log import shorten
+        assert shorten("short") == "short"
+        cut = shorten("x" * 1_000_000, limit=100)
+        assert len(cut.encode()) <= 100 and "cut" in cut
+        ```
+    """
+    text = text if isinstance(text, str) else str(text)
+    data = text.encode("utf-8", "replace")
+    if len(data) <= limit:
+        return text
+    note = f" ...[{len(data):,} bytes, cut]... "
+    room = max(limit - len(note.encode()), 0)
+    head = data[: room * 3 // 4].decode("utf-8", "ignore")
+    tail = data[len(data) - (room - room * 3 // 4):].decode("utf-8", "ignore") if room else ""
+    return f"{head}{note}{tail}"
+
+
+def brief(value: object, limit: int = MAX_VALUE_CHARS) -> str:
+    """`repr(value)` for a message, cut to about `limit` characters.
+
+    Example:
+        ```python
+        from prefect_mlops.log import brief
+        assert brief("plan") == "'plan'"
+        assert len(brief("v" * 10_000)) < 300
+        ```
+    """
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    return f"{text[: limit - 40]}...[{len(text):,} characters, cut]"
+
+
+class ShortLines(logging.Filter):
+    """Cuts a record's message (and its formatted traceback) to `MAX_MESSAGE_BYTES`."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a malformed record: let the handler report it as it would
+            return True
+        if len(message) > MAX_MESSAGE_BYTES // 4 and len(message.encode("utf-8", "replace")) > MAX_MESSAGE_BYTES:
+            record.msg, record.args = shorten(message), None
+        if record.exc_info and not record.exc_text:
+            text = logging.Formatter().formatException(record.exc_info)
+            if len(text.encode("utf-8", "replace")) > MAX_MESSAGE_BYTES:
+                record.exc_text = shorten(text)  # formatters use exc_text when it is set
+        return True
+
+
+_FILTER = ShortLines()
+
+
+def install_line_limit() -> None:
+    """Put the size cap on this package's logger and Prefect's flow and task run loggers (idempotent)."""
+    for name in _LOGGERS:
+        logger = logging.getLogger(name)
+        if _FILTER not in logger.filters:
+            logger.addFilter(_FILTER)
 
 
 def run_logger() -> logging.Logger | logging.LoggerAdapter:
@@ -14,3 +92,6 @@ def run_logger() -> logging.Logger | logging.LoggerAdapter:
         return get_run_logger()
     except MissingContextError:
         return logging.getLogger("prefect_mlops")
+
+
+install_line_limit()

@@ -7,15 +7,91 @@ in another process or on another work pool, and Prefect can cache on fingerprint
 
 from __future__ import annotations
 
+import difflib
 import re
-from datetime import datetime
+from collections.abc import Iterable
+from datetime import datetime, timezone
+from typing import Annotated, Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from prefect_mlops.errors import ConfigError
+from prefect_mlops.log import brief
+
+_NAME_FORBIDDEN = {"@": "an alias", "/": "a version", ":": "a URI scheme"}
 
 
-class Window(BaseModel):
+def check_model_name(name: str) -> str:
+    """Return `name` if MLflow can address it as `models:/<name>@<alias>`; else raise `ValueError`.
+
+    Example:
+        ```python
+        from prefect_mlops.refs import check_model_name
+        assert check_model_name("churn") == "churn"
+        ```
+    """
+    syntax = ("MLflow addresses a model as models:/<name>@<alias> or models:/<name>/<version>, so a name "
+              "cannot hold '@', '/' or ':'. Use letters, digits, '-', '_' or '.', e.g. 'churn'")
+    if not name or not name.strip():
+        raise ValueError(f"model_name is empty; name the registered model. {syntax}")
+    if name != name.strip():
+        raise ValueError(f"model_name {brief(name)} starts or ends with spaces; remove them")
+    for char, meaning in _NAME_FORBIDDEN.items():
+        if char in name:
+            raise ValueError(f"model_name {brief(name)} holds {char!r}, which in a models:/ URI starts "
+                             f"{meaning}. {syntax}")
+    if any(not ch.isprintable() for ch in name) or len(name) > 256:
+        raise ValueError(f"model_name {brief(name)}: expected at most 256 printable characters. {syntax}")
+    return name
+
+
+ModelName = Annotated[str, AfterValidator(check_model_name)]
+"""A registered model name, checked when a flow's parameters are validated (see `check_model_name`)."""
+
+
+def reject_unknown_keys(model: type[BaseModel], data: Any, *, also: Iterable[str] = (), hint: str = "") -> Any:
+    """Raise `ValueError` naming every key of `data` that is no field of `model`, with the closest field.
+
+    Keys in `also` and keys starting with `_` (Prefect's Block metadata) are let through.
+
+    Example:
+        ```python
+        import pytest
+        from prefect_mlops.refs import Window, reject_unknown_keys
+        with pytest.raises(ValueError, match="did you mean 'start'"):
+            reject_unknown_keys(Window, {"stat": "2024-01-01"})
+        ```
+    """
+    if not isinstance(data, dict):
+        return data
+    fields = {name for name, info in model.model_fields.items()} | {
+        info.alias for info in model.model_fields.values() if info.alias}
+    allowed = fields | set(also)
+    unknown = [key for key in data if key not in allowed and not (isinstance(key, str) and key.startswith("_"))]
+    if not unknown:
+        return data
+    problems = []
+    for key in unknown:
+        close = difflib.get_close_matches(str(key), sorted(fields), n=1, cutoff=0.6)
+        problems.append(f"{brief(key)} (did you mean {close[0]!r}?)" if close else brief(key))
+    what = "unknown key" if len(unknown) == 1 else "unknown keys"
+    raise ValueError(f"{model.__name__}: {what} {', '.join(problems)}; valid keys are "
+                     f"{', '.join(sorted(fields))}{hint}")
+
+
+class StrictModel(BaseModel):
+    """A record a person writes: an unknown key is an error naming the closest valid key, never ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+    _unknown_key_hint: ClassVar[str] = ""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_keys(cls, data: Any) -> Any:
+        return reject_unknown_keys(cls, data, hint=cls._unknown_key_hint)
+
+
+class Window(StrictModel):
     """A half-open time window `[start, end)` on a dataset's time column.
 
     Example:
@@ -50,12 +126,20 @@ class Window(BaseModel):
             end = datetime.fromisoformat(end_text) if end_text else None
         except ValueError as exc:
             raise ConfigError(f"window {text!r}: {exc}; write dates as ISO-8601, e.g. 2024-01-31") from exc
+        # A bound with an offset is an instant: kept as naive UTC, the time ingest compares rows in.
+        start, end = (_naive_utc(moment) for moment in (start, end))
         if start and end and start >= end:
             raise ConfigError(f"window {text!r}: start must be before end")
         return cls(start=start, end=end)
 
     def __str__(self) -> str:
         return f"{self.start.isoformat() if self.start else ''}/{self.end.isoformat() if self.end else ''}"
+
+
+def _naive_utc(moment: datetime | None) -> datetime | None:
+    if moment is None or moment.tzinfo is None:
+        return moment
+    return moment.astimezone(timezone.utc).replace(tzinfo=None)
 
 
 class DatasetRef(BaseModel):
@@ -74,6 +158,10 @@ class DatasetRef(BaseModel):
     columns: dict[str, str] = Field(description="Column name to pandas dtype.")
     source_uri: str | None = Field(default=None, description="Where the data was read from.")
     window: str | None = Field(default=None, description="Time window the snapshot was cut to.")
+    dropped_columns: dict[str, str] = Field(
+        default_factory=dict,
+        description="Nested columns (struct, list, map) left out of the snapshot, with their Arrow types.",
+    )
 
     def short(self) -> str:
         """A short label: name and the first characters of the fingerprint."""

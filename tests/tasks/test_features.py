@@ -8,7 +8,15 @@ import pytest
 from pydantic import ValidationError
 
 from prefect_mlops.errors import FeatureError
-from prefect_mlops.tasks.features import FeatureSpec, build_feature_set, feature_build, load_split, make_transform
+from prefect_mlops.tasks.features import (
+    FeatureSpec,
+    build_feature_set,
+    feature_build,
+    load_holdout,
+    load_split,
+    make_transform,
+    plain_dtypes,
+)
 
 
 @pytest.fixture
@@ -44,8 +52,8 @@ def test_transform_ignores_unseen_categories(frame):
 
 
 @pytest.mark.parametrize(("change", "spec", "message"), [
-    (lambda f: f.drop(columns="y"), SPEC, "column 'y' named by the feature spec is missing"),
-    (lambda f: f.drop(columns="x"), SPEC, "column 'x' named by the feature spec is missing"),
+    (lambda f: f.drop(columns="y"), SPEC, "target column 'y' is missing"),
+    (lambda f: f.drop(columns="x"), SPEC, "numeric feature column 'x' is missing"),
     (lambda f: f.assign(x=["n/a"] * len(f)), SPEC, "numeric feature column 'x' holds object"),
     (lambda f: f.assign(x=np.nan), SPEC, "column 'x' is entirely empty"),
     (lambda f: f.assign(y=1), SPEC, "target 'y' has a single class"),
@@ -65,6 +73,51 @@ def test_spec_itself_is_checked_when_declared():
         FeatureSpec(target="y")
     with pytest.raises(ValidationError, match="holdout_fraction"):
         FeatureSpec(target="y", numeric=["x"], holdout_fraction=1.5)
+
+
+def test_spec_names_an_unknown_key_and_the_closest_valid_one():
+    with pytest.raises(ValidationError, match="unknown key 'slice_col' \\(did you mean 'slice_column'\\?\\)"):
+        FeatureSpec(target="y", numeric=["x"], slice_col="region")
+    with pytest.raises(ValidationError, match="seed"):
+        FeatureSpec(target="y", numeric=["x"], seed=-1)
+
+
+def test_a_nested_feature_is_rejected_naming_the_column_and_its_type(workspace, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from prefect_mlops.blocks import DataSource
+    from prefect_mlops.tasks.ingest import ingest_dataset
+
+    n = 40
+    pq.write_table(pa.table({"x": [float(i) for i in range(n)], "y": [i % 2 for i in range(n)],
+                             "address": pa.array([{"city": "a", "zip": i} for i in range(n)]),
+                             "tags": pa.array([["t"]] * n)}), tmp_path / "nested.parquet")
+    ref = ingest_dataset(DataSource(uri=str(tmp_path / "nested.parquet")), workspace=workspace)
+    assert build_feature_set(ref, FeatureSpec(target="y", numeric=["x"]), workspace=workspace).train_rows == 32
+    with pytest.raises(FeatureError, match=r"categorical feature column 'address' is nested \(struct<city"):
+        build_feature_set(ref, FeatureSpec(target="y", numeric=["x"], categorical=["address"]), workspace=workspace)
+
+
+def test_nullable_extension_dtypes_train_and_hold_out_as_numpy(workspace):
+    frame = pd.DataFrame({"x": pd.array([1.5, None] * 50, dtype="Float64"),
+                          "n": pd.array([1, None, 3, 4] * 25, dtype="Int64"),
+                          "c": pd.array(["a", None, "b", "c"] * 25, dtype="string"),
+                          "b": pd.array([True, None, False, True] * 25, dtype="boolean"),
+                          "y": [0, 1, 1, 0] * 25})
+    spec = FeatureSpec(target="y", numeric=["x", "n"], categorical=["c", "b"])
+    features = build_feature_set(workspace.write_snapshot(frame, name="nullable"), spec, workspace=workspace)
+    train, holdout = load_split(features)
+    for part in (train, holdout, load_holdout(features)):
+        assert not any(isinstance(t, pd.api.extensions.ExtensionDtype) for t in part.dtypes), part.dtypes
+    make_transform(spec).fit_transform(train[spec.feature_columns])  # pd.NA would raise here
+    assert plain_dtypes(frame).c.isna().sum() == 25
+
+
+def test_a_time_column_of_text_is_refused_naming_it(frame, workspace):
+    ref = workspace.write_snapshot(frame.assign(t=frame.t.astype(str)), name="f")
+    with pytest.raises(FeatureError, match="time column 't' holds object, expected timestamps"):
+        build_feature_set(ref, SPEC.model_copy(update={"time_column": "t"}), workspace=workspace)
 
 
 def test_unchanged_inputs_are_served_from_prefect_cache_and_a_lost_split_is_redone(frame, workspace):

@@ -147,3 +147,66 @@ def test_unreachable_s3_endpoint_names_the_endpoint(workspace):
     endpoint = f"http://127.0.0.1:{free_port()}"
     with pytest.raises(DataSourceError, match=f"cannot reach the S3 store at {endpoint}"):
         ingest_dataset(s3_source(endpoint, "s3://lake/d.parquet"), workspace=workspace)
+
+
+def test_nested_columns_are_left_out_of_the_snapshot_and_listed(tmp_path, workspace):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.table({"x": [1.0, 2.0, 3.0], "meta": pa.array([{"a": 1}, None, {"a": 2}]),
+                      "tags": pa.array([[1], None, [2, 3]]),
+                      "attrs": pa.array([[("k", 1)], None, []], pa.map_(pa.string(), pa.int64()))})
+    pq.write_table(table, tmp_path / "nested.parquet")
+    ref = ingest_dataset(DataSource(uri=str(tmp_path / "nested.parquet")), workspace=workspace)
+    assert ref.columns == {"x": "float64"}
+    assert set(ref.dropped_columns) == {"meta", "tags", "attrs"}
+    assert ref.dropped_columns["meta"].startswith("struct<")
+
+
+def test_nullable_extension_dtypes_are_snapshotted_as_numpy(tmp_path, workspace):
+    frame = pd.DataFrame({"s": pd.array(["a", None, "b"], dtype="string"),
+                          "i": pd.array([1, None, 3], dtype="Int64"),
+                          "b": pd.array([True, None, False], dtype="boolean"),
+                          "f": pd.array([1.5, None, 2.5], dtype="Float64")})
+    frame.to_parquet(tmp_path / "nullable.parquet", index=False)
+    ref = ingest_dataset(DataSource(uri=str(tmp_path / "nullable.parquet")), workspace=workspace)
+    assert ref.columns == {"s": "object", "i": "float64", "b": "object", "f": "float64"}
+
+
+def test_a_ragged_csv_row_is_named_by_its_line(tmp_path, workspace):
+    (tmp_path / "ragged.csv").write_text("a,b\n1,2\n3,4\n5,6,7\n8,9\n")
+    with pytest.raises(DataSourceError, match=r"ragged.csv: .*line 4 has 3 fields where the header has 2: '5,6,7'"):
+        ingest_dataset(DataSource(uri=str(tmp_path / "ragged.csv")), workspace=workspace)
+
+
+@pytest.mark.parametrize(("times", "message"), [
+    (["2024-01-01", "not a date", "2024-01-03"], r"time column 'when': 1 of 3 values are not timestamps, the first "
+                                                 r"at row index 1: 'not a date'"),
+    (["2024-01-01T00:00+01:00", "2024-01-02T00:00", "2024-01-03T00:00+01:00"],
+     r"time column 'when' mixes timestamps with a UTC offset \(row index 0: .*\) and without one \(row index 1"),
+    ([1704067200, 1704153600, 1704240000], r"time column 'when' holds numbers \(int64, e.g. 1704067200\), not "
+                                           r"timestamps. Epoch numbers"),
+    (["1704067200", "1704153600", "1704240000"], r"time column 'when' holds numbers"),
+    (["2024-01-01", "2500-01-01", "2024-01-02"], r"the first at row index 1: '2500-01-01'"),
+], ids=["unparseable", "mixed-offsets", "epoch-numbers", "epoch-text", "out-of-range"])
+def test_time_column_problems_name_the_column_and_the_problem(tmp_path, workspace, times, message):
+    pd.DataFrame({"when": times, "x": [1, 2, 3]}).to_parquet(tmp_path / "t.parquet", index=False)
+    with pytest.raises(DataSourceError, match=message):
+        ingest_dataset(DataSource(uri=str(tmp_path / "t.parquet"), time_column="when"),
+                       window="2024-01-01/2024-02-01", workspace=workspace)
+
+
+def test_offsets_that_differ_are_read_as_utc_and_aware_window_bounds_work(tmp_path, workspace):
+    times = ["2024-03-30T12:00+01:00", "2024-04-01T12:00+02:00", "2024-04-02T12:00+02:00"]
+    pd.DataFrame({"when": times, "x": [1, 2, 3]}).to_parquet(tmp_path / "dst.parquet", index=False)
+    ref = ingest_dataset(DataSource(uri=str(tmp_path / "dst.parquet"), time_column="when"),
+                         window="2024-04-01T11:00+01:00/2024-04-02", workspace=workspace)
+    assert ref.rows == 1
+
+
+@pytest.mark.parametrize("uri", ["", "   ", "s3://"])
+def test_an_empty_uri_is_refused_naming_the_field(uri):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match=r"DataSource.uri (is empty|'s3://' names no file)"):
+        DataSource(uri=uri)
