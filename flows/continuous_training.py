@@ -18,6 +18,7 @@ from prefect_mlops.tasks.features import FeatureSpec, feature_build
 from prefect_mlops.tasks.gate import quality_gate
 from prefect_mlops.tasks.ingest import ingest
 from prefect_mlops.tasks.lineage import Lineage, TrainerSpec, find_champion, recipe_digest
+from prefect_mlops.tasks.reconcile import model_lock, reconcile
 from prefect_mlops.tasks.register import register
 from prefect_mlops.tasks.route import train_on_route
 from prefect_mlops.tasks.train import git_commit, package_versions, train
@@ -75,6 +76,7 @@ def continuous_training(
     window = str(Window.parse(window)) if Window.parse(window) else None
     server = mlflow_server or MlflowServer()
     digest = recipe_digest(features, trainer)
+    reconcile(model_name, mlflow_server=server, workspace=workspace)  # settle what a killed run left
 
     dataset = ingest(source, name=model_name, window=window, workspace=workspace)
     champion = find_champion(model_name, mlflow_server=server, workspace=workspace)
@@ -95,24 +97,27 @@ def continuous_training(
                       git_commit=git_commit(), packages=package_versions())
     trained = (train_on_route if trainer.label else train)(feature_set, trainer, lineage, mlflow_server=server,
                                                            workspace=workspace)
-    evaluation = evaluate(trained, feature_set, champion=champion, policy=policy, mlflow_server=server,
-                          workspace=workspace)
-    verdict = quality_gate(evaluation, policy)
+    with model_lock(model_name):  # one run of this model at a time from evaluate to deploy
+        # The champion may have moved while this run trained: compare against the one in place now.
+        champion = find_champion(model_name, mlflow_server=server, workspace=workspace)
+        evaluation = evaluate(trained, feature_set, champion=champion, policy=policy, mlflow_server=server,
+                              workspace=workspace)
+        verdict = quality_gate(evaluation, policy)
 
-    metric = evaluation.primary_metric
-    report = CycleReport(
-        model_name=model_name, outcome="rejected", message="", window=window, data_fingerprint=dataset.fingerprint,
-        champion_version=champion.model.version if champion else None, primary_metric=metric,
-        challenger_metric=evaluation.challenger.overall[metric],
-        champion_metric=evaluation.champion.overall[metric] if evaluation.champion else None,
-        gate_reason=verdict.main_reason)
-    if not verdict.passed:
-        message = f"gate rejected the challenger of {model_name!r}: " + "; ".join(verdict.reasons)
-        return Completed(name="Rejected", message=message, data=report.model_copy(update={"message": message}))
+        metric = evaluation.primary_metric
+        report = CycleReport(
+            model_name=model_name, outcome="rejected", message="", window=window, data_fingerprint=dataset.fingerprint,
+            champion_version=champion.model.version if champion else None, primary_metric=metric,
+            challenger_metric=evaluation.challenger.overall[metric],
+            champion_metric=evaluation.champion.overall[metric] if evaluation.champion else None,
+            gate_reason=verdict.main_reason)
+        if not verdict.passed:
+            message = f"gate rejected the challenger of {model_name!r}: " + "; ".join(verdict.reasons)
+            return Completed(name="Rejected", message=message, data=report.model_copy(update={"message": message}))
 
-    with transaction():  # a failed deploy rolls the registration back: nothing half-promoted
-        model = register(trained, verdict, evaluation, mlflow_server=server, workspace=workspace)
-        promotion = deploy(model, evaluation, verdict, mlflow_server=server, workspace=workspace)
+        with transaction():  # a failed deploy rolls the registration back: nothing half-promoted
+            model = register(trained, verdict, evaluation, mlflow_server=server, workspace=workspace)
+            promotion = deploy(model, evaluation, verdict, mlflow_server=server, workspace=workspace)
     message = f"{model_name} v{promotion.champion_version} promoted to champion: {verdict.main_reason}"
     logger.info(message)
     return report.model_copy(update={"outcome": "promoted", "message": message,

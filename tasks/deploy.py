@@ -1,8 +1,11 @@
 """Deploy: smoke-test the challenger, then move `@champion` to it, keeping `@previous-champion`.
 
 The smoke test loads `models:/<name>@challenger` as pyfunc (what serving loads) and must
-reproduce evaluate's predictions. The alias moves are all-or-nothing: if anything fails
-after the first move, every alias is put back where it was.
+reproduce evaluate's predictions. Promotion is compare-and-swap: it goes ahead only while the
+champion is still the version evaluate compared against. It writes a promotion record before
+the first alias moves (see `prefect_mlops.tasks.reconcile`); if anything fails, SIGTERM
+included, every alias is put back, and if even that fails the record lets the next run or
+`prefect-mlops repair` finish the job.
 """
 
 from __future__ import annotations
@@ -12,17 +15,32 @@ from prefect.artifacts import create_markdown_artifact
 from pydantic import BaseModel, ConfigDict
 
 from prefect_mlops.blocks.mlflow_server import MlflowServer
-from prefect_mlops.errors import DeployError
+from prefect_mlops.errors import ChampionMovedError, DeployError, RegistryError
 from prefect_mlops.log import run_logger
 from prefect_mlops.refs import ModelRef, artifact_key
 from prefect_mlops.tasks.evaluate import Evaluation
 from prefect_mlops.tasks.gate import GateVerdict
-from prefect_mlops.tasks.register import CHALLENGER, require_passed
+from prefect_mlops.tasks.reconcile import (
+    ALIASES,
+    CHALLENGER,
+    CHAMPION,
+    FAILED,
+    PREVIOUS,
+    PROMOTED,
+    PromotionRecord,
+    disk_full_hint,
+    mark_version,
+    model_lock,
+    read_aliases,
+    reconcile_model,
+    set_aliases,
+    write_record,
+)
+from prefect_mlops.tasks.register import require_passed
 from prefect_mlops.workspace import Workspace
 
-CHAMPION = "champion"
-PREVIOUS = "previous-champion"
-ALIASES = (CHAMPION, PREVIOUS, CHALLENGER)
+__all__ = ["ALIASES", "CHALLENGER", "CHAMPION", "PREVIOUS", "Promotion", "deploy", "promote", "read_aliases",
+           "roll_back", "rollback_champion", "smoke_test"]
 
 
 class Promotion(BaseModel):
@@ -33,47 +51,37 @@ class Promotion(BaseModel):
     model_name: str
     champion_version: str
     previous_version: str | None
+    record_id: str | None = None
 
 
-def read_aliases(client: object, name: str) -> dict[str, str]:
-    """Alias to version for one registered model."""
-    return {alias: str(version) for alias, version in (client.get_registered_model(name).aliases or {}).items()}
+def change_aliases(client: object, name: str, record: PromotionRecord, status: tuple[str, str] | None) -> None:
+    """Write `record` (pending), move the aliases to `record.after`, mark the record done.
 
-
-def restore_aliases(client: object, name: str, before: dict[str, str]) -> None:
-    """Put our aliases back exactly as `before` had them."""
-    now = read_aliases(client, name)
-    for alias in ALIASES:
-        if alias in before and now.get(alias) != before[alias]:
-            client.set_registered_model_alias(name, alias, before[alias])
-        elif alias not in before and alias in now:
-            client.delete_registered_model_alias(name, alias)
-
-
-def move_aliases(client: object, name: str, moves: dict[str, str | None]) -> dict[str, str]:
-    """Apply alias moves (None deletes) all-or-nothing; returns the aliases as they were."""
-    before = read_aliases(client, name)
+    `status` (status, reason) goes on `record.version` once the aliases moved. On any failure,
+    SIGTERM's BaseException included, the aliases go back to `record.before`.
+    """
+    write_record(client, name, record)  # the intent first: a killed process leaves a record to settle
     try:
-        for alias, version in moves.items():
-            if version is None:
-                if alias in before:
-                    client.delete_registered_model_alias(name, alias)
-            else:
-                client.set_registered_model_alias(name, alias, version)
-        after = read_aliases(client, name)
-        wrong = {a: v for a, v in moves.items() if after.get(a) != v}
-        if wrong:
-            raise DeployError(f"model {name!r}: aliases {wrong} did not take effect (now {after})")
-    except Exception as exc:
+        set_aliases(client, name, record.after)
+        if status is not None:
+            mark_version(client, name, record.version, *status)
+        write_record(client, name, record.finish("done"))
+    except BaseException as exc:
         try:
-            restore_aliases(client, name, before)
-        except Exception as restore_exc:
+            set_aliases(client, name, record.before)
+            if record.kind == "promote":
+                mark_version(client, name, record.version, FAILED, f"promotion {record.id} failed: {exc}")
+            write_record(client, name, record.finish("undone", f"failed: {exc}"))
+        except BaseException as restore_exc:
             raise DeployError(
-                f"model {name!r}: moving aliases failed ({exc}) and restoring them failed too "
-                f"({restore_exc}); set them back by hand to {before}"
+                f"model {name!r}: moving aliases to {record.after} failed ({exc}) and restoring {record.before} "
+                f"failed too ({restore_exc}); promotion record {record.id} stays pending: the next run or "
+                f"`prefect-mlops repair {name}` completes or undoes it"
             ) from exc
-        raise DeployError(f"model {name!r}: moving aliases failed ({exc}); aliases restored to {before}") from exc
-    return before
+        if not isinstance(exc, Exception):
+            raise  # SIGTERM and friends: aliases are back, let the run stop
+        raise DeployError(f"model {name!r}: moving aliases failed ({exc}); aliases restored to "
+                          f"{record.before}") from exc
 
 
 def smoke_test(model: ModelRef, evaluation: Evaluation, *, server: MlflowServer, workspace: Workspace) -> None:
@@ -86,18 +94,31 @@ def smoke_test(model: ModelRef, evaluation: Evaluation, *, server: MlflowServer,
     if str(aliased.version) != model.version:
         raise DeployError(f"model {model.name!r}: @{CHALLENGER} points to version {aliased.version}, "
                           f"not {model.version}; another run registered meanwhile. Re-run the flow")
-    pyfunc = server.load_model(aliased.source, workspace, flavor="pyfunc")
+    try:
+        pyfunc = server.load_model(aliased.source, workspace, flavor="pyfunc")
+    except Exception as exc:
+        full = disk_full_hint(exc, getattr(exc, "filename", None) or aliased.source)
+        raise DeployError(
+            f"smoke test of {model.name!r} version {model.version} (@{CHALLENGER}): "
+            + (full or f"the model at {aliased.source} could not be loaded ({exc}); check that its artifacts "
+                       "exist and are readable")
+            + "; the model was not promoted") from exc
     sample = pd.read_parquet(evaluation.smoke_sample_uri)
     expected = sample.pop("__prediction__").to_numpy()
     try:
         got = np.asarray(pyfunc.predict(sample)).reshape(len(sample), -1)[:, 0]
     except Exception as exc:
         raise DeployError(f"smoke test of {model.uri}: the pyfunc model failed to predict ({exc})") from exc
-    same = np.allclose(got.astype(float), expected.astype(float), equal_nan=True) \
-        if np.issubdtype(expected.dtype, np.number) else (got.astype(str) == expected.astype(str)).all()
-    if not same:
-        raise DeployError(f"smoke test of {model.uri}: served predictions differ from evaluation's "
-                          f"(first: {got[:3]} vs {expected[:3]}); the model was not promoted")
+    if np.issubdtype(expected.dtype, np.number):
+        differ = ~np.isclose(got.astype(float), expected.astype(float), equal_nan=True)
+    else:
+        differ = got.astype(str) != expected.astype(str)
+    if differ.any():
+        rows = np.flatnonzero(differ)
+        shown = "; ".join(f"row {i}: served {got[i]!r}, evaluated {expected[i]!r}" for i in rows[:5])
+        raise DeployError(f"smoke test of {model.uri}: served predictions differ from evaluation's on "
+                          f"{len(rows)} of {len(sample)} rows ({shown}{'; …' if len(rows) > 5 else ''}); "
+                          "the model was not promoted")
 
 
 def promote(
@@ -108,39 +129,88 @@ def promote(
     mlflow_server: MlflowServer | None = None,
     workspace: Workspace | None = None,
 ) -> Promotion:
-    """Smoke-test `model`, then make it `@champion`; the plain function behind `deploy`."""
+    """Smoke-test `model`, then make it `@champion` if the champion is still the one it was judged against.
+
+    The plain function behind `deploy`; call it holding `model_lock(model.name)`.
+    """
     require_passed(verdict, model.run_id, "deploy")
     server = mlflow_server or MlflowServer()
     workspace = workspace or Workspace()
-    server.check_reachable(workspace)
+    try:
+        server.check_reachable(workspace)
+    except RegistryError as exc:
+        raise DeployError(f"cannot promote {model.name!r} version {model.version}: MLflow server "
+                          f"{server.uri(workspace)} is unreachable; @{CHAMPION} was not moved") from exc
     smoke_test(model, evaluation, server=server, workspace=workspace)
     client = server.client(workspace)
-    current = read_aliases(client, model.name).get(CHAMPION)
-    moves = {CHAMPION: model.version, CHALLENGER: None}
+    before = read_aliases(client, model.name)
+    current = before.get(CHAMPION)
+    judged = verdict.champion_version
+    if evaluation.champion is not None and evaluation.champion.version != judged:
+        judged_by_eval = evaluation.champion.version
+        raise ChampionMovedError(f"model {model.name!r}: the verdict was against champion v{judged} but the "
+                                 f"evaluation against v{judged_by_eval}; nothing was promoted")
+    if current != judged:
+        raise ChampionMovedError(
+            f"model {model.name!r}: the champion is now {_v(current)}, not {_v(judged)} that version "
+            f"{model.version} was evaluated against (another run or a person moved it); nothing was promoted. "
+            "Re-run the flow to evaluate against the current champion")
+    after = {CHAMPION: model.version}
     if current and current != model.version:
-        moves = {PREVIOUS: current, **moves}
-    move_aliases(client, model.name, moves)
-    client.set_model_version_tag(model.name, model.version, "prefect_mlops.promoted_from", current or "none")
-    return Promotion(model_name=model.name, champion_version=model.version, previous_version=current)
+        after[PREVIOUS] = current
+    elif PREVIOUS in before and before[PREVIOUS] != model.version:
+        after[PREVIOUS] = before[PREVIOUS]
+    record = PromotionRecord.start("promote", model.version, before=before, after=after)
+    change_aliases(client, model.name, record,
+                   (PROMOTED, f"promoted over {_v(current)} by promotion {record.id}: {verdict.main_reason}"))
+    _tag_quietly(client, model.name, model.version, "prefect_mlops.promoted_from", current or "none")
+    return Promotion(model_name=model.name, champion_version=model.version, previous_version=current,
+                     record_id=record.id)
+
+
+def _v(version: str | None) -> str:
+    return f"v{version}" if version else "none"
+
+
+def _tag_quietly(client: object, name: str, version: str, key: str, value: str) -> None:
+    try:
+        client.set_model_version_tag(name, version, key, value)
+    except Exception as exc:  # informational; the promotion itself is recorded and done
+        run_logger().warning("model %s version %s: could not tag %s=%s: %s", name, version, key, value, exc)
 
 
 def roll_back(model_name: str, *, mlflow_server: MlflowServer | None = None,
               workspace: Workspace | None = None) -> Promotion:
     """Make `@previous-champion` the champion again; the demoted one becomes `@previous-champion`.
 
-    Calling it twice rolls forward again.
+    Settles any interrupted promotion first (see `reconcile_model`); call it holding
+    `model_lock(model_name)`. Calling it twice rolls forward again.
     """
     server = mlflow_server or MlflowServer()
     server.check_reachable(workspace)
     client = server.client(workspace)
+    settled = reconcile_model(client, model_name)
+    if settled.changed:
+        run_logger().warning("before rolling back: %s", settled.summary())
     aliases = read_aliases(client, model_name)
     previous, current = aliases.get(PREVIOUS), aliases.get(CHAMPION)
     if previous is None:
         raise DeployError(f"model {model_name!r} has no @{PREVIOUS} to roll back to (aliases: {aliases}); "
                           "promote a version by hand with MlflowClient.set_registered_model_alias")
-    move_aliases(client, model_name, {CHAMPION: previous, PREVIOUS: current})
-    client.set_model_version_tag(model_name, previous, "prefect_mlops.rolled_back_from", current or "none")
-    return Promotion(model_name=model_name, champion_version=previous, previous_version=current)
+    if previous == current:
+        raise DeployError(f"model {model_name!r}: @{CHAMPION} and @{PREVIOUS} are both version {current}; "
+                          f"there is nothing to roll back to. Run `prefect-mlops repair {model_name}` or set "
+                          f"@{PREVIOUS} by hand")
+    after = {**aliases, CHAMPION: previous}
+    if current:
+        after[PREVIOUS] = current
+    else:
+        del after[PREVIOUS]
+    record = PromotionRecord.start("rollback", previous, before=aliases, after=after)
+    change_aliases(client, model_name, record, None)
+    _tag_quietly(client, model_name, previous, "prefect_mlops.rolled_back_from", current or "none")
+    return Promotion(model_name=model_name, champion_version=previous, previous_version=current,
+                     record_id=record.id)
 
 
 @task(name="deploy", task_run_name="deploy-{model.name}-v{model.version}")
@@ -166,8 +236,9 @@ def deploy(
 @task(name="rollback", task_run_name="rollback-{model_name}")
 def rollback_champion(model_name: str, reason: str = "", mlflow_server: MlflowServer | None = None,
                       workspace: str | None = None) -> Promotion:
-    """Put the previous champion back (see `roll_back`) and record why."""
-    promotion = roll_back(model_name, mlflow_server=mlflow_server, workspace=Workspace(workspace))
+    """Put the previous champion back (see `roll_back`) under the model's lock, and record why."""
+    with model_lock(model_name):
+        promotion = roll_back(model_name, mlflow_server=mlflow_server, workspace=Workspace(workspace))
     create_markdown_artifact(
         f"# {model_name}: rolled back to version {promotion.champion_version}\n\n"
         f"Demoted: version {promotion.previous_version} (now @{PREVIOUS}).\n\nReason: {reason or 'not given'}",

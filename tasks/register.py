@@ -1,8 +1,10 @@
 """Register: record a challenger that passed the gate as a new model version, aliased `challenger`.
 
-A version is either fully registered (ready, tagged, aliased) or removed again: a failure
-part-way deletes the version it created, and inside a Prefect transaction a later failure
-(in deploy) rolls the registration back too.
+A version is either fully registered (ready, tagged, aliased) or taken out again: a failure
+part-way deletes the version it created, or tags it `prefect_mlops.status=failed` when the
+delete fails too, and the error says which. Inside a Prefect transaction a later failure (in
+deploy) rolls the registration back the same way. A version left behind by a killed process
+is found and tagged by the reconciler (`prefect_mlops.tasks.reconcile`).
 """
 
 from __future__ import annotations
@@ -20,10 +22,11 @@ from prefect_mlops.refs import ModelRef
 from prefect_mlops.tasks.evaluate import Evaluation
 from prefect_mlops.tasks.gate import GateVerdict
 from prefect_mlops.tasks.lineage import TAG
+from prefect_mlops.tasks.reconcile import CHALLENGER, discard_version
 from prefect_mlops.tasks.train import TrainedModel
 from prefect_mlops.workspace import Workspace
 
-CHALLENGER = "challenger"
+__all__ = ["CHALLENGER", "register", "register_version", "require_passed", "unregister_version"]
 
 
 def require_passed(verdict: GateVerdict | None, run_id: str, stage: str) -> None:
@@ -82,29 +85,40 @@ def register_version(
             time.sleep(0.5)
             created = client.get_model_version(name, version)
         client.set_registered_model_alias(name, CHALLENGER, version)
-    except Exception as exc:
-        if version is not None:
-            _delete_quietly(client, name, version)
-        if isinstance(exc, RegistryError):
+    except BaseException as exc:  # SIGTERM arrives as a BaseException: clean up on that too
+        left = _clean_up(client, name, version, trained.run_id, f"registration failed: {exc}")
+        if not isinstance(exc, Exception):
             raise
         raise RegistryError(
             f"registering model {name!r} from run {trained.run_id} at {server.uri(workspace)} failed: {exc}. "
-            "Nothing was registered; check the server and retry"
+            f"{left}; check the server and retry"
         ) from exc
     return ModelRef(name=name, version=version, run_id=trained.run_id, source=trained.model_source)
 
 
-def unregister_version(model: ModelRef, mlflow_server: MlflowServer | None = None,
-                       workspace: Workspace | None = None) -> None:
-    """Remove a version this run registered (used when a later stage fails)."""
-    _delete_quietly((mlflow_server or MlflowServer()).client(workspace), model.name, model.version)
-
-
-def _delete_quietly(client: object, name: str, version: str) -> None:
+def _clean_up(client: object, name: str, version: str | None, run_id: str, reason: str) -> str:
+    """Take out what a failed registration made; a sentence saying what was left."""
+    if version is not None:
+        return discard_version(client, name, version, reason)
+    # The server may have created the version and failed before answering: look for it by run.
     try:
-        client.delete_model_version(name, version)  # deleting a version drops its aliases too
-    except Exception as exc:  # the original failure matters more; say this one in the log
-        run_logger().warning("could not delete model %s version %s: %s", name, version, exc)
+        made = [str(v.version) for v in client.search_model_versions(f"name='{name}' and run_id='{run_id}'")]
+    except Exception:
+        return (f"The server may have created a version of {name!r} before failing (it could not be asked); "
+                f"the next run or `prefect-mlops repair {name}` tags any such version failed")
+    if not made:
+        return "Nothing was registered"
+    return "; ".join(discard_version(client, name, v, reason) for v in made)
+
+
+def unregister_version(model: ModelRef, mlflow_server: MlflowServer | None = None,
+                       workspace: Workspace | None = None, reason: str = "a later stage failed") -> str:
+    """Take out a version this run registered (used when a later stage fails); says what was left."""
+    try:
+        client = (mlflow_server or MlflowServer()).client(workspace)
+    except Exception as exc:
+        return f"version {model.version} could not be reached for removal ({exc}); `prefect-mlops repair` tags it"
+    return discard_version(client, model.name, model.version, reason)
 
 
 @task(name="register", task_run_name="register-{verdict.model_name}")
@@ -131,5 +145,6 @@ def register(
 def _unregister(txn: Transaction) -> None:
     model = txn.get("registered", None)
     if model is not None:
-        unregister_version(model, txn.get("mlflow_server", None), txn.get("workspace", None))
-        run_logger().warning("rolled back: removed %s version %s", model.name, model.version)
+        left = unregister_version(model, txn.get("mlflow_server", None), txn.get("workspace", None),
+                                  reason="rolled back: deploy failed")
+        run_logger().warning("rolled back the registration of %s: %s", model.name, left)

@@ -7,6 +7,7 @@ and `prefect worker start`. Every command prints what it created.
     prefect-mlops deploy [--config FILE] [--prefect-file FILE]   pools, queues, blocks, deployments, alerts
     prefect-mlops up [--config FILE] [--database-url URL]        a local server and one worker per pool
     prefect-mlops demo-server [--keep] [--database-url URL]      the continuous-training story on a server
+    prefect-mlops repair MODEL [--tracking-uri URI]              settle an interrupted promotion of MODEL
 """
 
 from __future__ import annotations
@@ -476,6 +477,24 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_repair(args: argparse.Namespace) -> int:
+    """Settle an interrupted promotion and tag versions left by killed runs, under the model's lock."""
+    from prefect_mlops.blocks import MlflowServer
+    from prefect_mlops.tasks.reconcile import reconcile_registry
+    from prefect_mlops.workspace import Workspace
+
+    if args.mlflow_block:
+        server = MlflowServer.load(args.mlflow_block)
+    else:
+        server = MlflowServer(tracking_uri=args.tracking_uri)
+    report = reconcile_registry(args.model, mlflow_server=server, workspace=Workspace(args.workspace),
+                                lock=not args.no_lock)
+    print(report.summary())
+    for action in report.actions:
+        print(f"  - {action}")
+    return 0
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     home = Path(args.home).resolve()
     stack = start_stack(home, args.database_url, args.port)
@@ -650,6 +669,14 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("deploy", help="create pools, queues and blocks, apply the deployments (PREFECT_API_URL)")
     common(p)
     p.set_defaults(func=cmd_deploy)
+
+    p = sub.add_parser("repair", help="settle an interrupted promotion of MODEL and tag versions left by killed runs")
+    p.add_argument("model", help="registered model name")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else the workspace's)")
+    p.add_argument("--mlflow-block", help="name of a saved MLflow Server block to use instead")
+    p.add_argument("--workspace", help="workspace folder of the embedded MLflow store")
+    p.add_argument("--no-lock", action="store_true", help="skip the model's Prefect lock (no Prefect API at hand)")
+    p.set_defaults(func=cmd_repair)
 
     for name, func, text in (("up", cmd_up, "run a local Prefect server and one worker per work pool"),
                              ("demo-server", cmd_demo_server, "the continuous-training story on a Prefect server")):

@@ -46,7 +46,15 @@ class GateNotPassedError(MlopsError):
 
 
 class DeployError(MlopsError):
-    """Promotion failed; the registry's aliases were restored."""
+    """Promotion failed; the message says where the registry's aliases were left."""
+
+
+class ChampionMovedError(DeployError):
+    """The champion changed after evaluate compared against it: nothing was promoted."""
+
+
+class ModelBusyError(MlopsError):
+    """Another run holds the model's lock for too long."""
 
 
 class DriftCheckError(MlopsError):

@@ -6,8 +6,9 @@ import pytest
 from mlflow import MlflowClient
 
 from prefect_mlops.blocks import ModelPolicy
-from prefect_mlops.errors import DeployError, GateNotPassedError, RegistryError
+from prefect_mlops.errors import ChampionMovedError, DeployError, GateNotPassedError, RegistryError
 from prefect_mlops.tasks.deploy import CHAMPION, PREVIOUS, promote, read_aliases, roll_back
+from prefect_mlops.tasks.reconcile import STATUS_REASON_TAG, STATUS_TAG, read_record
 from prefect_mlops.tasks.register import CHALLENGER, register_version
 from prefect_mlops.tasks.score import score_dataset
 from tests.tasks.stages import promote_cycle, train_and_judge
@@ -130,3 +131,111 @@ def test_batch_scoring_reports_unseen_categories_and_the_model_version(first, ml
     assert len(scored) == 50 and set(scored["model_version"]) == {"1"}
     assert {"prediction", "proba_0", "proba_1"} <= set(scored.columns)
     assert scored["proba_1"].between(0, 1).all()
+
+
+@pytest.fixture
+def stale(first, churn_source, churn_features, fast_trainer, mlflow_server, workspace):
+    """Two challengers judged against champion v1; the first of them is then promoted to v2."""
+    kwargs = dict(server=mlflow_server, workspace=workspace, window="2024-02-01/2024-04-01",
+                  policy=ModelPolicy(max_drop=1.0))
+    winner = train_and_judge(churn_source, churn_features, fast_trainer, **kwargs)
+    late = train_and_judge(churn_source, churn_features, fast_trainer, **kwargs)
+    assert winner.verdict.champion_version == late.verdict.champion_version == "1"
+    promote_cycle(winner, server=mlflow_server, workspace=workspace)
+    return late
+
+
+def test_deploy_refuses_a_challenger_judged_against_a_champion_that_moved(stale, mlflow_server, workspace):
+    model = register_version(stale.trained, stale.verdict, mlflow_server=mlflow_server, workspace=workspace)
+    with pytest.raises(ChampionMovedError, match=r"the champion is now v2, not v1 that version 3 was evaluated "
+                                                 r"against .*nothing was promoted"):
+        promote(model, stale.evaluation, stale.verdict, mlflow_server=mlflow_server, workspace=workspace)
+    assert aliases(mlflow_server, workspace) == {CHAMPION: "2", PREVIOUS: "1", CHALLENGER: "3"}
+
+
+def test_a_registration_whose_cleanup_fails_says_the_version_was_tagged_failed(
+        first, churn_source, churn_features, fast_trainer, mlflow_server, workspace, monkeypatch):
+    second = train_and_judge(churn_source, churn_features, fast_trainer, server=mlflow_server, workspace=workspace,
+                             window="2024-02-01/2024-04-01", policy=ModelPolicy(max_drop=1.0))
+
+    def down(*_args):
+        raise RuntimeError("connection refused")
+    monkeypatch.setattr(MlflowClient, "set_registered_model_alias", down)
+    monkeypatch.setattr(MlflowClient, "delete_model_version", down)
+    with pytest.raises(RegistryError, match=r"connection refused\. version 2 could not be deleted \(connection "
+                                            r"refused\): tagged prefect_mlops.status=failed; check") as caught:
+        register_version(second.trained, second.verdict, mlflow_server=mlflow_server, workspace=workspace)
+    assert "Nothing was registered" not in str(caught.value)
+    monkeypatch.undo()
+    version = mlflow_server.client(workspace).get_model_version("churn", "2")
+    assert version.tags[STATUS_TAG] == "failed" and "connection refused" in version.tags[STATUS_REASON_TAG]
+    assert aliases(mlflow_server, workspace) == {CHAMPION: "1"}
+
+
+class Terminated(BaseException):
+    """Stands in for Prefect's TerminationSignal: SIGTERM turned into a BaseException."""
+
+
+def test_sigterm_between_alias_writes_restores_every_alias_and_still_stops_the_run(
+        first, churn_source, churn_features, fast_trainer, mlflow_server, workspace, monkeypatch):
+    second = train_and_judge(churn_source, churn_features, fast_trainer, server=mlflow_server, workspace=workspace,
+                             window="2024-02-01/2024-04-01", policy=ModelPolicy(max_drop=1.0))
+    model = register_version(second.trained, second.verdict, mlflow_server=mlflow_server, workspace=workspace)
+    real = MlflowClient.set_registered_model_alias
+    calls = []
+
+    def terminated_after_the_first(self, name, alias, version):
+        calls.append(alias)
+        if len(calls) == 2:
+            raise Terminated("SIGTERM")
+        return real(self, name, alias, version)
+    monkeypatch.setattr(MlflowClient, "set_registered_model_alias", terminated_after_the_first)
+    with pytest.raises(Terminated, match="SIGTERM"):
+        promote(model, second.evaluation, second.verdict, mlflow_server=mlflow_server, workspace=workspace)
+    monkeypatch.undo()
+    assert calls[:2] == [CHAMPION, PREVIOUS]
+    assert aliases(mlflow_server, workspace) == {CHAMPION: "1", CHALLENGER: "2"}
+    client = mlflow_server.client(workspace)
+    assert read_record(client, "churn").state == "undone"
+    assert client.get_model_version("churn", "2").tags[STATUS_TAG] == "failed"
+
+
+def test_rollback_from_champion_equal_to_previous_repairs_first_and_never_restores_a_version_onto_itself(
+        first, mlflow_server, workspace):
+    client = mlflow_server.client(workspace)
+    client.set_registered_model_alias("churn", PREVIOUS, "1")  # the state an interrupted older release left
+    with pytest.raises(DeployError, match="has no @previous-champion to roll back to"):
+        roll_back("churn", mlflow_server=mlflow_server, workspace=workspace)
+    assert aliases(mlflow_server, workspace) == {CHAMPION: "1"}
+
+
+def test_smoke_test_mismatch_shows_the_rows_that_differ(first, churn_source, churn_features, fast_trainer,
+                                                        mlflow_server, workspace):
+    import pandas as pd
+
+    second = train_and_judge(churn_source, churn_features, fast_trainer, server=mlflow_server, workspace=workspace,
+                             window="2024-02-01/2024-04-01", policy=ModelPolicy(max_drop=1.0))
+    sample = pd.read_parquet(second.evaluation.smoke_sample_uri)
+    sample.loc[[0, 3], "__prediction__"] = 1 - sample.loc[[0, 3], "__prediction__"]
+    sample.to_parquet(second.evaluation.smoke_sample_uri)
+    model = register_version(second.trained, second.verdict, mlflow_server=mlflow_server, workspace=workspace)
+    with pytest.raises(DeployError, match=r"differ from evaluation's on 2 of \d+ rows \(row 0: served .*, "
+                                          r"evaluated .*; row 3: served"):
+        promote(model, second.evaluation, second.verdict, mlflow_server=mlflow_server, workspace=workspace)
+    assert aliases(mlflow_server, workspace)[CHAMPION] == "1"
+
+
+def test_a_missing_model_artifact_names_the_version_the_alias_and_the_uri(
+        first, churn_source, churn_features, fast_trainer, mlflow_server, workspace):
+    import shutil
+
+    second = train_and_judge(churn_source, churn_features, fast_trainer, server=mlflow_server, workspace=workspace,
+                             window="2024-02-01/2024-04-01", policy=ModelPolicy(max_drop=1.0))
+    model = register_version(second.trained, second.verdict, mlflow_server=mlflow_server, workspace=workspace)
+    source = mlflow_server.client(workspace).get_model_version("churn", "2").source
+    local = mlflow_server.client(workspace).get_model_version_download_uri("churn", "2")
+    shutil.rmtree(local.removeprefix("file://"))
+    with pytest.raises(DeployError, match=rf"'churn' version 2 \(@challenger\): the model at {source} could not be "
+                                          r"loaded .*the model was not promoted"):
+        promote(model, second.evaluation, second.verdict, mlflow_server=mlflow_server, workspace=workspace)
+    assert aliases(mlflow_server, workspace)[CHAMPION] == "1"
