@@ -27,6 +27,7 @@ from prefect_mlops.workspace import Workspace
 if TYPE_CHECKING:
     import pandas as pd
 
+IMPORTANCE_ARTIFACT = "importance.json"
 BOOTSTRAP_MAX_ROWS = 5000  # the interval's width barely changes past this; the cost grows linearly
 
 
@@ -56,7 +57,13 @@ class Evaluation(BaseModel):
     champion: Scores | None = None
     difference: float | None = Field(default=None, description="Challenger minus champion, primary metric.")
     interval: tuple[float, float] | None = Field(default=None, description="95% bootstrap interval of it.")
+    champion_degraded: str | None = Field(
+        default=None, description="Why the champion counts as degraded on the latest labelled data; None if not.")
     smoke_sample_uri: str = Field(description="Parquet of hold-out rows with the challenger's predictions.")
+    importance: dict[str, float] = Field(
+        default_factory=dict,
+        description="Permutation importance of each feature column for the challenger on the hold-out "
+                    "(drop of the primary metric when the column is shuffled); drift-check weighs columns by it.")
 
 
 def classification_metrics(y: np.ndarray, labels: np.ndarray, proba: np.ndarray | None,
@@ -153,6 +160,42 @@ def bootstrap_interval(y: np.ndarray, challenger: _Outputs, champion: _Outputs, 
     return (float(low), float(high))
 
 
+_SCORERS = {"accuracy": "accuracy", "f1": "f1_macro", "roc_auc": "roc_auc_ovr", "log_loss": "neg_log_loss",
+            "rmse": "neg_root_mean_squared_error", "mae": "neg_mean_absolute_error", "r2": "r2"}
+
+
+def feature_importance(model: Any, x: pd.DataFrame, y: np.ndarray, *, metric: str, seed: int = 0,
+                       max_rows: int = 2000, repeats: int = 3) -> dict[str, float]:
+    """Permutation importance of each raw feature column on (a sample of) the hold-out.
+
+    Measured on raw columns, the ones drift-check compares, not on the transform's outputs.
+    Negative values (noise) are kept; drift-check treats them as 0. Empty when the metric
+    cannot be computed on these rows (one class in the hold-out, say).
+
+    Example:
+        ```python
+        import numpy as np, pandas as pd
+        from sklearn.linear_model import LinearRegression
+        from prefect_mlops.tasks.evaluate import feature_importance
+        x = pd.DataFrame({"a": np.arange(50.0), "b": np.ones(50)})
+        model = LinearRegression().fit(x, 2 * x["a"])
+        found = feature_importance(model, x, (2 * x["a"]).to_numpy(), metric="rmse")
+        assert found["a"] > 0 and found["b"] == 0
+        ```
+    """
+    from sklearn.inspection import permutation_importance
+
+    if len(x) > max_rows:
+        rows = np.sort(np.random.default_rng(seed).choice(len(x), size=max_rows, replace=False))
+        x, y = x.iloc[rows], y[rows]
+    try:
+        found = permutation_importance(model, x, y, scoring=_SCORERS[metric], n_repeats=repeats,
+                                       random_state=seed)
+    except (ValueError, IndexError):  # e.g. one class in the sample: importance is unknown, not an error
+        return {}
+    return {str(c): float(v) for c, v in zip(x.columns, found.importances_mean, strict=True)}
+
+
 def evaluate_models(
     trained: TrainedModel,
     features: FeatureSet,
@@ -162,6 +205,7 @@ def evaluate_models(
     mlflow_server: MlflowServer | None = None,
     workspace: Workspace | None = None,
     bootstrap_samples: int = 200,
+    champion_degraded: str | None = None,
 ) -> Evaluation:
     """Score challenger and champion on the feature set's hold-out; the plain function behind `evaluate`."""
     server = mlflow_server or MlflowServer()
@@ -188,13 +232,15 @@ def evaluate_models(
             interval = bootstrap_interval(y, challenger_out, champion_out, task=spec.task, metric=metric,
                                           samples=bootstrap_samples, seed=spec.seed)
 
+    importance = feature_importance(challenger_model, x, y, metric=metric, seed=spec.seed)
     sample = x.head(20).copy()
     sample["__prediction__"] = challenger_out.labels[:20]
     path = workspace.folder("samples") / f"{trained.run_id}.parquet"
     sample.to_parquet(path, index=False)
     return Evaluation(model_name=trained.lineage.model_name, task=spec.task, primary_metric=metric,
                       holdout_rows=len(holdout), challenger=challenger, champion=champion_scores,
-                      difference=difference, interval=interval, smoke_sample_uri=str(path))
+                      difference=difference, interval=interval, smoke_sample_uri=str(path),
+                      champion_degraded=champion_degraded, importance=importance)
 
 
 def render_evaluation(evaluation: Evaluation) -> str:
@@ -230,16 +276,24 @@ def evaluate(
     policy: ModelPolicy | None = None,
     mlflow_server: MlflowServer | None = None,
     workspace: str | None = None,
+    champion_degraded: str | None = None,
 ) -> Evaluation:
-    """Score challenger and champion (see `evaluate_models`); log metrics and publish the comparison."""
+    """Score challenger and champion (see `evaluate_models`); log metrics and publish the comparison.
+
+    The hold-out metrics, the hold-out size and the permutation importance go to the challenger's
+    MLflow run: they are its reference performance and drift weights once it is champion.
+    """
     server = mlflow_server or MlflowServer()
     ws = Workspace(workspace)
     evaluation = evaluate_models(trained, features, champion=champion, policy=policy, mlflow_server=server,
-                                 workspace=ws)
+                                 workspace=ws, champion_degraded=champion_degraded)
     client = server.client(ws)
     for name, value in evaluation.challenger.overall.items():
         if math.isfinite(value):
             client.log_metric(trained.run_id, f"holdout_{name}", value)
+    client.log_metric(trained.run_id, "holdout_rows", evaluation.holdout_rows)
+    if evaluation.importance:
+        client.log_dict(trained.run_id, evaluation.importance, IMPORTANCE_ARTIFACT)
     create_markdown_artifact(render_evaluation(evaluation), key=artifact_key("metrics", evaluation.model_name),
                              description="Challenger against champion on the hold-out")
     run_logger().info("challenger %s=%.4f, champion %s", evaluation.primary_metric,

@@ -25,7 +25,8 @@ class Rule(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    rule: str = Field(description="Which rule: floor, champion-margin, min-gain, slice-floor, first-run.")
+    rule: str = Field(description="Which rule: floor, evidence, beyond-noise, champion-degraded, champion-margin, "
+                                  "min-gain, slice-floor, first-run.")
     passed: bool
     reason: str = Field(description="The rule's outcome in words, with the numbers.")
 
@@ -54,7 +55,8 @@ class GateVerdict(BaseModel):
         failed = [r for r in self.rules if not r.passed]
         if failed:
             return failed[0].reason
-        margin = [r for r in self.rules if r.rule in ("champion-margin", "min-gain", "first-run")]
+        margin = [r for r in self.rules if r.rule in ("champion-margin", "champion-degraded", "beyond-noise",
+                                                      "min-gain", "first-run")]
         return (margin or self.rules or [Rule(rule="none", passed=True, reason="no rules")])[0].reason
 
 
@@ -104,25 +106,7 @@ def judge(evaluation: Evaluation, policy: ModelPolicy) -> GateVerdict:
                           reason="no champion yet: first-run policy promotes a challenger that meets the floors"
                           if promote else "no champion yet: first-run policy says a person must promote"))
     else:
-        value, best = challenger.get(metric), champion.overall.get(metric)
-        sign = 1 if metric in LOWER_IS_BETTER else -1  # how "worse" points for this metric
-        finite = value is not None and best is not None and math.isfinite(value) and math.isfinite(best)
-        worse_by = sign * (value - best) if finite else math.nan
-        interval = ""
-        if evaluation.interval and all(math.isfinite(v) for v in evaluation.interval):
-            interval = f", 95% interval of the difference [{evaluation.interval[0]:+.4f}, " \
-                       f"{evaluation.interval[1]:+.4f}]"
-        ok = finite and worse_by <= policy.max_drop
-        rules.append(Rule(
-            rule="champion-margin", passed=ok,
-            reason=f"{metric} {_fmt(value)} vs champion v{champion.version} {_fmt(best)}: "
-                   + (f"{'worse' if worse_by > 0 else 'better'} by {abs(worse_by):.4f}, allowed drop "
-                      f"{policy.max_drop:.4f}{interval}" if finite else "cannot compare a missing or NaN metric")))
-        if policy.min_gain is not None:
-            gained = -worse_by if finite else math.nan
-            ok = finite and gained >= policy.min_gain
-            rules.append(Rule(rule="min-gain", passed=ok,
-                              reason=f"{metric} gain over champion {_fmt(gained)}, required {policy.min_gain:.4f}"))
+        rules += _against_champion(evaluation, policy)
 
     for name, floor in policy.slice_floors.items():
         for value_name, metrics in evaluation.challenger.slices.items():
@@ -142,6 +126,51 @@ def judge(evaluation: Evaluation, policy: ModelPolicy) -> GateVerdict:
                        challenger_run_id=evaluation.challenger.run_id,
                        champion_version=champion.version if champion else None, primary_metric=metric,
                        rules=rules)
+
+
+def _against_champion(evaluation: Evaluation, policy: ModelPolicy) -> list[Rule]:
+    """The champion rules: enough evidence, then better beyond noise (or not worse than a degraded champion)."""
+    champion, metric = evaluation.champion, evaluation.primary_metric
+    value, best = evaluation.challenger.overall.get(metric), champion.overall.get(metric)
+    sign = 1 if metric in LOWER_IS_BETTER else -1  # how "worse" points for this metric
+    finite = value is not None and best is not None and math.isfinite(value) and math.isfinite(best)
+    worse_by = sign * (value - best) if finite else math.nan
+    gained = -worse_by
+    low = high = math.nan  # the 95% interval of the gain (challenger better: positive)
+    if evaluation.interval and all(math.isfinite(v) for v in evaluation.interval):
+        low, high = sorted((-sign * evaluation.interval[0], -sign * evaluation.interval[1]))
+    interval = f", 95% interval of the gain [{low:+.4f}, {high:+.4f}]" if math.isfinite(low) else ""
+    head = f"{metric} {_fmt(value)} vs champion v{champion.version} {_fmt(best)}: "
+    if not finite:
+        return [Rule(rule="champion-margin", passed=False, reason=head + "cannot compare a missing or NaN metric")]
+    if evaluation.holdout_rows < policy.min_holdout_rows:
+        return [Rule(rule="evidence", passed=False,
+                     reason=head + f"not enough evidence: a hold-out of {evaluation.holdout_rows} rows cannot tell "
+                            f"the two apart (min_holdout_rows {policy.min_holdout_rows}); the champion stays. Widen "
+                            "the training window or lower ModelPolicy.min_holdout_rows")]
+    moved = f"{'worse' if worse_by > 0 else 'better'} by {abs(worse_by):.4f}"
+    if policy.promote_when == "not-worse":
+        rules = [Rule(rule="champion-margin", passed=worse_by <= policy.max_drop,
+                      reason=head + f"{moved}, allowed drop {policy.max_drop:.4f}{interval}")]
+        if policy.min_gain is not None:
+            rules.append(Rule(rule="min-gain", passed=gained >= policy.min_gain,
+                              reason=f"{metric} gain over champion {_fmt(gained)}, required {policy.min_gain:.4f}"))
+        return rules
+    if evaluation.champion_degraded and worse_by <= policy.max_drop:
+        return [Rule(rule="champion-degraded", passed=True,
+                     reason=head + f"{moved}, within the allowed drop {policy.max_drop:.4f}, and the champion "
+                            f"measurably degraded: {evaluation.champion_degraded}")]
+    if low > 0:
+        return [Rule(rule="beyond-noise", passed=True, reason=head + f"{moved}{interval}: better beyond noise")]
+    if policy.min_gain is not None and gained >= policy.min_gain:
+        return [Rule(rule="min-gain", passed=True,
+                     reason=head + f"{moved}, at least the required gain {policy.min_gain:.4f}{interval}")]
+    why = "a tie keeps the champion" if abs(worse_by) < 1e-12 else \
+        "worse" if worse_by > 0 else "not better beyond noise"
+    return [Rule(rule="beyond-noise", passed=False,
+                 reason=head + f"{moved}{interval}: {why}"
+                        + (f" (required gain {policy.min_gain:.4f})" if policy.min_gain is not None else "")
+                        + "; the champion stays")]
 
 
 def render_verdict(verdict: GateVerdict) -> str:

@@ -14,7 +14,7 @@ import subprocess
 import tempfile
 import time
 from importlib.metadata import PackageNotFoundError, version
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from prefect import task
 from prefect.runtime import flow_run
@@ -24,7 +24,7 @@ from prefect_mlops.blocks.mlflow_server import MlflowServer
 from prefect_mlops.errors import ConfigError, TrainingError
 from prefect_mlops.log import run_logger
 from prefect_mlops.tasks.features import FeatureSet, load_split, make_transform
-from prefect_mlops.tasks.lineage import Lineage, TrainerSpec, recipe_digest
+from prefect_mlops.tasks.lineage import TAG, Lineage, TrainerSpec, recipe_digest
 from prefect_mlops.workspace import Workspace
 
 if TYPE_CHECKING:
@@ -87,17 +87,29 @@ def build_estimator(trainer: TrainerSpec) -> Any:
             f"{sorted(accepted)}"
         )
     try:
-        return cls(**params)
+        estimator = cls(**params)
+        # scikit-learn checks parameter values only in fit(); its own check needs no data, so a bad
+        # value fails here, before ingest, naming the parameter.
+        check = getattr(estimator, "_validate_params", None)
+        if callable(check):
+            check()
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"trainer.params for {trainer.estimator}: {exc}") from exc
+    return estimator
 
 
-def fit_pipeline(features: FeatureSet, trainer: TrainerSpec) -> tuple[Pipeline, Any]:
-    """Fit transform + estimator on the training rows; returns the pipeline and a sample of X."""
+def fit_pipeline(features: FeatureSet, trainer: TrainerSpec, *,
+                 rows: Literal["train", "all"] = "train") -> tuple[Pipeline, Any]:
+    """Fit transform + estimator on the training rows (or all rows); returns the pipeline and a sample of X."""
     from sklearn.pipeline import Pipeline
 
     spec = features.spec
-    train, _ = load_split(features)
+    train, holdout = load_split(features)
+    if rows == "all":
+        import pandas as pd
+
+        train = pd.concat([train, holdout], ignore_index=True)
+    del holdout
     x, y = train[spec.feature_columns], train[spec.target]
     pipeline = Pipeline([("features", make_transform(spec)), ("model", build_estimator(trainer))])
     try:
@@ -121,9 +133,6 @@ def log_model(
     fit_seconds: float,
 ) -> TrainedModel:
     """Log a fitted pipeline, its parameters and lineage to a new MLflow run (explicit run id)."""
-    import mlflow.sklearn
-    from mlflow.models import infer_signature
-
     client = mlflow_server.client(workspace)
     experiment_id = mlflow_server.experiment_id(workspace)
     run = client.create_run(
@@ -156,19 +165,64 @@ def log_model(
             for start in range(0, len(curves), 1000):  # MLflow's batch limit
                 client.log_batch(run_id, metrics=curves[start:start + 1000])
         client.log_dict(run_id, lineage.model_dump(mode="json"), "lineage.json")
-        signature = infer_signature(example, pipeline.predict(example))
-        with tempfile.TemporaryDirectory() as folder:
-            local = f"{folder}/model"
-            mlflow.sklearn.save_model(
-                pipeline, local, serialization_format="cloudpickle", signature=signature,
-                input_example=example, pip_requirements=_requirements(trainer),
-            )
-            client.log_artifacts(run_id, local, artifact_path="model")
+        _log_pipeline(client, run_id, pipeline, example, trainer, artifact_path="model")
         client.set_terminated(run_id, "FINISHED")
     except Exception:
         client.set_terminated(run_id, "FAILED")
         raise
     return TrainedModel(run_id=run_id, model_source=f"{run.info.artifact_uri}/model", lineage=lineage)
+
+
+def _log_pipeline(client: Any, run_id: str, pipeline: Pipeline, example: Any, trainer: TrainerSpec, *,
+                  artifact_path: str) -> None:
+    import mlflow.sklearn
+    from mlflow.models import infer_signature
+
+    signature = infer_signature(example, pipeline.predict(example))
+    with tempfile.TemporaryDirectory() as folder:
+        local = f"{folder}/model"
+        mlflow.sklearn.save_model(
+            pipeline, local, serialization_format="cloudpickle", signature=signature,
+            input_example=example, pip_requirements=_requirements(trainer),
+        )
+        client.log_artifacts(run_id, local, artifact_path=artifact_path)
+
+
+REFIT_PATH = "refit-model"
+
+
+def refit_challenger(
+    trained: TrainedModel,
+    features: FeatureSet,
+    smoke_sample_uri: str,
+    *,
+    mlflow_server: MlflowServer | None = None,
+    workspace: Workspace | None = None,
+) -> tuple[TrainedModel, str]:
+    """Fit the challenger's recipe again on every row of its window, hold-out included.
+
+    The refit model goes into the same MLflow run (artifact `refit-model`), so the gate's verdict
+    on that run still names it; lineage says `refit: true`. Returns the refit model and a new
+    smoke sample: the same rows with the refit model's predictions, for deploy's smoke test.
+    The hold-out metrics stay those of the model fitted without the hold-out: an honest estimate.
+    """
+    import pandas as pd
+
+    server = mlflow_server or MlflowServer()
+    workspace = workspace or Workspace()
+    lineage = trained.lineage
+    pipeline, example = fit_pipeline(features, lineage.trainer, rows="all")
+    client = server.client(workspace)
+    lineage = lineage.model_copy(update={"refit": True})
+    client.log_dict(trained.run_id, lineage.model_dump(mode="json"), "lineage.json")
+    client.set_tag(trained.run_id, f"{TAG}.refit", "true")
+    _log_pipeline(client, trained.run_id, pipeline, example, lineage.trainer, artifact_path=REFIT_PATH)
+    sample = pd.read_parquet(smoke_sample_uri)
+    sample["__prediction__"] = pipeline.predict(sample.drop(columns="__prediction__"))
+    path = workspace.folder("samples") / f"{trained.run_id}-refit.parquet"
+    sample.to_parquet(path, index=False)
+    source = trained.model_source.rsplit("/", 1)[0] + f"/{REFIT_PATH}"
+    return TrainedModel(run_id=trained.run_id, model_source=source, lineage=lineage), str(path)
 
 
 def train_model(
@@ -247,3 +301,19 @@ def train(
     run_logger().info("trained %s on %s -> MLflow run %s", trainer.estimator if trainer.kind == "sklearn"
                           else "torch network", features.dataset.short(), trained.run_id)
     return trained
+
+
+@task(name="refit", task_run_name="refit-{trained.run_id}")
+def refit(
+    trained: TrainedModel,
+    features: FeatureSet,
+    smoke_sample_uri: str,
+    mlflow_server: MlflowServer | None = None,
+    workspace: str | None = None,
+) -> tuple[TrainedModel, str]:
+    """Refit a gated challenger on its whole window (see `refit_challenger`)."""
+    result = refit_challenger(trained, features, smoke_sample_uri, mlflow_server=mlflow_server,
+                              workspace=Workspace(workspace))
+    run_logger().info("refit %s on all %s rows of %s", trained.run_id, features.train_rows + features.holdout_rows,
+                      features.dataset.short())
+    return result

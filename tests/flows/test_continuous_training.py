@@ -38,7 +38,9 @@ def test_loop_promotes_skips_retrains_on_drift_rejects_weak_and_rolls_back(
 
     version = mlflow_server.client(workspace).get_model_version("churn", "2")
     assert version.tags["prefect_mlops.flow_run_id"] and version.tags["prefect_mlops.gate"] == "passed"
-    assert version.tags["prefect_mlops.data.window"] == drifted.drift.window
+    # The retraining learned from the retrain policy's window (three periods back), not the drifted month alone.
+    assert drifted.decision.training_window == "2023-12-30T00:00:00/2024-04-01T00:00:00"
+    assert version.tags["prefect_mlops.data.window"] == drifted.decision.training_window
     assert {"prefect_mlops.code_version", "prefect_mlops.metric.roc_auc"} <= set(version.tags)
 
     from prefect.client.orchestration import get_client
@@ -88,7 +90,8 @@ def test_failed_deploy_leaves_the_registry_as_it_was(churn_source, churn_feature
         return real_set(self, name, alias, version)
     monkeypatch.setattr(MlflowClient, "set_registered_model_alias", champion_move_fails)
     state = continuous_training("churn", churn_source, churn_features, fast_trainer,
-                                policy=ModelPolicy(max_drop=1.0), window=period_window(2), return_state=True,
+                                policy=ModelPolicy(max_drop=1.0, promote_when="not-worse"), window=period_window(2),
+                                return_state=True,
                                 **common)
     monkeypatch.undo()
     assert state.is_failed() and "registry refused the alias" in state.message
@@ -105,3 +108,48 @@ def test_bad_parameter_is_rejected_before_any_work_naming_the_field(churn_source
     state = continuous_training("churn", churn_source, {"target": "churned", "numeric": "tenure_months"},
                                 return_state=True)
     assert state.is_failed() and "numeric" in state.message
+
+
+def test_one_class_or_tiny_windows_end_skipped_with_the_reason_not_a_crash(churn_features, fast_trainer,
+                                                                           mlflow_server, workspace, tmp_path):
+    from prefect_mlops.blocks import DataSource, RetrainPolicy
+    from prefect_mlops.demo import make_churn_data
+
+    frame = make_churn_data(0, rows=400)
+    frame["churned"] = 0
+    path = tmp_path / "one-class.parquet"
+    frame.to_parquet(path, index=False)
+    common = {"mlflow_server": mlflow_server, "workspace": str(workspace.root)}
+    state = continuous_training("churn", DataSource(uri=str(path), time_column="event_time"), churn_features,
+                                fast_trainer, return_state=True, **common)
+    assert state.name == "Skipped" and "one class of 'churned' (0)" in state.message
+    report = state.result()
+    assert report.outcome == "skipped" and report.challenger_version is None
+
+    small = make_churn_data(0, rows=60)
+    small.to_parquet(path, index=False)
+    state = continuous_training("churn", DataSource(uri=str(path), time_column="event_time"), churn_features,
+                                fast_trainer, retrain_policy=RetrainPolicy(min_training_rows=100),
+                                return_state=True, **common)
+    assert state.name == "Skipped" and "holds 60 rows, fewer than the retrain policy's min_training_rows" \
+        in state.message
+    assert find_model("churn", mlflow_server=mlflow_server, workspace=workspace) is None
+
+
+def test_promoted_model_is_refit_on_its_whole_window_and_lineage_says_so(
+        churn_source, churn_features, fast_trainer, policy, mlflow_server, workspace):
+    from prefect_mlops.blocks import RetrainPolicy
+
+    common = {"mlflow_server": mlflow_server, "workspace": str(workspace.root)}
+    refit = continuous_training("churn", churn_source, churn_features, fast_trainer, policy=policy,
+                                window=period_window(0), **common)
+    champion = find_model("churn", mlflow_server=mlflow_server, workspace=workspace)
+    assert refit.outcome == "promoted" and champion.lineage.refit
+    assert champion.model.source.endswith("/refit-model")
+    pipeline = mlflow_server.load_model(champion.model.source, workspace)
+    assert pipeline.predict_proba is not None  # the refit pipeline loads and scores
+    kept = continuous_training("plain", churn_source, churn_features, fast_trainer, policy=policy,
+                               window=period_window(0), retrain_policy=RetrainPolicy(refit_full_window=False),
+                               **common)
+    plain = find_model("plain", mlflow_server=mlflow_server, workspace=workspace)
+    assert kept.outcome == "promoted" and not plain.lineage.refit and plain.model.source.endswith("/model")

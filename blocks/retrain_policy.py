@@ -1,0 +1,147 @@
+"""When to retrain, on which data, and how much evidence a decision needs: the retrain policy.
+
+The drift monitor asks this policy whether the current window calls for a retraining (data
+drift, a measured drop in the champion's performance on newly labelled rows, or the champion's
+age), and continuous training asks it which rows to train on. The defaults come from
+`make backtest` (README, "The retrain policy").
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Literal
+
+from prefect.blocks.core import Block
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Trigger = Literal["drift", "performance", "schedule", "manual"]
+
+
+class TrainingWindow(BaseModel):
+    """Which rows a retraining learns from, counted back from the end of the window that triggered it.
+
+    Example:
+        ```python
+        from datetime import datetime
+        from prefect_mlops.blocks.retrain_policy import TrainingWindow
+        window = TrainingWindow(kind="periods", periods=3)
+        start, end = window.span(datetime(2024, 4, 1), datetime(2024, 5, 1))
+        assert (start, end) == (datetime(2024, 2, 1), datetime(2024, 5, 1))
+        ```
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: Literal["periods", "rows", "duration", "expanding"] = Field(
+        default="periods",
+        description="'periods': the last N monitoring windows; 'rows': the latest N rows; 'duration': a fixed "
+                    "time span; 'expanding': everything up to the window's end (cap it with max_rows).",
+    )
+    periods: int = Field(default=3, ge=1, description="How many monitoring windows back (kind 'periods').")
+    rows: int | None = Field(default=None, ge=1, description="How many latest rows (kind 'rows').")
+    duration: timedelta | None = Field(default=None, description="How far back in time (kind 'duration').")
+    max_rows: int | None = Field(
+        default=None, ge=1, description="At most this many latest rows, whatever the kind; empty: no cap."
+    )
+
+    @model_validator(mode="after")
+    def _complete(self) -> TrainingWindow:
+        if self.kind == "rows" and self.rows is None:
+            raise ValueError("training_window.rows: kind 'rows' needs the number of rows, e.g. rows=50000")
+        if self.kind == "duration" and (self.duration is None or self.duration <= timedelta(0)):
+            raise ValueError("training_window.duration: kind 'duration' needs a positive duration, e.g. 'P90D'")
+        return self
+
+    def span(self, start: datetime | None, end: datetime | None) -> tuple[datetime | None, datetime | None]:
+        """The time span to ingest for a trigger window `[start, end)`; None means open."""
+        if end is None:  # 'latest': every row, then the row cap
+            return None, None
+        if self.kind == "periods":
+            return (end - self.periods * (end - start), end) if start is not None else (None, end)
+        if self.kind == "duration":
+            return end - self.duration, end
+        return None, end  # rows and expanding: all history up to the end, then the latest rows
+
+    def row_cap(self) -> int | None:
+        """The latest-rows cap that applies after the time span."""
+        caps = [c for c in (self.rows if self.kind == "rows" else None, self.max_rows) if c is not None]
+        return min(caps) if caps else None
+
+
+class RetrainPolicy(Block):
+    """The retrain policy: triggers, training window, minimum evidence and cool-down.
+
+    The promotion rule itself (beyond noise, or not worse than a champion that measurably
+    degraded) is the gate's, in `ModelPolicy.promote_when`.
+
+    Example:
+        ```python
+        from prefect_mlops.blocks import RetrainPolicy
+        saved = RetrainPolicy.load("BLOCK_NAME")
+        policy = RetrainPolicy(triggers=["performance"], min_rows=200)
+        assert policy.wants("performance") and not policy.wants("drift")
+        ```
+    """
+
+    _block_type_name = "Retrain Policy"
+    _block_type_slug = "prefect-mlops-retrain-policy"
+    _logo_url = "https://raw.githubusercontent.com/PrefectHQ/prefect/420d0d6a78bb6df1fc18bcf188fdad43c1d22ea9/assets/block-logos/process.png"
+    _documentation_url = "https://github.com/prefect-mlops/prefect-mlops#the-retrain-policy"
+    _description = "When to retrain (drift, performance decay, schedule, manual), on which rows, with what evidence."
+
+    triggers: list[Trigger] = Field(
+        default_factory=lambda: ["performance", "drift", "manual"],
+        description="What may start a retraining: 'drift' (importance-weighted data drift), 'performance' (the "
+                    "champion measurably worse on newly labelled rows), 'schedule' (the champion older than "
+                    "max_model_age), 'manual' (a person's run from the UI, never held back by the cool-down).",
+    )
+    training_window: TrainingWindow = Field(
+        default_factory=TrainingWindow, description="Which rows a retraining learns from."
+    )
+    min_rows: int = Field(
+        default=100, ge=1,
+        description="Rows the current window needs before drift or performance is judged; fewer: no decision.",
+    )
+    min_training_rows: int = Field(
+        default=100, ge=2, description="Rows a training window needs; fewer ends the run as Skipped."
+    )
+    drift_share: float = Field(
+        default=0.5, gt=0, le=1,
+        description="Importance-weighted share of drifted feature columns at which the data counts as drifted.",
+    )
+    alpha: float = Field(
+        default=0.05, gt=0, lt=1,
+        description="Significance level of the drift tests (Holm-corrected over columns) and of the decay test.",
+    )
+    max_decay: float = Field(
+        default=0.03, ge=0,
+        description="Relative drop of the champion's primary metric against its reference, on newly labelled "
+                    "rows, that counts as degraded (0.03: 3% worse), when the 95% interval agrees.",
+    )
+    cooldown_periods: int = Field(
+        default=2, ge=0,
+        description="After a triggered retraining (whatever the gate decided), this many monitoring windows pass "
+                    "before drift or performance may start another: one signal, one retraining. A person's run "
+                    "starts no cool-down.",
+    )
+    cooldown: timedelta = Field(
+        default=timedelta(0),
+        description="The same hold-back as a duration; the longer of the two applies. Measured in data time "
+                    "(the windows' ends), so a backtest sees it as a server would.",
+    )
+    max_model_age: timedelta | None = Field(
+        default=None,
+        description="With the 'schedule' trigger: retrain when the champion's data ends this long before "
+                    "the current window ends.",
+    )
+    refit_full_window: bool = Field(
+        default=True,
+        description="Refit a challenger that passed the gate on its whole training window (train and hold-out) "
+                    "before it is registered; lineage records it.",
+    )
+
+    model_config = ConfigDict(extra="forbid")
+
+    def wants(self, trigger: Trigger) -> bool:
+        """Whether `trigger` may start a retraining under this policy."""
+        return trigger in self.triggers
