@@ -9,14 +9,16 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR ?= false
 export GX_ANALYTICS_ENABLED ?= false
 
-.PHONY: install demo demo-server test test-fast lint browser bench bench-quick clean
+.PHONY: install demo demo-server test test-fast lint browser bench bench-quick backtest backtest-quick clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	# torch's CPU build, pinned exactly: any other spec pulls gigabytes of CUDA wheels.
 	$(PIP) install --quiet "torch==2.13.0"
-	$(PIP) install --quiet -e ".[torch,dev]"
+	$(PIP) install --quiet -e ".[torch,dev,backtest]"
+	# ISLP only for its data files (the backtest's real streams); its declared torch/lightning pins are not wanted.
+	$(PIP) install --quiet --no-deps "islp==0.6.0"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -52,6 +54,14 @@ bench: $(STAMP)
 
 bench-quick: $(STAMP)
 	$(PY) bench/run.py --sizes 100000
+
+# Every stream replayed through the flows against a static model and an oracle; results in
+# bench/backtest_results/ (table, JSON, a PNG per stream). POLICY=file.json tries another retrain policy.
+backtest: $(STAMP)
+	$(PY) -m prefect_mlops.backtest --output bench/backtest_results $(if $(POLICY),--policy $(POLICY))
+
+backtest-quick: $(STAMP)
+	$(PY) -m prefect_mlops.backtest --quick --output build/backtest-quick $(if $(POLICY),--policy $(POLICY))
 
 clean:
 	rm -rf $(VENV) demo-output build *.egg-info

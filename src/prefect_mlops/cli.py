@@ -7,6 +7,7 @@ and `prefect worker start`. Every command prints what it created.
     prefect-mlops deploy [--config FILE] [--prefect-file FILE]   pools, queues, blocks, deployments, alerts
     prefect-mlops up [--config FILE] [--database-url URL]        a local server and one worker per pool
     prefect-mlops demo-server [--keep] [--database-url URL]      the continuous-training story on a server
+    prefect-mlops backtest [--stream NAME ...] [--policy FILE]   what a retrain policy would have done on past data
     prefect-mlops repair MODEL [--tracking-uri URI]              settle an interrupted promotion of MODEL
 """
 
@@ -692,8 +693,21 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--keep", action="store_true", help="leave the server and workers running at the end")
         p.set_defaults(func=func)
 
+    p = sub.add_parser("backtest", help="replay past data through the flows: the policy vs a static model and "
+                       "an oracle (needs the backtest extra)")
+    from prefect_mlops.backtest.run import add_arguments
+
+    add_arguments(p)
+    p.set_defaults(func=cmd_backtest)
+
     args = parser.parse_args(argv)
     return args.func(args)
+
+
+def cmd_backtest(args: argparse.Namespace) -> int:
+    from prefect_mlops.backtest.run import main as backtest
+
+    return backtest(args=args)
 
 
 if __name__ == "__main__":
