@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Any, Literal
 
 from prefect.blocks.core import Block
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from prefect_mlops.errors import ConfigError
+from prefect_mlops.refs import reject_unknown_keys
 
 CLASSIFICATION_METRICS = ("accuracy", "f1", "roc_auc", "log_loss")
 REGRESSION_METRICS = ("rmse", "mae", "r2")
 LOWER_IS_BETTER = frozenset({"log_loss", "rmse", "mae"})
+# The values each metric can take: a floor outside them can never be met (or always is).
+METRIC_RANGES = {"accuracy": (0.0, 1.0), "f1": (0.0, 1.0), "roc_auc": (0.0, 1.0), "r2": (-math.inf, 1.0),
+                 "log_loss": (0.0, math.inf), "rmse": (0.0, math.inf), "mae": (0.0, math.inf)}
 
 
 class ModelPolicy(Block):
@@ -44,16 +48,30 @@ class ModelPolicy(Block):
         description="Absolute floor per metric on the hold-out (a ceiling for rmse, mae, log_loss).",
     )
     max_drop: float = Field(
-        default=0.01, ge=0, description="How much worse than the champion the challenger may be (δ)."
+        default=0.01, ge=0,
+        description="How much worse than the champion the challenger may be (δ): under 'not-worse', or against a "
+                    "champion that measurably degraded.",
     )
     min_gain: float | None = Field(
-        default=None, ge=0, description="If set, how much better than the champion the challenger must be (ε)."
+        default=None, ge=0,
+        description="ε: under 'beyond-noise' a gain of at least ε promotes even inside the noise; under 'not-worse' "
+                    "the challenger must also gain at least ε.",
     )
     slice_floors: dict[str, float] = Field(
         default_factory=dict, description="Floor per metric that every slice of the slice column must reach."
     )
     min_slice_rows: int = Field(
         default=30, ge=1, description="Slices with fewer hold-out rows are reported but not judged."
+    )
+    promote_when: Literal["beyond-noise", "not-worse"] = Field(
+        default="beyond-noise",
+        description="With a champion: 'beyond-noise' promotes only a challenger whose 95% bootstrap lower bound of "
+                    "the gain is above 0 (or whose gain reaches min_gain), or one not worse than a champion that "
+                    "measurably degraded; a tie keeps the champion. 'not-worse' allows a drop of max_drop.",
+    )
+    min_holdout_rows: int = Field(
+        default=30, ge=1,
+        description="With a champion, a smaller hold-out gives a 'not enough evidence' verdict: the champion stays.",
     )
     first_run: Literal["promote", "reject"] = Field(
         default="promote",
@@ -67,6 +85,22 @@ class ModelPolicy(Block):
             if not math.isfinite(floor):
                 raise ValueError(f"floor for {metric!r} must be a finite number, got {floor}")
         return value
+
+    @field_validator("floors", "slice_floors")
+    @classmethod
+    def _in_metric_range(cls, value: dict[str, float], info: Any) -> dict[str, float]:
+        for metric, floor in value.items():
+            low, high = METRIC_RANGES.get(metric, (-math.inf, math.inf))
+            if not low <= floor <= high:
+                raise ValueError(f"{info.field_name}[{metric!r}] = {floor} is outside the range of {metric} "
+                                 f"[{low}, {high}]; it could never be met")
+        return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_keys(cls, data: Any) -> Any:
+        # Prefect's own keys (block_type_slug, _block_document_id...) travel with a saved Block.
+        return reject_unknown_keys(cls, data, also=("block_type_slug",))
 
     def metric_names(self, task: str) -> tuple[str, ...]:
         """The metrics evaluate computes for a `classification` or `regression` task."""

@@ -10,8 +10,8 @@ from prefect.transactions import transaction
 from pydantic import BaseModel
 
 from prefect_mlops import __version__
-from prefect_mlops.blocks import DataSource, MlflowServer, ModelPolicy
-from prefect_mlops.refs import Window
+from prefect_mlops.blocks import DataSource, MlflowServer, ModelPolicy, RetrainPolicy
+from prefect_mlops.refs import ModelName, Window
 from prefect_mlops.tasks.deploy import deploy
 from prefect_mlops.tasks.evaluate import evaluate
 from prefect_mlops.tasks.features import FeatureSpec, feature_build
@@ -20,8 +20,9 @@ from prefect_mlops.tasks.ingest import ingest
 from prefect_mlops.tasks.lineage import Lineage, TrainerSpec, find_champion, recipe_digest
 from prefect_mlops.tasks.reconcile import model_lock, reconcile
 from prefect_mlops.tasks.register import register
+from prefect_mlops.tasks.retrain import record_retraining, why_untrainable
 from prefect_mlops.tasks.route import train_on_route
-from prefect_mlops.tasks.train import git_commit, package_versions, train
+from prefect_mlops.tasks.train import git_commit, package_versions, refit, train
 from prefect_mlops.tasks.validate import validate
 
 
@@ -43,7 +44,7 @@ class CycleReport(BaseModel):
 
 @flow(name="continuous-training", log_prints=True, validate_parameters=True)
 def continuous_training(
-    model_name: str,
+    model_name: ModelName,
     source: DataSource,
     features: FeatureSpec,
     trainer: TrainerSpec = TrainerSpec(),
@@ -54,6 +55,10 @@ def continuous_training(
     force: bool = False,
     mlflow_server: MlflowServer | None = None,
     workspace: str | None = None,
+    retrain_policy: RetrainPolicy | None = None,
+    max_rows: int | None = None,
+    champion_degraded: str | None = None,
+    trigger: Literal["manual", "drift", "performance", "schedule"] = "manual",
 ) -> CycleReport:
     """Train a challenger on fresh data and promote it only if it passes the quality gate.
 
@@ -69,16 +74,23 @@ def continuous_training(
         force: Train even when the data and parameters match the champion's.
         mlflow_server: Tracking server and registry; the workspace's SQLite store when empty.
         workspace: Folder for snapshots, suites and reports; PREFECT_MLOPS_WORKSPACE or ~/.prefect-mlops.
+        retrain_policy: Minimum training rows and the refit on the whole window; the defaults when empty.
+        max_rows: Train on at most this many latest rows of the window (the retrain policy's cap).
+        champion_degraded: Why the champion measurably degraded (set by the monitor); the gate then promotes
+            a challenger that is not worse, instead of requiring a gain beyond noise.
+        trigger: What started this run; a triggered run starts the retrain policy's cool-down, a manual one not.
     """
     logger = get_run_logger()
     policy = policy or ModelPolicy()
     policy.check_metrics(features.task)  # a bad policy fails before any work starts
+    trainer.check()  # so does an estimator that does not import or does not take its params
     window = str(Window.parse(window)) if Window.parse(window) else None
     server = mlflow_server or MlflowServer()
+    retrain_policy = retrain_policy or RetrainPolicy()
     digest = recipe_digest(features, trainer)
     reconcile(model_name, mlflow_server=server, workspace=workspace)  # settle what a killed run left
 
-    dataset = ingest(source, name=model_name, window=window, workspace=workspace)
+    dataset = ingest(source, name=model_name, window=window, workspace=workspace, max_rows=max_rows)
     champion = find_champion(model_name, mlflow_server=server, workspace=workspace)
     made_by = champion.lineage if champion else None
     if made_by and not force and made_by.dataset.fingerprint == dataset.fingerprint \
@@ -90,6 +102,13 @@ def continuous_training(
             model_name=model_name, outcome="skipped", message=message, window=window,
             data_fingerprint=dataset.fingerprint, champion_version=champion.model.version))
 
+    untrainable = why_untrainable(dataset, features, min_rows=retrain_policy.min_training_rows)
+    if untrainable:
+        logger.warning(untrainable)
+        return Completed(name="Skipped", message=untrainable, data=CycleReport(
+            model_name=model_name, outcome="skipped", message=untrainable, window=window,
+            data_fingerprint=dataset.fingerprint, champion_version=champion.model.version if champion else None))
+
     validation = validate(dataset, suite_path=suite_path, warn_only=warn_only, workspace=workspace)
     feature_set = feature_build(dataset, features, workspace=workspace)
     lineage = Lineage(model_name=model_name, dataset=dataset, features=features, trainer=trainer,
@@ -97,11 +116,13 @@ def continuous_training(
                       git_commit=git_commit(), packages=package_versions())
     trained = (train_on_route if trainer.label else train)(feature_set, trainer, lineage, mlflow_server=server,
                                                            workspace=workspace)
+    if trigger != "manual":
+        record_retraining(model_name, window, mlflow_server=server, workspace=workspace)
     with model_lock(model_name):  # one run of this model at a time from evaluate to deploy
         # The champion may have moved while this run trained: compare against the one in place now.
         champion = find_champion(model_name, mlflow_server=server, workspace=workspace)
         evaluation = evaluate(trained, feature_set, champion=champion, policy=policy, mlflow_server=server,
-                              workspace=workspace)
+                              workspace=workspace, champion_degraded=champion_degraded or None)
         verdict = quality_gate(evaluation, policy)
 
         metric = evaluation.primary_metric
@@ -115,6 +136,10 @@ def continuous_training(
             message = f"gate rejected the challenger of {model_name!r}: " + "; ".join(verdict.reasons)
             return Completed(name="Rejected", message=message, data=report.model_copy(update={"message": message}))
 
+        if retrain_policy.refit_full_window and trainer.kind == "sklearn":
+            trained, smoke = refit(trained, feature_set, evaluation.smoke_sample_uri, mlflow_server=server,
+                                   workspace=workspace)
+            evaluation = evaluation.model_copy(update={"smoke_sample_uri": smoke})
         with transaction():  # a failed deploy rolls the registration back: nothing half-promoted
             model = register(trained, verdict, evaluation, mlflow_server=server, workspace=workspace)
             promotion = deploy(model, evaluation, verdict, mlflow_server=server, workspace=workspace)

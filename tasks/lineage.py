@@ -103,6 +103,7 @@ class Lineage(BaseModel):
     git_commit: str | None = None
     packages: dict[str, str] = Field(default_factory=dict)
     flow_run_id: str | None = None
+    refit: bool = Field(default=False, description="Refit on the whole window, hold-out included, after the gate.")
     created_at: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat())
 
     def tags(self) -> dict[str, str]:
@@ -188,6 +189,33 @@ def read_lineage(run_id: str, server: MlflowServer, workspace: Workspace | None 
             return None  # a version registered by hand has no lineage: treat it as unknown
         with open(path) as handle:
             return Lineage.model_validate(json.load(handle))
+
+
+def read_importance(champion: Champion, *, mlflow_server: MlflowServer | None = None,
+                    workspace: Workspace | str | None = None) -> dict[str, float]:
+    """The permutation importance evaluate recorded for the champion's run; empty when none was recorded.
+
+    Drift-check weighs each column by it; an empty answer weighs columns equally.
+    """
+    from mlflow.exceptions import MlflowException
+
+    server = mlflow_server or MlflowServer()
+    workspace = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
+    client = server.client(workspace)
+    run_id = champion.model.run_id
+    if not run_id:
+        return {}
+    try:
+        names = {f.path for f in client.list_artifacts(run_id)}
+    except MlflowException as exc:
+        raise RegistryError(f"model {champion.model.name!r} v{champion.model.version}: listing the artifacts of "
+                            f"run {run_id} at {server.uri(workspace)} failed: {exc}") from exc
+    if "importance.json" not in names:
+        return {}
+    with tempfile.TemporaryDirectory() as folder:
+        path = client.download_artifacts(run_id, "importance.json", folder)
+        with open(path) as handle:
+            return {str(k): float(v) for k, v in json.load(handle).items()}
 
 
 @task(name="find-champion", task_run_name="find-{alias}-{model_name}")
