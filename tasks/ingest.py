@@ -317,12 +317,12 @@ def _read_s3(source: DataSource) -> bytes:
         code = exc.response.get("Error", {}).get("Code", "")
         hints = {
             "NoSuchBucket": f"bucket {bucket!r} does not exist; check the bucket name or the endpoint",
-            "NoSuchKey": f"no object {key!r} in bucket {bucket!r}; check the key",
+            "NoSuchKey": f"no object {key!r} in bucket {bucket!r}: not found (NoSuchKey); check the key",
             "InvalidAccessKeyId": "the access key id is not known to the store; fix the credentials",
             "SignatureDoesNotMatch": "the secret access key is wrong; fix the credentials",
             "AccessDenied": "access denied; give these credentials s3:GetObject on the object",
             "403": "access denied; check the credentials and their permissions",
-            "404": f"no object {key!r} in bucket {bucket!r}",
+            "404": f"no object {key!r} in bucket {bucket!r}: not found (404); check the key",
         }
         hint = hints.get(code, f"the store answered {code or exc}")
         raise DataSourceError(f"data source {source.uri}: {hint}") from exc
