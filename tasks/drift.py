@@ -150,6 +150,10 @@ def check_drift(
                      importance)
     current_table, reference_table = (_sample(read_table(ref, columns), sample_rows) for ref in (current, reference))
     sampled = sample_rows if sample_rows is not None and max(current.rows, reference.rows) > sample_rows else None
+    if importance and not set(importance) & set(columns):
+        # e.g. importance recorded on encoded feature names ('num__age'): equal weights, said aloud.
+        run_logger().warning("drift check of %s: importance names none of the columns %s (it names %s); "
+                             "weighing the columns equally", model_name, brief(columns), brief(sorted(importance)))
     per_column = column_statistics(reference_table, current_table, columns, model_name=model_name)
     verdict = stats.decide(per_column, importance=importance, drift_share=drift_share, min_rows=min_rows,
                            alpha=alpha, reference_rows=reference_table.num_rows,
