@@ -76,7 +76,8 @@ def drift_monitor(
     importance = read_importance(champion, mlflow_server=server, workspace=workspace)
     drift = drift_check(current, recipe.dataset, model_name, columns=recipe.features.feature_columns,
                         drift_share=drift_share, champion_version=champion.model.version, workspace=workspace,
-                        importance=importance, min_rows=retrain_policy.min_rows, emit=False)
+                        importance=importance, min_rows=retrain_policy.min_rows, alpha=retrain_policy.alpha,
+                        emit=False)
     performance = performance_check(current, champion, policy=policy, retrain_policy=retrain_policy,
                                     mlflow_server=server, workspace=workspace)
     decision = retrain_decision(model_name, champion, window, retrain_policy, drift=drift, performance=performance,
