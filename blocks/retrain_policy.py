@@ -121,8 +121,8 @@ class RetrainPolicy(Block):
     cooldown_periods: int = Field(
         default=2, ge=0,
         description="After a triggered retraining (whatever the gate decided), this many monitoring windows pass "
-                    "before drift or performance may start another: one signal, one retraining. A person's run "
-                    "starts no cool-down.",
+                    "before drift or performance may start another: one signal, one retraining. A person's or a "
+                    "schedule's run starts no cool-down.",
     )
     cooldown: timedelta = Field(
         default=timedelta(0),

@@ -78,7 +78,8 @@ def continuous_training(
         max_rows: Train on at most this many latest rows of the window (the retrain policy's cap).
         champion_degraded: Why the champion measurably degraded (set by the monitor); the gate then promotes
             a challenger that is not worse, instead of requiring a gain beyond noise.
-        trigger: What started this run; a triggered run starts the retrain policy's cool-down, a manual one not.
+        trigger: What started this run; a drift or performance retraining starts the retrain policy's
+            cool-down, a manual or scheduled one does not.
     """
     logger = get_run_logger()
     policy = policy or ModelPolicy()
@@ -116,7 +117,7 @@ def continuous_training(
                       git_commit=git_commit(), packages=package_versions())
     trained = (train_on_route if trainer.label else train)(feature_set, trainer, lineage, mlflow_server=server,
                                                            workspace=workspace)
-    if trigger != "manual":
+    if trigger in ("drift", "performance"):  # a signal's retraining starts the cool-down; a schedule's does not
         record_retraining(model_name, window, mlflow_server=server, workspace=workspace)
     with model_lock(model_name):  # one run of this model at a time from evaluate to deploy
         # The champion may have moved while this run trained: compare against the one in place now.

@@ -1,5 +1,6 @@
-"""The drift monitor's event starts the retrain-on-drift deployment once, with the event's window;
-a burst of drift events for the same model inside the trigger's window starts nothing more."""
+"""The drift monitor's event starts the retrain-on-drift deployment once, with the retrain policy's training
+window (not only the window that drifted); a burst of drift events for the same model inside the trigger's
+window starts nothing more."""
 
 from __future__ import annotations
 
@@ -42,7 +43,10 @@ def test_drift_event_starts_one_retrain_and_a_burst_of_20_more_starts_none(syste
     assert count_events(DRIFT_EVENT, model_resource_id("churn"), since) == 21
     (retrain,) = runs
     assert retrain.created_by is not None and retrain.created_by.type == "AUTOMATION"
-    assert retrain.parameters["window"] == drifted, "the event's window was not passed to the run"
+    # The retrain policy's window: three monitoring periods back from the drifted period's end.
+    policy_window = str(Window(start=datetime(2023, 12, 30), end=datetime(2024, 4, 1)))
+    assert retrain.parameters["window"] == policy_window, "the policy's training window was not passed to the run"
+    assert retrain.parameters["trigger"] in ("drift", "performance")
 
     monitor = system.wait(monitor.id)
     assert monitor.state.name == "Completed", monitor.state.message
