@@ -1,4 +1,4 @@
-"""Rollback: put the previous champion back, recorded in the registry and as an artifact."""
+"""Rollback: put the previous champion back, recorded in the registry (a promotion record) and as an artifact."""
 
 from __future__ import annotations
 
@@ -14,6 +14,9 @@ def rollback(
     model_name: ModelName, reason: str = "", mlflow_server: MlflowServer | None = None, workspace: str | None = None
 ) -> Promotion:
     """Make @previous-champion the champion again; run it twice to roll forward.
+
+    Holds the model's lock, and first settles any promotion a killed run left half-done (see
+    `prefect_mlops.tasks.reconcile`); refuses when @champion and @previous-champion are one version.
 
     Args:
         model_name: Registered model to roll back.
