@@ -23,7 +23,7 @@ from prefect_mlops.tasks.register import register
 from prefect_mlops.tasks.retrain import record_retraining, why_untrainable
 from prefect_mlops.tasks.route import train_on_route
 from prefect_mlops.tasks.train import git_commit, package_versions, refit, train
-from prefect_mlops.tasks.validate import validate
+from prefect_mlops.tasks.validate import update_suite, validate
 
 
 class CycleReport(BaseModel):
@@ -144,6 +144,8 @@ def continuous_training(
         with transaction():  # a failed deploy rolls the registration back: nothing half-promoted
             model = register(trained, verdict, evaluation, mlflow_server=server, workspace=workspace)
             promotion = deploy(model, evaluation, verdict, mlflow_server=server, workspace=workspace)
+        # The learned profile follows the new champion's data; a suite a person edited is left alone.
+        update_suite(validation.suite_path, dataset, promotion.champion_version, workspace=workspace)
     message = f"{model_name} v{promotion.champion_version} promoted to champion: {verdict.main_reason}"
     logger.info(message)
     return report.model_copy(update={"outcome": "promoted", "message": message,

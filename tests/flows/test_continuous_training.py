@@ -153,3 +153,22 @@ def test_promoted_model_is_refit_on_its_whole_window_and_lineage_says_so(
                                **common)
     plain = find_model("plain", mlflow_server=mlflow_server, workspace=workspace)
     assert kept.outcome == "promoted" and not plain.lineage.refit and plain.model.source.endswith("/model")
+
+
+def test_a_drift_the_profile_explains_retrains_and_the_learned_suite_follows_the_champion(
+        churn_source, churn_features, fast_trainer, policy, mlflow_server, workspace):
+    import json
+
+    common = {"mlflow_server": mlflow_server, "workspace": str(workspace.root)}
+    continuous_training("churn", churn_source, churn_features, fast_trainer, policy=policy,
+                        window=period_window(0), **common)
+    suite = workspace.root / "suites" / "churn.json"
+    learned = json.loads(suite.read_text())
+    # Period 2's shifted customers miss the learned profile but not the contract: the retraining goes ahead.
+    again = continuous_training("churn", churn_source, churn_features, fast_trainer, policy=policy,
+                                window=period_window(2), force=True, **common)
+    assert again.outcome == "promoted", again.message
+    evolved = json.loads(suite.read_text())
+    assert evolved["meta"]["learned_version"] == again.champion_version
+    assert evolved["expectations"] != learned["expectations"]
+    assert list((suite.parent / "history").glob("churn.v*.json"))
