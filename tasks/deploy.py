@@ -24,7 +24,6 @@ from prefect_mlops.tasks.reconcile import (
     ALIASES,
     CHALLENGER,
     CHAMPION,
-    FAILED,
     PREVIOUS,
     PROMOTED,
     PromotionRecord,
@@ -67,10 +66,8 @@ def change_aliases(client: object, name: str, record: PromotionRecord, status: t
             mark_version(client, name, record.version, *status)
         write_record(client, name, record.finish("done"))
     except BaseException as exc:
-        try:
+        try:  # the version itself is the caller's: the flow's transaction rollback takes it out
             set_aliases(client, name, record.before)
-            if record.kind == "promote":
-                mark_version(client, name, record.version, FAILED, f"promotion {record.id} failed: {exc}")
             write_record(client, name, record.finish("undone", f"failed: {exc}"))
         except BaseException as restore_exc:
             raise DeployError(

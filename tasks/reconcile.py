@@ -203,9 +203,11 @@ def settle_record(client: Any, name: str, record: PromotionRecord, actions: list
         return done
     existing = {v for v in record.before.values() if _version_exists(client, name, v)}
     target = {alias: v for alias, v in record.before.items() if v in existing}
+    if record.kind == "promote" and target.get(CHALLENGER) == record.version:
+        del target[CHALLENGER]  # the run that was promoting it is gone
     set_aliases(client, name, target)
-    if record.kind == "promote" and record.version not in record.before.values() \
-            and _version_exists(client, name, record.version):
+    serving = {target.get(CHAMPION), target.get(PREVIOUS)}
+    if record.kind == "promote" and record.version not in serving and _version_exists(client, name, record.version):
         mark_version(client, name, record.version, FAILED,
                      f"promotion {record.id} was interrupted (aliases were {_fmt(aliases)}); undone by reconcile")
     undone = record.finish("undone", f"undone by reconcile: aliases were {_fmt(aliases)}, "
@@ -277,9 +279,12 @@ def reconcile_model(client: Any, name: str) -> ReconcileReport:
     aliases = read_aliases(client, name)
     for version in client.search_model_versions(f"name='{name}'"):
         number, tags = str(version.version), dict(version.tags or {})
+        held = [a for a, v in aliases.items() if v == number]
+        if tags.get(STATUS_TAG) == FAILED and CHALLENGER in held:
+            client.delete_registered_model_alias(name, CHALLENGER)
+            report.actions.append(f"@{CHALLENGER} pointed at version {number}, which failed; alias removed")
         if not _is_managed(tags) or _is_final(tags):
             continue
-        held = [a for a, v in aliases.items() if v == number]
         if set(held) & {CHAMPION, PREVIOUS}:
             continue  # serving: a champion is never marked failed
         reason = ("left by an interrupted run: " +

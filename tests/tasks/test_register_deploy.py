@@ -8,7 +8,7 @@ from mlflow import MlflowClient
 from prefect_mlops.blocks import ModelPolicy
 from prefect_mlops.errors import ChampionMovedError, DeployError, GateNotPassedError, RegistryError
 from prefect_mlops.tasks.deploy import CHAMPION, PREVIOUS, promote, read_aliases, roll_back
-from prefect_mlops.tasks.reconcile import STATUS_REASON_TAG, STATUS_TAG, read_record
+from prefect_mlops.tasks.reconcile import STATUS_REASON_TAG, STATUS_TAG, read_record, reconcile_model
 from prefect_mlops.tasks.register import CHALLENGER, register_version
 from prefect_mlops.tasks.score import score_dataset
 from tests.tasks.stages import promote_cycle, train_and_judge
@@ -197,6 +197,9 @@ def test_sigterm_between_alias_writes_restores_every_alias_and_still_stops_the_r
     assert aliases(mlflow_server, workspace) == {CHAMPION: "1", CHALLENGER: "2"}
     client = mlflow_server.client(workspace)
     assert read_record(client, "churn").state == "undone"
+    # No run is promoting version 2 any more: the reconciler drops its @challenger and tags it failed.
+    assert reconcile_model(client, "churn").failed_versions == ["2"]
+    assert aliases(mlflow_server, workspace) == {CHAMPION: "1"}
     assert client.get_model_version("churn", "2").tags[STATUS_TAG] == "failed"
 
 
