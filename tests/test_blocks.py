@@ -8,10 +8,25 @@ import pytest
 from prefect.testing.standard_test_suites import BlockStandardTestSuite
 from pydantic import ValidationError
 
-from prefect_mlops.blocks import ComputeRoute, DataSource, MlflowServer, ModelPolicy
+import prefect_mlops.blocks
+from prefect_mlops.blocks import DataSource, MlflowServer, ModelPolicy
 
 
-@pytest.mark.parametrize("block", [MlflowServer, DataSource, ModelPolicy, ComputeRoute])
+def our_blocks() -> list[type]:
+    """Every Block type this package registers, found through Prefect's registry, not a hand-kept list."""
+    from prefect.blocks.core import Block
+    from prefect.utilities.dispatch import get_registry_for_type
+
+    return sorted((b for b in get_registry_for_type(Block).values()
+                   if b.__module__.startswith(prefect_mlops.blocks.__name__)), key=lambda b: b.__name__)
+
+
+def test_every_exported_block_is_in_the_standard_suite():
+    assert {b.__name__ for b in our_blocks()} >= {"ComputeRoute", "DataSource", "MlflowServer", "ModelPolicy",
+                                                  "RetrainPolicy"}
+
+
+@pytest.mark.parametrize("block", our_blocks())
 class TestBlockStandards(BlockStandardTestSuite):
     @pytest.fixture
     def block(self, block):

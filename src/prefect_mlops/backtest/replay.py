@@ -116,8 +116,8 @@ def gain_recovered(policy: float | None, static: float | None, oracle: float | N
     Example:
         ```python
         from prefect_mlops.backtest.replay import gain_recovered
-        assert gain_recovered(0.85, 0.80, 0.90, lower_better=False) == 0.5
-        assert gain_recovered(9.0, 10.0, 8.0, lower_better=True) == 0.5
+        assert abs(gain_recovered(0.85, 0.80, 0.90, lower_better=False) - 0.5) < 1e-9
+        assert abs(gain_recovered(9.0, 10.0, 8.0, lower_better=True) - 0.5) < 1e-9
         assert gain_recovered(0.8, 0.8, 0.8, lower_better=False) is None  # nothing to recover
         ```
     """
@@ -156,6 +156,7 @@ class PeriodResult:
     policy: float | None = None
     champion: str | None = None
     drift: bool | None = None
+    trigger: str | None = None
     retrained: bool = False
     promoted: bool = False
     decision: str = ""
@@ -234,20 +235,26 @@ def _monitor_accepts(name: str) -> bool:
     return name in inspect.signature(drift_monitor.fn).parameters
 
 
-def describe_monitor(report: Any) -> tuple[bool | None, str]:
-    """Whether drift was found, and the monitor's decision in words, from whatever report it returned."""
+def describe_monitor(report: Any) -> tuple[bool | None, str | None, str]:
+    """Whether drift was found, what triggered a retraining, and the monitor's decision in words.
+
+    Reads whatever the monitor returned: a decision with its reasons where there is one, else the
+    drift report and the retraining's outcome.
+    """
     drift = getattr(report, "drift", None)
     detected = getattr(drift, "detected", None)
     decision = getattr(report, "decision", None)
+    trigger = getattr(decision, "trigger", None) if getattr(decision, "retrain", False) else None
     words = []
     if decision is not None:
-        words.append(str(getattr(decision, "reason", None) or getattr(decision, "message", None) or decision))
+        reasons = getattr(decision, "reasons", None)
+        words.append("; ".join(map(str, reasons[:3])) if reasons else str(decision))
     cycle = getattr(report, "retrain", None)
     if cycle is not None:
         words.append(f"{cycle.outcome}: {cycle.gate_reason or cycle.message}")
     elif decision is None:
         words.append("drift, retraining not started" if detected else "no drift")
-    return detected, "; ".join(w for w in words if w)[:400]
+    return detected, trigger, " / ".join(w for w in words if w)[:600]
 
 
 def _training_runs(server: Any, workspace: Any) -> int:
@@ -310,9 +317,7 @@ def replay_policy(
         monitor_extra["retrain_policy"] = retrain_policy
     result = StreamResult(stream=stream.describe(), metric=stream.metric, lower_is_better=lower_is_better(
         stream.metric), oracle_window=oracle_window, delta=delta,
-        policy={"model_policy": json.loads(gate.model_dump_json(exclude={"block_document_id", "block_document_name",
-                                                                          "block_type_slug"}, exclude_none=True)),
-                "retrain_policy": _policy_dict(retrain_policy)},
+        policy={"model_policy": _policy_dict(gate), "retrain_policy": _policy_dict(retrain_policy or _default_retrain())},
         baseline_seconds=baseline_seconds)
 
     start = stream.initial_periods
@@ -357,7 +362,7 @@ def replay_policy(
         try:
             report = drift_monitor(model_name, source, window=record.window, retrain=True, policy=gate,
                                    **monitor_extra, **common)
-            record.drift, record.decision = describe_monitor(report)
+            record.drift, record.trigger, record.decision = describe_monitor(report)
         except Exception as exc:
             record.crash = _message(exc)
             record.decision = f"crash: {record.crash}"
@@ -387,10 +392,17 @@ def _message(exc: BaseException) -> str:
     return text
 
 
+def _default_retrain() -> Any | None:
+    """The retrain policy the monitor applies when given none (None in a version without one)."""
+    import prefect_mlops.blocks as blocks
+
+    return blocks.RetrainPolicy() if hasattr(blocks, "RetrainPolicy") else None
+
+
 def _policy_dict(policy: Any | None) -> dict[str, Any] | None:
     if policy is None:
         return None
-    if hasattr(policy, "model_dump_json"):
-        return json.loads(policy.model_dump_json(exclude={"block_document_id", "block_document_name",
-                                                          "block_type_slug"}, exclude_none=True))
-    return dict(policy)
+    fields = json.loads(policy.model_dump_json(exclude_none=True)) if hasattr(policy, "model_dump_json") else \
+        dict(policy)
+    # A Block's dump carries its registration (slug, document id); the policy is the rest.
+    return {k: v for k, v in fields.items() if not k.startswith(("block_type", "block_document", "_"))}
