@@ -9,7 +9,7 @@ from prefect.testing.standard_test_suites import BlockStandardTestSuite
 from pydantic import ValidationError
 
 import prefect_mlops.blocks
-from prefect_mlops.blocks import DataSource, MlflowServer, ModelPolicy
+from prefect_mlops.blocks import ComputeRoute, DataSource, MlflowServer, ModelPolicy
 
 
 def our_blocks() -> list[type]:
