@@ -6,7 +6,7 @@ from prefect import flow
 
 from prefect_mlops.blocks import DataSource, MlflowServer
 from prefect_mlops.errors import ConfigError
-from prefect_mlops.refs import ModelName, Window
+from prefect_mlops.refs import ModelAlias, ModelName, Window
 from prefect_mlops.tasks.ingest import ingest
 from prefect_mlops.tasks.score import ScoringResult, batch_score_task
 
@@ -17,7 +17,7 @@ def batch_score(
     source: DataSource,
     output_uri: str,
     window: str | None = None,
-    alias: str = "champion",
+    alias: ModelAlias = "champion",
     mlflow_server: MlflowServer | None = None,
     workspace: str | None = None,
 ) -> ScoringResult:

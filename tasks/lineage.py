@@ -70,11 +70,16 @@ class TrainerSpec(StrictModel):
     def check(self) -> None:
         """Raise a `ConfigError` naming `trainer.estimator` or `trainer.params` if they cannot work.
 
-        Imports the estimator class and builds it (no data, no fit). A torch trainer routed to
-        another machine (`label`) has its parameters checked without importing PyTorch here.
+        Imports the estimator class and builds it (no data, no fit). With a `label`, the Compute
+        Route block of that name must exist; a torch trainer routed to another machine has its
+        parameters checked without importing PyTorch here.
         """
         from prefect_mlops.tasks.train import build_estimator
 
+        if self.label:
+            from prefect_mlops.tasks.route import load_route
+
+            load_route(self.label)  # a missing route fails now, not after ingest, validation and feature-build
         if self.kind == "torch" and self.label:
             from prefect_mlops.tasks.torch_trainer import TabularNetEstimator
 

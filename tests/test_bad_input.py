@@ -162,6 +162,8 @@ CASES = {
         ["trainer.params ['sample_weight']", "LogisticRegression"]),
     "param value before ingest": (lambda st, s3: missing(st), {"trainer": TrainerSpec(
         estimator="sklearn.linear_model.LogisticRegression", params={"C": "lots"})}, ["trainer.params", "'C'"]),
+    "missing compute route": (lambda st, s3: missing(st), {"trainer": TRAINER.model_copy(update={"label": "no-route"})},
+                              ["trainer.label 'no-route'", "no Compute Route block"]),
     "negative seed": (lambda st, s3: missing(st), {"trainer": {**TRAINER.model_dump(), "seed": -1}},
                       ["trainer.seed", "non-negative"]),
     "floor above range": (lambda st, s3: missing(st), {"policy": {"floors": {"accuracy": 1.5}}},
@@ -286,7 +288,7 @@ def test_nullable_extension_dtypes_with_na_are_scored(store, tmp_path, dtype):
 
 BAD_NAMES = {"alias": ("churn@champion", "holds '@'"), "version": ("churn/2", "holds '/'"),
              "scheme": ("models:churn", "holds ':'"), "empty": ("", "model_name is empty"),
-             "blank": ("   ", "model_name is empty")}
+             "blank": ("   ", "model_name is empty"), "long": ("m" * 100_000, "at most 256 printable characters")}
 
 
 @pytest.mark.parametrize("flow_name", ["continuous_training", "drift_monitor", "rollback", "batch_score"])
@@ -295,15 +297,24 @@ def test_a_model_name_that_breaks_models_uris_is_refused_at_parameter_validation
     name, message = BAD_NAMES[case]
     source = DataSource(uri=str(store["good"]))
     common = {"mlflow_server": store["server"], "workspace": str(store["workspace"].root), "return_state": True}
-    state = {
+    calls = {  # each flow, called inside the log capture below
         "continuous_training": lambda: continuous_training(name, source, FEATURES, TRAINER, **common),
         "drift_monitor": lambda: drift_monitor(name, source, **common),
         "rollback": lambda: rollback(name, **common),
         "batch_score": lambda: batch_score(name, source, str(store["root"] / "never.parquet"), **common),
-    }[flow_name]()
-    assert state.is_failed()
+    }
+    with line_sizes() as sizes:
+        state = calls[flow_name]()
+    assert state.is_failed() and len(state.message.encode()) <= LIMIT and max(sizes) <= LIMIT
     assert "model_name" in state.message and message in state.message and "models:/" in state.message
     champion_is_v1(store)
+
+
+@pytest.mark.parametrize("alias", ["champion@2", "latest", "v2", ""])
+def test_a_scoring_alias_that_mlflow_cannot_hold_is_refused(store, alias):
+    state = batch_score("churn", DataSource(uri=str(store["good"])), str(store["root"] / "never.parquet"), alias=alias,
+                        mlflow_server=store["server"], workspace=str(store["workspace"].root), return_state=True)
+    assert state.is_failed() and "alias" in state.message and "models:/<name>@<alias>" in state.message
 
 
 def test_a_1_mib_category_at_scoring_time_is_cut_in_the_warning(store, tmp_path):

@@ -48,6 +48,27 @@ def check_model_name(name: str) -> str:
 ModelName = Annotated[str, AfterValidator(check_model_name)]
 """A registered model name, checked when a flow's parameters are validated (see `check_model_name`)."""
 
+_ALIAS = re.compile(r"[A-Za-z0-9_-]{1,255}")
+
+
+def check_alias(alias: str) -> str:
+    """Return `alias` if MLflow accepts it as a model alias; else raise `ValueError`.
+
+    Example:
+        ```python
+        from prefect_mlops.refs import check_alias
+        assert check_alias("champion") == "champion"
+        ```
+    """
+    if not _ALIAS.fullmatch(alias) or alias.lower() == "latest" or re.fullmatch(r"[vV]\d+", alias):
+        raise ValueError(f"alias {brief(alias)}: expected letters, digits, '_' or '-' (not 'latest' nor a version "
+                         "such as 'v3'), e.g. 'champion', as in models:/<name>@<alias>")
+    return alias
+
+
+ModelAlias = Annotated[str, AfterValidator(check_alias)]
+"""A model alias (`champion`, `challenger`...), checked at parameter validation (see `check_alias`)."""
+
 
 def reject_unknown_keys(model: type[BaseModel], data: Any, *, also: Iterable[str] = (), hint: str = "") -> Any:
     """Raise `ValueError` naming every key of `data` that is no field of `model`, with the closest field.
