@@ -84,7 +84,7 @@ def continuous_training(
     logger = get_run_logger()
     policy = policy or ModelPolicy()
     policy.check_metrics(features.task)  # a bad policy fails before any work starts
-    trainer.check()  # so does an estimator that does not import or does not take its params
+    trainer.check(features.task)  # so does an estimator that does not import, fit this task or take its params
     window = str(Window.parse(window)) if Window.parse(window) else None
     server = mlflow_server or MlflowServer()
     retrain_policy = retrain_policy or RetrainPolicy()

@@ -67,8 +67,11 @@ class TrainerSpec(StrictModel):
             raise ValueError(f"trainer.seed: expected a non-negative integer below 2**32, got {value}")
         return value
 
-    def check(self) -> None:
+    def check(self, task: str | None = None) -> None:
         """Raise a `ConfigError` naming `trainer.estimator` or `trainer.params` if they cannot work.
+
+        With `task` (the feature spec's), a scikit-learn estimator must be a classifier for
+        classification and a regressor for regression, when it says which it is.
 
         Imports the estimator class and builds it (no data, no fit). With a `label`, the Compute
         Route block of that name must exist; a torch trainer routed to another machine has its
@@ -90,7 +93,17 @@ class TrainerSpec(StrictModel):
                                   f"accepts {sorted(accepted)}")
             TabularNetEstimator(**{"seed": self.seed, **self.params}).config()
             return
-        build_estimator(self)
+        estimator = build_estimator(self)
+        if task is None or self.kind != "sklearn":
+            return
+        from sklearn.base import is_classifier, is_regressor
+
+        kind = "classifier" if is_classifier(estimator) else "regressor" if is_regressor(estimator) else None
+        wanted = "classifier" if task == "classification" else "regressor"
+        if kind is not None and kind != wanted:
+            raise ConfigError(f"trainer.estimator {self.estimator!r} is a {kind}, but the feature spec's task is "
+                              f"{task!r}; choose a {wanted} (e.g. sklearn.ensemble.HistGradientBoosting"
+                              f"{'Classifier' if wanted == 'classifier' else 'Regressor'}) or change features.task")
 
 
 class Lineage(BaseModel):

@@ -162,6 +162,10 @@ CASES = {
         ["trainer.params ['sample_weight']", "LogisticRegression"]),
     "param value before ingest": (lambda st, s3: missing(st), {"trainer": TrainerSpec(
         estimator="sklearn.linear_model.LogisticRegression", params={"C": "lots"})}, ["trainer.params", "'C'"]),
+    "regressor for a classification": (lambda st, s3: missing(st),
+                                       {"trainer": TrainerSpec(estimator="sklearn.linear_model.LinearRegression")},
+                                       ["trainer.estimator 'sklearn.linear_model.LinearRegression' is a regressor",
+                                        "'classification'"]),
     "missing compute route": (lambda st, s3: missing(st), {"trainer": TRAINER.model_copy(update={"label": "no-route"})},
                               ["trainer.label 'no-route'", "no Compute Route block"]),
     "negative seed": (lambda st, s3: missing(st), {"trainer": {**TRAINER.model_dump(), "seed": -1}},
