@@ -260,13 +260,36 @@ def _parse(where: Path | io.BytesIO, fmt: str, uri: str) -> pa.Table:
             table = pacsv.read_csv(where)
     except (pa.ArrowInvalid, pa.ArrowException, OSError) as exc:
         kind = "a readable Parquet file" if fmt == "parquet" else "parseable CSV"
-        ragged = _ragged_row(where) if fmt == "csv" else None
+        problem = _ragged_row(where) if fmt == "csv" else _duplicates_in_schema(where)
         raise DataSourceError(
-            f"data source {uri}: not {kind} ({ragged or exc}); check the file or set DataSource.format"
+            f"data source {uri}: not {kind} ({problem or exc}); check the file or set DataSource.format"
         ) from exc
     if table.num_columns == 0:
         raise DataSourceError(f"data source {uri}: no columns found; the file is empty or has no header")
+    repeated = _repeated(table.column_names)
+    if repeated:
+        raise DataSourceError(f"data source {uri}: column names {brief(repeated, 1000)} appear more than once; "
+                              "give every column its own name")
     return table
+
+
+def _repeated(names: list[str]) -> list[str]:
+    seen: set[str] = set()
+    return sorted({name for name in names if name in seen or seen.add(name)})
+
+
+def _duplicates_in_schema(where: Path | io.BytesIO) -> str | None:
+    """Parquet's reader fails on repeated column names with a cryptic message: name them instead."""
+    import pyarrow.parquet as pq
+
+    try:
+        if isinstance(where, io.BytesIO):
+            where.seek(0)
+        names = pq.read_schema(where).names
+    except Exception:
+        return None
+    repeated = _repeated(names)
+    return f"column names {brief(repeated, 1000)} appear more than once" if repeated else None
 
 
 def _ragged_row(where: Path | io.BytesIO) -> str | None:

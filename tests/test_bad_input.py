@@ -180,6 +180,8 @@ CASES = {
         {"suite_path": "CHAMPION_SUITE"}, ["target column 'churned' is missing"]),
     "ragged csv line": (lambda st, s3: file_with(st, "ragged.csv", b"a,b\n1,2\n3,4\n5,6,7\n"), {},
                         ["ragged.csv", "line 4 has 3 fields where the header has 2"]),
+    "repeated csv column": (lambda st, s3: file_with(st, "repeated.csv", b"a,a\n1,2\n"), {},
+                            ["repeated.csv", "column names ['a'] appear more than once"]),
     "unparseable timestamps": (lambda st, s3: timed(st, "badtime", ["2024-02-03", "not a date"]),
                                {"window": period_window(1)}, ["time column 'event_time'", "not timestamps",
                                                               "'not a date'"]),
@@ -287,6 +289,21 @@ def test_nullable_extension_dtypes_with_na_are_scored(store, tmp_path, dtype):
     result = batch_score("churn", DataSource(uri=str(path)), str(out), mlflow_server=store["server"],
                          workspace=str(store["workspace"].root))
     assert result.rows == 60 and pd.read_parquet(out)["prediction"].notna().all()
+    champion_is_v1(store)
+
+
+def test_drift_monitor_reads_a_window_with_nested_and_nullable_columns(store, tmp_path):
+    rows = make_churn_data(1, rows=400)
+    rows["plan"] = rows["plan"].astype("string")
+    rows.loc[[1, 5, 9], "plan"] = pd.NA
+    rows["support_calls"] = rows["support_calls"].astype("Int64")
+    rows.loc[[2, 4], "support_calls"] = pd.NA
+    rows = rows.assign(meta=[{"source": "crm"}] * len(rows), tags=[["a"]] * len(rows))
+    path = tmp_path / "current.parquet"
+    rows.to_parquet(path, index=False)
+    state = drift_monitor("churn", DataSource(uri=str(path)), mlflow_server=store["server"],
+                          workspace=str(store["workspace"].root), return_state=True)
+    assert state.is_completed(), state.message
     champion_is_v1(store)
 
 

@@ -210,3 +210,15 @@ def test_an_empty_uri_is_refused_naming_the_field(uri):
 
     with pytest.raises(ValidationError, match=r"DataSource.uri (is empty|'s3://' names no file)"):
         DataSource(uri=uri)
+
+
+def test_repeated_column_names_are_named(tmp_path, workspace):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (tmp_path / "dup.csv").write_text("a,a,b\n1,2,3\n")
+    with pytest.raises(DataSourceError, match=r"dup.csv: column names \['a'\] appear more than once"):
+        ingest_dataset(DataSource(uri=str(tmp_path / "dup.csv")), workspace=workspace)
+    pq.write_table(pa.Table.from_arrays([pa.array([1]), pa.array([2])], names=["x", "x"]), tmp_path / "dup.parquet")
+    with pytest.raises(DataSourceError, match=r"dup.parquet: .*column names \['x'\] appear more than once"):
+        ingest_dataset(DataSource(uri=str(tmp_path / "dup.parquet")), workspace=workspace)
