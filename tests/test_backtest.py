@@ -242,3 +242,18 @@ def test_tiny_replay_through_the_real_flows(tmp_path):
     names = {a.path for a in server.client(workspace).list_artifacts(run_id)}
     assert {"sea_stable.png", "backtest.json"} <= names
     assert report.publish_artifact(report.markdown_table([result]), key="backtest-test")
+
+
+def test_describe_monitor_reads_a_decision_or_the_drift_report():
+    from types import SimpleNamespace as NS
+
+    from prefect_mlops.backtest.replay import describe_monitor
+
+    cycle = NS(outcome="promoted", gate_reason="better beyond noise", message="")
+    decided = NS(drift=NS(detected=False), retrain=cycle,
+                 decision=NS(retrain=True, trigger="performance", reasons=["roc_auc 4% worse", "no drift"]))
+    assert describe_monitor(decided) == (False, "performance",
+                                         "roc_auc 4% worse; no drift / promoted: better beyond noise")
+    kept = NS(drift=NS(detected=True), retrain=None, decision=NS(retrain=False, trigger=None, reasons=["cool-down"]))
+    assert describe_monitor(kept) == (True, None, "cool-down")
+    assert describe_monitor(NS(drift=NS(detected=False), retrain=None)) == (False, None, "no drift")

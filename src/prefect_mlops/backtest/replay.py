@@ -317,7 +317,8 @@ def replay_policy(
         monitor_extra["retrain_policy"] = retrain_policy
     result = StreamResult(stream=stream.describe(), metric=stream.metric, lower_is_better=lower_is_better(
         stream.metric), oracle_window=oracle_window, delta=delta,
-        policy={"model_policy": _policy_dict(gate), "retrain_policy": _policy_dict(retrain_policy or _default_retrain())},
+        policy={"model_policy": _policy_dict(gate),
+                "retrain_policy": _policy_dict(retrain_policy or _default_retrain())},
         baseline_seconds=baseline_seconds)
 
     start = stream.initial_periods

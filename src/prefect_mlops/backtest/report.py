@@ -87,13 +87,14 @@ def stream_markdown(result: StreamResult) -> str:
     """One stream's periods: the three metrics, and what the policy decided after each."""
     lines = [f"## {result.name}", "", str(result.stream["description"]), "",
              f"First training: {result.first_training}", "",
-             "| period | rows | static | oracle | policy | champion | retrained | promoted | decision |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| period | rows | static | oracle | policy | champion | trigger | retrained | promoted | decision |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for p in result.periods:
         bad = " (bad)" if p.bad_promotion else ""
         decision = p.decision.replace("|", "/")
         lines.append(f"| {p.period} | {p.rows} | {fmt(p.static)} | {fmt(p.oracle)} | {fmt(p.policy)} "
-                     f"| {p.champion or '-'} | {'yes' if p.retrained else ''} | {'yes' + bad if p.promoted else ''} "
+                     f"| {p.champion or '-'} | {p.trigger or ''} | {'yes' if p.retrained else ''} "
+                     f"| {'yes' + bad if p.promoted else ''} "
                      f"| {decision} |")
     if result.crashes:
         lines += ["", "Crashes:", *(f"- {c}" for c in result.crashes)]

@@ -114,6 +114,7 @@ def run_backtest(
         raise ConfigError(f"backtest streams {unknown} are unknown; choose from {', '.join(STREAMS)}")
     output.mkdir(parents=True, exist_ok=True)
     console = Console(stderr=True)
+    _prefect_ready()
     results: list[StreamResult] = []
     meta = {"quick": quick, "oracle_window": oracle_window, "bad_promotion_delta": delta}
     with Progress(TextColumn("[bold]{task.fields[stream]:<18}"), BarColumn(), MofNCompleteColumn(),
@@ -149,6 +150,20 @@ def run_backtest(
     if artifact:
         publish_artifact(table)
     return results
+
+
+def _prefect_ready() -> None:
+    """Start the Prefect API (embedded, or check the configured one) before the first stream's first flow.
+
+    Otherwise a slow start is charged to the first stream, as a crash of its first training.
+    """
+    from prefect import flow
+
+    @flow(name="backtest-ready", log_prints=False)
+    def ready() -> bool:
+        return True
+
+    ready()
 
 
 def _document(results: list[StreamResult], table: str, meta: dict[str, Any]) -> str:
@@ -192,12 +207,18 @@ def main(argv: list[str] | None = None, args: argparse.Namespace | None = None) 
     output = args.output.resolve()
     output.mkdir(parents=True, exist_ok=True)
     # Quiet and self-contained like the demo: Prefect's database beside the results, library chatter off.
-    os.environ.setdefault("PREFECT_HOME", str(output / "work" / "prefect"))
+    if "PREFECT_HOME" not in os.environ:
+        (output / "work" / "prefect").mkdir(parents=True, exist_ok=True)  # Prefect makes only the last level
+        os.environ["PREFECT_HOME"] = str(output / "work" / "prefect")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "ERROR")  # MLflow resets its loggers' levels at import
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    # Prefect's 20 s default for starting the embedded API is too short on a busy 2-core machine: the first
+    # flow of a stream failed with "Timed out while attempting to connect to ephemeral Prefect API server".
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "300")
     import logging
     import warnings
 
