@@ -10,49 +10,14 @@ from __future__ import annotations
 
 import logging
 
-MAX_MESSAGE_BYTES = 8000  # under the 10 kB a line may take, leaving room for Prefect's prefixes
-MAX_VALUE_CHARS = 200
+from prefect_mlops.errors import MAX_MESSAGE_BYTES, MAX_VALUE_CHARS, brief, shorten
+
+__all__ = ["MAX_MESSAGE_BYTES", "MAX_VALUE_CHARS", "ShortLines", "brief", "install_line_limit", "run_logger",
+           "shorten"]
+
 # A filter acts only on records of its own logger: every logger that quotes parameters or errors is listed.
 _LOGGERS = ("prefect_mlops", "prefect.flow_runs", "prefect.task_runs", "prefect.flows", "prefect.engine",
             "prefect.task_engine", "prefect.flow_engine", "prefect.tasks")
-
-
-def shorten(text: object, limit: int = MAX_MESSAGE_BYTES) -> str:
-    """`text` as a string of at most `limit` UTF-8 bytes, cut in the middle with a note of how much.
-
-    Example:
-        ```python
-        from prefect_mlops.log import shorten
-        assert shorten("short") == "short"
-        cut = shorten("x" * 1_000_000, limit=100)
-        assert len(cut.encode()) <= 100 and "cut" in cut
-        ```
-    """
-    text = text if isinstance(text, str) else str(text)
-    data = text.encode("utf-8", "replace")
-    if len(data) <= limit:
-        return text
-    note = f" ...[{len(data):,} bytes, cut]... "
-    room = max(limit - len(note.encode()), 0)
-    head = data[: room * 3 // 4].decode("utf-8", "ignore")
-    tail = data[len(data) - (room - room * 3 // 4):].decode("utf-8", "ignore") if room else ""
-    return f"{head}{note}{tail}"
-
-
-def brief(value: object, limit: int = MAX_VALUE_CHARS) -> str:
-    """`repr(value)` for a message, cut to about `limit` characters.
-
-    Example:
-        ```python
-        from prefect_mlops.log import brief
-        assert brief("plan") == "'plan'"
-        assert len(brief("v" * 10_000)) < 300
-        ```
-    """
-    text = repr(value)
-    if len(text) <= limit:
-        return text
-    return f"{text[: limit - 40]}...[{len(text):,} characters, cut]"
 
 
 class ShortLines(logging.Filter):

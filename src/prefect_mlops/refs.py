@@ -15,8 +15,7 @@ from typing import Annotated, Any, ClassVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
-from prefect_mlops.errors import ConfigError
-from prefect_mlops.log import brief
+from prefect_mlops.errors import ConfigError, brief
 
 _NAME_FORBIDDEN = {"@": "an alias", "/": "a version", ":": "a URI scheme"}
 
