@@ -35,6 +35,8 @@ def batch_score(
     Window.parse(window)  # a malformed window fails here, naming the parameter, before any data is read
     if not output_uri.strip():
         raise ConfigError("output_uri is empty; give a Parquet path or s3://bucket/key for the predictions")
+    if "://" in output_uri and not output_uri.startswith(("file://", "s3://")):
+        raise ConfigError(f"output_uri {output_uri!r}: expected a local path, file:// or s3://bucket/key")
     dataset = ingest(source, name=f"{model_name}-scoring", window=window, workspace=workspace)
     return batch_score_task(dataset, model_name, output_uri, alias=alias, output=source,
                             mlflow_server=mlflow_server, workspace=workspace)

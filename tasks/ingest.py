@@ -55,6 +55,10 @@ def ingest_dataset(
     name = name or _stem(source.uri)
     table = read_source_table(source)
     dropped = nested_columns(table)
+    if source.time_column in dropped:
+        raise DataSourceError(f"data source {source.uri}: time column {source.time_column!r} is nested "
+                              f"({dropped[source.time_column][:120]}), not timestamps; point DataSource.time_column "
+                              "at a timestamp column")
     if dropped:
         table = table.drop_columns(list(dropped))
         run_logger().warning(

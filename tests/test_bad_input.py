@@ -331,6 +331,12 @@ def test_a_model_name_that_breaks_models_uris_is_refused_at_parameter_validation
     champion_is_v1(store)
 
 
+def test_an_output_uri_with_an_unknown_scheme_is_refused_before_scoring(store):
+    state = batch_score("churn", DataSource(uri=str(store["root"] / "not-there.parquet")), "ftp://host/out.parquet",
+                        mlflow_server=store["server"], workspace=str(store["workspace"].root), return_state=True)
+    assert state.is_failed() and "output_uri 'ftp://host/out.parquet'" in state.message
+
+
 @pytest.mark.parametrize("alias", ["champion@2", "latest", "v2", ""])
 def test_a_scoring_alias_that_mlflow_cannot_hold_is_refused(store, alias):
     state = batch_score("churn", DataSource(uri=str(store["good"])), str(store["root"] / "never.parquet"), alias=alias,

@@ -222,3 +222,12 @@ def test_repeated_column_names_are_named(tmp_path, workspace):
     pq.write_table(pa.Table.from_arrays([pa.array([1]), pa.array([2])], names=["x", "x"]), tmp_path / "dup.parquet")
     with pytest.raises(DataSourceError, match=r"dup.parquet: .*column names \['x'\] appear more than once"):
         ingest_dataset(DataSource(uri=str(tmp_path / "dup.parquet")), workspace=workspace)
+
+
+def test_a_nested_time_column_is_named(tmp_path, workspace):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"when": pa.array([{"day": 1}, {"day": 2}]), "x": [1, 2]}), tmp_path / "t.parquet")
+    with pytest.raises(DataSourceError, match=r"time column 'when' is nested \(struct<day: int64>\)"):
+        ingest_dataset(DataSource(uri=str(tmp_path / "t.parquet"), time_column="when"), workspace=workspace)
