@@ -113,6 +113,12 @@ class RetrainPolicy(Block):
         default=0.05, gt=0, lt=1,
         description="Significance level of the drift tests (Holm-corrected over columns) and of the decay test.",
     )
+    change_rows: int | None = Field(
+        default=500, ge=1,
+        description="When the champion measurably degraded and the window that shows it holds at least this many "
+                    "labelled rows, the retraining learns from that window alone: rows from before the change "
+                    "would teach the old concept. Fewer rows, or empty: the training window as set.",
+    )
     max_decay: float = Field(
         default=0.03, ge=0,
         description="Relative drop of the champion's primary metric against its reference, on newly labelled "

@@ -25,9 +25,9 @@ def champion(trained_on: str | None = "2023-10-01/2024-01-01") -> Champion:
     return Champion(model=ModelRef(name="m", version="1", run_id="r", source="s"), lineage=lineage)
 
 
-def performance(decision: str) -> PerformanceReport:
+def performance(decision: str, rows: int = 300) -> PerformanceReport:
     return PerformanceReport(model_name="m", champion_version="1", window=APRIL, decision=decision,
-                             reason=f"roc_auc says {decision}", primary_metric="roc_auc", rows=500)
+                             reason=f"roc_auc says {decision}", primary_metric="roc_auc", rows=rows)
 
 
 def test_a_degraded_champion_triggers_on_the_policys_window_not_the_event_window():
@@ -36,6 +36,16 @@ def test_a_degraded_champion_triggers_on_the_policys_window_not_the_event_window
     assert decision.retrain and decision.trigger == "performance"
     assert decision.training_window == "2024-02-01T00:00:00/2024-05-01T00:00:00"  # three 30-day periods back
     assert decision.champion_degraded == "roc_auc says degraded"
+
+
+def test_a_change_shown_by_enough_rows_is_learned_from_the_degraded_window_alone():
+    decision = decide_retraining(model_name="m", champion=champion(), window=APRIL,
+                                 policy=RetrainPolicy(change_rows=500), performance=performance("degraded", rows=800))
+    assert decision.training_window == "2024-04-01T00:00:00/2024-05-01T00:00:00"
+    assert any("the degraded window alone (800 labelled rows" in r for r in decision.reasons)
+    drift_only = decide_retraining(model_name="m", champion=champion(), window=APRIL,
+                                   policy=RetrainPolicy(change_rows=None), performance=performance("degraded", 800))
+    assert drift_only.training_window == "2024-02-01T00:00:00/2024-05-01T00:00:00"
 
 
 def test_no_signal_no_retraining_and_a_trigger_left_out_of_the_policy_does_not_fire():
