@@ -9,15 +9,17 @@ age), and continuous training asks it which rows to train on. The defaults come 
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Literal
+from typing import Any, Literal
 
 from prefect.blocks.core import Block
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
+
+from prefect_mlops.refs import StrictModel, reject_unknown_keys
 
 Trigger = Literal["drift", "performance", "schedule", "manual"]
 
 
-class TrainingWindow(BaseModel):
+class TrainingWindow(StrictModel):
     """Which rows a retraining learns from, counted back from the end of the window that triggered it.
 
     Example:
@@ -146,7 +148,11 @@ class RetrainPolicy(Block):
                     "before it is registered; lineage records it.",
     )
 
-    model_config = ConfigDict(extra="forbid")
+    @model_validator(mode="before")
+    @classmethod
+    def _known_keys(cls, data: Any) -> Any:
+        # Prefect's own keys (block_type_slug...) travel with a saved Block or a Block passed as a parameter.
+        return reject_unknown_keys(cls, data, also=("block_type_slug",))
 
     def wants(self, trigger: Trigger) -> bool:
         """Whether `trigger` may start a retraining under this policy."""

@@ -14,7 +14,7 @@ from prefect_mlops.blocks import DataSource, MlflowServer, ModelPolicy, RetrainP
 from prefect_mlops.refs import ModelName, Window
 from prefect_mlops.tasks.deploy import deploy
 from prefect_mlops.tasks.evaluate import evaluate
-from prefect_mlops.tasks.features import FeatureSpec, feature_build
+from prefect_mlops.tasks.features import FeatureSpec, check_columns, feature_build
 from prefect_mlops.tasks.gate import quality_gate
 from prefect_mlops.tasks.ingest import ingest
 from prefect_mlops.tasks.lineage import Lineage, TrainerSpec, find_champion, recipe_digest
@@ -103,6 +103,7 @@ def continuous_training(
             model_name=model_name, outcome="skipped", message=message, window=window,
             data_fingerprint=dataset.fingerprint, champion_version=champion.model.version))
 
+    check_columns(dataset, features)  # a missing target is named as such, before any expectation runs
     untrainable = why_untrainable(dataset, features, min_rows=retrain_policy.min_training_rows)
     if untrainable:
         logger.warning(untrainable)

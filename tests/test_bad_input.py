@@ -203,8 +203,7 @@ SKIPPED = {"one-class target"}
 
 
 # Cases whose fix sits in a flow line not yet wired: strict, so the wiring turns them into failures to remove.
-PENDING = {"target missing with the champion's suite": "needs tasks.features.check_columns(dataset, features) "
-                                                        "between ingest and validate in continuous_training"}
+PENDING: dict[str, str] = {}  # cases known to fail, with the reason; none today
 
 
 @pytest.mark.parametrize("case", [pytest.param(case, marks=pytest.mark.xfail(strict=True, reason=PENDING[case]))

@@ -73,7 +73,11 @@ def test_continuous_training_form_types_defaults_enums_and_nested_models():
 
 def test_drift_monitor_and_train_on_pool_forms():
     drift = schema(drift_monitor)["properties"]
-    assert drift["drift_share"]["default"] == 0.5 and drift["drift_share"]["type"] == "number"
+    # Empty by default: the retrain policy's drift_share applies.
+    assert drift["drift_share"]["default"] is None
+    assert {"type": "number"} in drift["drift_share"]["anyOf"]
+    assert resolve(drift["retrain_policy"], schema(drift_monitor)["definitions"])["block_type_slug"] == \
+        "prefect-mlops-retrain-policy"
     assert drift["retrain"]["default"] is False
 
     found = schema(train_on_pool)

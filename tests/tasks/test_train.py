@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from prefect_mlops.errors import ConfigError, TrainingError
+from prefect_mlops.errors import ConfigError
 from prefect_mlops.tasks.lineage import TrainerSpec, read_lineage
 from prefect_mlops.tasks.train import build_estimator
 from tests.tasks.stages import train_and_judge
@@ -31,10 +31,10 @@ def test_bad_estimator_paths_and_params_are_named(spec, message):
         build_estimator(spec)
 
 
-def test_bad_parameter_value_fails_at_fit_naming_the_estimator(churn_source, churn_features, mlflow_server,
-                                                                  workspace, window0):
+def test_bad_parameter_value_is_refused_before_fit_naming_the_estimator(churn_source, churn_features,
+                                                                        mlflow_server, workspace, window0):
     bad = TrainerSpec(estimator="sklearn.linear_model.LogisticRegression", params={"C": -1.0})
-    with pytest.raises(TrainingError, match=r"LogisticRegression.*'C' parameter"):
+    with pytest.raises(ConfigError, match=r"LogisticRegression.*'C' parameter"):
         train_and_judge(churn_source, churn_features, bad, server=mlflow_server, workspace=workspace, window=window0)
 
 
