@@ -86,8 +86,9 @@ def register_version(
             created = client.get_model_version(name, version)
         client.set_registered_model_alias(name, CHALLENGER, version)
     except BaseException as exc:  # SIGTERM arrives as a BaseException: clean up on that too
-        left = _clean_up(client, name, version, trained.run_id, f"registration failed: {exc}")
+        left = _clean_up(client, name, version, trained.run_id, f"registration failed: {exc!r}")
         if not isinstance(exc, Exception):
+            run_logger().warning("registration of %s interrupted (%r): %s", name, exc, left)
             raise
         raise RegistryError(
             f"registering model {name!r} from run {trained.run_id} at {server.uri(workspace)} failed: {exc}. "
