@@ -242,3 +242,39 @@ def test_a_missing_model_artifact_names_the_version_the_alias_and_the_uri(
                                           r"loaded .*the model was not promoted"):
         promote(model, second.evaluation, second.verdict, mlflow_server=mlflow_server, workspace=workspace)
     assert aliases(mlflow_server, workspace)[CHAMPION] == "1"
+
+
+def test_the_rollback_hook_says_what_it_left_when_the_delete_fails(
+        first, churn_source, churn_features, fast_trainer, mlflow_server, workspace, monkeypatch):
+    from prefect_mlops.tasks.register import unregister_version
+
+    second = train_and_judge(churn_source, churn_features, fast_trainer, server=mlflow_server, workspace=workspace,
+                             window="2024-02-01/2024-04-01", policy=ModelPolicy(max_drop=1.0))
+    model = register_version(second.trained, second.verdict, mlflow_server=mlflow_server, workspace=workspace)
+
+    def refuse(self, name, version):
+        raise RuntimeError("server went away")
+    monkeypatch.setattr(MlflowClient, "delete_model_version", refuse)
+    left = unregister_version(model, mlflow_server, workspace, reason="rolled back: deploy failed")
+    assert left == "version 2 could not be deleted (server went away): tagged prefect_mlops.status=failed"
+    monkeypatch.undo()
+    assert unregister_version(model, mlflow_server, workspace) == "version 2 was deleted"
+
+
+def test_a_full_disk_while_loading_the_challenger_names_the_path(first, churn_source, churn_features, fast_trainer,
+                                                                 mlflow_server, workspace, monkeypatch):
+    import errno
+
+    from prefect_mlops.blocks import MlflowServer
+
+    second = train_and_judge(churn_source, churn_features, fast_trainer, server=mlflow_server, workspace=workspace,
+                             window="2024-02-01/2024-04-01", policy=ModelPolicy(max_drop=1.0))
+    model = register_version(second.trained, second.verdict, mlflow_server=mlflow_server, workspace=workspace)
+
+    def full(self, source, workspace=None, *, flavor="sklearn"):  # a full disk cannot be made safely in a test
+        raise OSError(errno.ENOSPC, "No space left on device", "/tmp/spool/model.pkl")
+    monkeypatch.setattr(MlflowServer, "load_model", full)
+    with pytest.raises(DeployError, match=r"version 2 \(@challenger\): no space left on the device holding "
+                                          r"/tmp/spool/model.pkl: free space there and retry"):
+        promote(model, second.evaluation, second.verdict, mlflow_server=mlflow_server, workspace=workspace)
+    assert aliases(mlflow_server, workspace)[CHAMPION] == "1"
