@@ -59,7 +59,12 @@ def change_aliases(client: object, name: str, record: PromotionRecord, status: t
     `status` (status, reason) goes on `record.version` once the aliases moved. On any failure,
     SIGTERM's BaseException included, the aliases go back to `record.before`.
     """
-    write_record(client, name, record)  # the intent first: a killed process leaves a record to settle
+    try:  # the intent first: a killed process leaves a record to settle
+        write_record(client, name, record)
+    except Exception as exc:
+        raise DeployError(f"model {name!r}: writing promotion record {record.id} failed ({exc}); no alias was "
+                          f"moved (if the server stored the record, the next run or `prefect-mlops repair {name}` "
+                          "closes it)") from exc
     try:
         set_aliases(client, name, record.after)
         if status is not None:
