@@ -173,6 +173,7 @@ def test_reports_table_png_and_json(tmp_path):
     result = _result()
     table = report.markdown_table([result])
     assert "| toy | drift | rmse ↓ | 3 |" in table and "missed: 1 crashes" in table
+    assert report.gain_text(-0.0001) == "0.00" and report.gain_text(None) == "-"
     assert "DataValidationError" in report.stream_markdown(result)
     png = report.plot_stream(result, tmp_path / "toy.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

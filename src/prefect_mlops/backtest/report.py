@@ -35,6 +35,11 @@ def fmt(value: float | None, digits: int = 4) -> str:
     return f"{value:.{digits}g}"
 
 
+def gain_text(gain: float | None) -> str:
+    """The gain recovered as a table shows it: two decimals, '-' when there is nothing to recover."""
+    return "-" if gain is None else f"{gain:.2f}".replace("-0.00", "0.00")
+
+
 def meets_target(summary: dict[str, Any], *, delta: float) -> tuple[bool, str]:
     """The issue's benchmark targets for one stream, and the first one missed (or what was met).
 
@@ -77,7 +82,7 @@ def markdown_table(results: list[StreamResult]) -> str:
         lines.append(
             f"| {s['stream']} | {result.stream['expect']} | {s['metric']}{' ↓' if result.lower_is_better else ' ↑'} "
             f"| {s['periods_scored']} | {fmt(s['static'])} | {fmt(s['oracle'])} | {fmt(s['policy'])} "
-            f"| {fmt(s['gain_recovered'], 2)} | {s['retrains']} ({s['oracle_retrains']}) | {s['promotions']} "
+            f"| {gain_text(s['gain_recovered'])} | {s['retrains']} ({s['oracle_retrains']}) | {s['promotions']} "
             f"| {s['bad_promotions']} | {s['crashes']} | {s['wall_seconds']:.0f} | {'met' if ok else 'missed'}: "
             f"{why} |")
     return "\n".join(lines) + "\n"
@@ -92,6 +97,8 @@ def stream_markdown(result: StreamResult) -> str:
     for p in result.periods:
         bad = " (bad)" if p.bad_promotion else ""
         decision = p.decision.replace("|", "/")
+        if len(decision) > 240:  # the JSON keeps the whole text
+            decision = decision[:237] + "..."
         lines.append(f"| {p.period} | {p.rows} | {fmt(p.static)} | {fmt(p.oracle)} | {fmt(p.policy)} "
                      f"| {p.champion or '-'} | {p.trigger or ''} | {'yes' if p.retrained else ''} "
                      f"| {'yes' + bad if p.promoted else ''} "
