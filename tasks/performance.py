@@ -65,8 +65,12 @@ def check_performance(
     mlflow_server: MlflowServer | None = None,
     workspace: Workspace | None = None,
     bootstrap_samples: int = 200,
+    record_live: bool = True,
 ) -> PerformanceReport:
     """Score `champion` on the labelled rows of `current` and judge the decay; the plain function.
+
+    The reference is the better of the champion's hold-out metric and its metric on the first
+    labelled window it served (recorded on the model version by the first check, `record_live`).
 
     Rows whose target is empty are not labelled yet and are left out. Too few labelled rows, no
     target column, or a champion without a logged reference give a decision, never an error.
@@ -93,6 +97,11 @@ def check_performance(
                                  reason=f"{rows} labelled rows, fewer than the retrain policy's min_rows "
                                         f"{retrain_policy.min_rows}: no decision on performance")
     reference, reference_rows = _reference(champion, metric, server, workspace)
+    live = _live_reference(champion, metric, server, workspace)
+    source = "its hold-out"
+    if reference is not None and live is not None and _better(metric, live[0], reference):
+        # The hold-out can understate a model: judged against the best it showed, a decline is seen sooner.
+        reference, reference_rows, source = live[0], live[1], f"its first labelled window ({live[2]})"
     if reference is None:
         return PerformanceReport(**base, decision="no-reference", rows=rows,
                                  reason=f"champion v{champion.model.version} has no logged holdout_{metric} to "
@@ -108,7 +117,9 @@ def check_performance(
     significant = math.isfinite(bound) and sign * (bound - reference) > 0
     degraded = math.isfinite(decay) and decay > retrain_policy.max_decay and significant
     allowed = retrain_policy.max_decay
-    words = (f"{metric} {value:.4f} on {rows} new labelled rows vs reference {reference:.4f} "
+    if live is None and math.isfinite(value) and record_live:
+        _record_live_reference(champion, metric, value, rows, current.window, server, workspace)
+    words = (f"{metric} {value:.4f} on {rows} new labelled rows vs reference {reference:.4f} from {source} "
              f"({'worse' if decay > 0 else 'better'} by {abs(decay):.1%}; allowed decay {allowed:.1%}, "
              f"{1 - retrain_policy.alpha:.0%} bound {bound:.4f})") if math.isfinite(decay) else \
         f"{metric} could not be computed on the {rows} new labelled rows"
@@ -125,6 +136,37 @@ def _reference(champion: Champion, metric: str, server: MlflowServer,
     rows = metrics.get("holdout_rows")
     return (float(value) if value is not None and math.isfinite(value) else None,
             int(rows) if rows is not None else None)
+
+
+LIVE_TAG = "prefect_mlops.live_reference"
+
+
+def _better(metric: str, value: float, than: float) -> bool:
+    return value < than if metric in LOWER_IS_BETTER else value > than
+
+
+def _live_reference(champion: Champion, metric: str, server: MlflowServer,
+                    workspace: Workspace) -> tuple[float, int, str] | None:
+    """The champion's metric on the first labelled window it served, if a check recorded it."""
+    import json
+
+    tags = server.client(workspace).get_model_version(champion.model.name, champion.model.version).tags or {}
+    try:
+        found = json.loads(tags.get(LIVE_TAG, "null"))
+    except json.JSONDecodeError:
+        return None
+    if not isinstance(found, dict) or found.get("metric") != metric or not math.isfinite(found.get("value", math.nan)):
+        return None
+    return float(found["value"]), int(found.get("rows", 0)), str(found.get("window") or "latest")
+
+
+def _record_live_reference(champion: Champion, metric: str, value: float, rows: int, window: str | None,
+                           server: MlflowServer, workspace: Workspace) -> None:
+    import json
+
+    record = {"metric": metric, "value": value, "rows": rows, "window": window}
+    server.client(workspace).set_model_version_tag(champion.model.name, champion.model.version, LIVE_TAG,
+                                                   json.dumps(record))
 
 
 def _bound(outputs: _Outputs, y: np.ndarray, task: str, metric: str, *, alpha: float, samples: int,

@@ -97,3 +97,20 @@ def test_task_publishes_the_report(champion, mlflow_server, workspace, tmp_path)
                                   mlflow_server=mlflow_server, workspace=str(workspace.root))
     assert report.degraded
     assert isinstance(pd.DataFrame([report.model_dump()]), pd.DataFrame)
+
+
+def test_the_first_labelled_window_is_recorded_and_the_better_reference_is_used(champion, churn_source,
+                                                                               mlflow_server, workspace):
+    import json
+
+    first = check_performance(_current(churn_source, workspace, 1), champion, mlflow_server=mlflow_server,
+                              workspace=workspace)
+    tags = mlflow_server.client(workspace).get_model_version("churn", champion.model.version).tags
+    live = json.loads(tags["prefect_mlops.live_reference"])
+    assert live == {"metric": "roc_auc", "value": first.current, "rows": 1500, "window": first.window}
+    second = check_performance(_current(churn_source, workspace, 1), champion, mlflow_server=mlflow_server,
+                               workspace=workspace)
+    if first.current > first.reference:  # the live window beat the hold-out: it is the reference now
+        assert second.reference == first.current and "from its first labelled window" in second.reason
+    else:
+        assert second.reference == first.reference and "from its hold-out" in second.reason
