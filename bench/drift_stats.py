@@ -32,7 +32,7 @@ from pathlib import Path
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import data  # noqa: E402  (bench/data.py, beside this file)
+import data
 
 COLUMNS = [*data.NUMERIC[:7], *data.CATEGORICAL[:3]]
 TARGET_RATIO = 3.0
