@@ -532,6 +532,7 @@ def demo_config(home: Path) -> dict[str, Any]:
                                                         "experiment": "churn"}},
             "prefect-mlops-model-policy": {"churn": {"floors": {"roc_auc": 0.65}, "max_drop": 0.01,
                                                      "slice_floors": {"roc_auc": 0.55}}},
+            "prefect-mlops-retrain-policy": {"churn": {}},  # the defaults, from `make backtest`
             "prefect-mlops-compute-route": {
                 "gpu": {"work_pool": "gpu", "env": {"PREFECT_MLOPS_DEVICE": "cuda", "CUDA_VISIBLE_DEVICES": "0"},
                         "gpu_count": 1, "start_timeout_seconds": 120},
