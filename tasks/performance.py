@@ -2,7 +2,7 @@
 
 The reference is what the champion scored on its own hold-out when it was trained (logged on its
 MLflow run by evaluate). When the new rows' metric is worse by more than the retrain policy's
-`max_decay` and the one-sided bootstrap bound agrees, the champion counts as degraded and
+`max_decay` and a one-sided test that counts the noise of both estimates agrees, the champion counts as degraded and
 `prefect_mlops.performance.degraded` is emitted; a deployment trigger on a Prefect server turns
 that event into one retraining run. The target's own distribution is compared as well (label drift).
 """
@@ -46,6 +46,8 @@ class PerformanceReport(BaseModel):
     current: float | None = Field(default=None, description="The champion's metric on the new labelled rows.")
     bound: float | None = Field(
         default=None, description="One-sided bootstrap bound of `current` on its better side, at the policy's alpha.")
+    p_value: float | None = Field(
+        default=None, description="One-sided p-value of 'worse than the reference', counting both estimates' noise.")
     rows: int = Field(description="Labelled rows scored.")
     label_drift: dict[str, float | str | bool | None] | None = Field(
         default=None, description="The target's distribution against the champion's training data.")
@@ -99,9 +101,11 @@ def check_performance(
     reference, reference_rows = _reference(champion, metric, server, workspace)
     live = _live_reference(champion, metric, server, workspace)
     source = "its hold-out"
+    reference_se = None
     if reference is not None and live is not None and _better(metric, live[0], reference):
         # The hold-out can understate a model: judged against the best it showed, a decline is seen sooner.
-        reference, reference_rows, source = live[0], live[1], f"its first labelled window ({live[2]})"
+        reference, reference_rows, reference_se = live[0], live[1], live[3]
+        source = f"its first labelled window ({live[2]})"
     if reference is None:
         return PerformanceReport(**base, decision="no-reference", rows=rows,
                                  reason=f"champion v{champion.model.version} has no logged holdout_{metric} to "
@@ -110,21 +114,25 @@ def check_performance(
     y = frame[spec.target].to_numpy()
     outputs = _Outputs(model, frame[spec.feature_columns], spec.task)
     value = outputs.metrics(y, spec.task)[metric]
-    bound = _bound(outputs, y, spec.task, metric, alpha=retrain_policy.alpha, samples=bootstrap_samples,
-                   seed=spec.seed)
+    samples = _bootstrap(outputs, y, spec.task, metric, samples=bootstrap_samples, seed=spec.seed)
+    quantile = retrain_policy.alpha if metric in LOWER_IS_BETTER else 1 - retrain_policy.alpha
+    bound = float(np.quantile(samples, quantile)) if len(samples) else math.nan
+    current_se = float(np.std(samples, ddof=1)) if len(samples) > 1 else math.nan
+    if reference_se is None:  # the hold-out's noise, scaled from this window's by the rows each had
+        reference_se = current_se * math.sqrt(rows / reference_rows) if reference_rows else 0.0
     sign = 1 if metric in LOWER_IS_BETTER else -1
     decay = sign * (value - reference) / max(abs(reference), 1e-12) if math.isfinite(value) else math.nan
-    significant = math.isfinite(bound) and sign * (bound - reference) > 0
-    degraded = math.isfinite(decay) and decay > retrain_policy.max_decay and significant
+    p_value = _one_sided_p(sign * (value - reference), math.hypot(current_se, reference_se))
+    degraded = math.isfinite(decay) and decay > retrain_policy.max_decay and p_value < retrain_policy.alpha
     allowed = retrain_policy.max_decay
     if live is None and math.isfinite(value) and record_live:
-        _record_live_reference(champion, metric, value, rows, current.window, server, workspace)
+        _record_live_reference(champion, metric, value, rows, current_se, current.window, server, workspace)
     words = (f"{metric} {value:.4f} on {rows} new labelled rows vs reference {reference:.4f} from {source} "
-             f"({'worse' if decay > 0 else 'better'} by {abs(decay):.1%}; allowed decay {allowed:.1%}, "
-             f"{1 - retrain_policy.alpha:.0%} bound {bound:.4f})") if math.isfinite(decay) else \
+             f"({'worse' if decay > 0 else 'better'} by {abs(decay):.1%}; allowed decay {allowed:.1%}; "
+             f"one-sided p {p_value:.2g} with both estimates' noise)") if math.isfinite(decay) else \
         f"{metric} could not be computed on the {rows} new labelled rows"
     return PerformanceReport(**base, decision="degraded" if degraded else "ok", rows=rows, reference=reference,
-                             reference_rows=reference_rows, current=value, bound=bound,
+                             reference_rows=reference_rows, current=value, bound=bound, p_value=p_value,
                              reason=words + (": degraded" if degraded else ": within tolerance or within noise"))
 
 
@@ -145,8 +153,19 @@ def _better(metric: str, value: float, than: float) -> bool:
     return value < than if metric in LOWER_IS_BETTER else value > than
 
 
+def _one_sided_p(worse_by: float, se: float) -> float:
+    """P(a drop this large or larger | no real drop), normal approximation of the difference of two estimates."""
+    from scipy.stats import norm
+
+    if not math.isfinite(worse_by) or not math.isfinite(se):
+        return math.nan
+    if se <= 0:
+        return 0.0 if worse_by > 0 else 1.0
+    return float(norm.sf(worse_by / se))
+
+
 def _live_reference(champion: Champion, metric: str, server: MlflowServer,
-                    workspace: Workspace) -> tuple[float, int, str] | None:
+                    workspace: Workspace) -> tuple[float, int, str, float] | None:
     """The champion's metric on the first labelled window it served, if a check recorded it."""
     import json
 
@@ -157,32 +176,29 @@ def _live_reference(champion: Champion, metric: str, server: MlflowServer,
         return None
     if not isinstance(found, dict) or found.get("metric") != metric or not math.isfinite(found.get("value", math.nan)):
         return None
-    return float(found["value"]), int(found.get("rows", 0)), str(found.get("window") or "latest")
+    return (float(found["value"]), int(found.get("rows", 0)), str(found.get("window") or "latest"),
+            float(found.get("se") or 0.0))
 
 
-def _record_live_reference(champion: Champion, metric: str, value: float, rows: int, window: str | None,
+def _record_live_reference(champion: Champion, metric: str, value: float, rows: int, se: float, window: str | None,
                            server: MlflowServer, workspace: Workspace) -> None:
     import json
 
-    record = {"metric": metric, "value": value, "rows": rows, "window": window}
+    record = {"metric": metric, "value": value, "rows": rows, "se": se if math.isfinite(se) else None,
+              "window": window}
     server.client(workspace).set_model_version_tag(champion.model.name, champion.model.version, LIVE_TAG,
                                                    json.dumps(record))
 
 
-def _bound(outputs: _Outputs, y: np.ndarray, task: str, metric: str, *, alpha: float, samples: int,
-           seed: int) -> float:
-    """The one-sided bootstrap bound of the metric on its better side (upper for scores, lower for errors)."""
+def _bootstrap(outputs: _Outputs, y: np.ndarray, task: str, metric: str, *, samples: int, seed: int) -> np.ndarray:
+    """The metric on bootstrap resamples of the rows (finite values only)."""
     rng = np.random.default_rng(seed)
     rows = len(y)
     base = rng.choice(rows, size=BOOTSTRAP_MAX_ROWS, replace=False) if rows > BOOTSTRAP_MAX_ROWS \
         else np.arange(rows)
     values = [outputs.metrics(y, task, base[rng.integers(0, len(base), len(base))])[metric]
               for _ in range(samples)]
-    values = [v for v in values if math.isfinite(v)]
-    if not values:
-        return math.nan
-    quantile = alpha if metric in LOWER_IS_BETTER else 1 - alpha
-    return float(np.quantile(values, quantile))
+    return np.asarray([v for v in values if math.isfinite(v)], dtype=float)
 
 
 def _label_drift(champion: Champion, labels: object, task: str,

@@ -145,6 +145,7 @@ def system_config(home: Path, data: Path, receiver: Receiver, mlflow: MlflowServ
             "prefect-mlops-data-source": {"churn": {"uri": str(data), "time_column": "event_time"}},
             "prefect-mlops-mlflow-server": {"default": mlflow.model_dump(exclude={"block_type_slug"})},
             "prefect-mlops-model-policy": {"churn": {"floors": {"roc_auc": 0.6}, "max_drop": 0.01}},
+            "prefect-mlops-retrain-policy": {"churn": {}},
             "prefect-mlops-compute-route": {"gpu": {"work_pool": "gpu", "env": GPU_ENV, "gpu_count": 1,
                                                     "start_timeout_seconds": 60}},
             "custom-webhook": {"ops-alerts": {"name": "ops-alerts", "url": receiver.url,

@@ -50,7 +50,7 @@ def test_same_distribution_is_ok_and_a_changed_concept_is_degraded(champion, chu
     changed = check_performance(_flipped(workspace, tmp_path), champion, mlflow_server=mlflow_server,
                                 workspace=workspace)
     assert changed.degraded, changed.reason
-    assert changed.current < changed.reference and changed.bound < changed.reference
+    assert changed.current < changed.reference and changed.bound < changed.reference and changed.p_value < 0.001
     assert "roc_auc" in changed.reason and "degraded" in changed.reason
 
 
@@ -107,7 +107,9 @@ def test_the_first_labelled_window_is_recorded_and_the_better_reference_is_used(
                               workspace=workspace)
     tags = mlflow_server.client(workspace).get_model_version("churn", champion.model.version).tags
     live = json.loads(tags["prefect_mlops.live_reference"])
-    assert live == {"metric": "roc_auc", "value": first.current, "rows": 1500, "window": first.window}
+    assert live["se"] > 0
+    assert {k: live[k] for k in ("metric", "value", "rows", "window")} == {
+        "metric": "roc_auc", "value": first.current, "rows": 1500, "window": first.window}
     second = check_performance(_current(churn_source, workspace, 1), champion, mlflow_server=mlflow_server,
                                workspace=workspace)
     if first.current > first.reference:  # the live window beat the hold-out: it is the reference now

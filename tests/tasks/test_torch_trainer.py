@@ -260,7 +260,8 @@ def test_torch_challenger_competes_with_a_sklearn_champion(churn_source, churn_f
     # Training progress is in the train task's Prefect log, one line per epoch.
     assert any(r.name == "prefect.task_runs" and r.getMessage().startswith("torch trainer: epoch 1/15 train_loss=")
                for r in caplog.records)
-    assert report.champion_metric == pytest.approx(first.challenger_metric)  # judged against the sklearn model
+    # Judged against the sklearn champion (refit on the whole window, so not its hold-out figure).
+    assert report.champion_metric is not None and "champion v1" in report.gate_reason
     if report.outcome == "promoted":
         assert report.challenger_version == "2" and champion_version(mlflow_server, workspace) == "2"
     else:
