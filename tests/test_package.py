@@ -28,9 +28,13 @@ def modules() -> list[str]:
     """Every module of the package, found on disk: a new module's examples are run without a list to edit."""
     import pkgutil
 
-    import prefect_mlops
-
-    return ["prefect_mlops", *(m.name for m in pkgutil.walk_packages(prefect_mlops.__path__, "prefect_mlops."))]
+    # tasks/, flows/ and blocks/ install through setuptools' package-dir, so each is walked from its own path.
+    roots = ["prefect_mlops", "prefect_mlops.tasks", "prefect_mlops.flows", "prefect_mlops.blocks"]
+    found = set(roots)
+    for root in roots:
+        package = importlib.import_module(root)
+        found |= {m.name for m in pkgutil.walk_packages(package.__path__, f"{root}.")}
+    return sorted(found)
 
 
 # A saved Block is loaded by name on a server; the example's other lines run here.
