@@ -13,7 +13,7 @@ from prefect_mlops.tasks.drift import DriftReport, drift_check
 from prefect_mlops.tasks.ingest import ingest
 from prefect_mlops.tasks.lineage import find_champion, read_importance
 from prefect_mlops.tasks.performance import PerformanceReport, performance_check
-from prefect_mlops.tasks.retrain import RetrainDecision, retrain_decision
+from prefect_mlops.tasks.retrain import RetrainDecision, monitoring_window, retrain_decision
 
 
 class MonitorReport(BaseModel):
@@ -73,6 +73,9 @@ def drift_monitor(
                               "run continuous training first")
     recipe = champion.lineage
     current = ingest(source, name=f"{model_name}-current", window=window, workspace=workspace)
+    wider = monitoring_window(window, champion, current.rows, policy=retrain_policy)
+    if wider:  # too few rows to judge: every row the champion has not seen
+        current = ingest(source, name=f"{model_name}-current", window=wider, workspace=workspace)
     importance = read_importance(champion, mlflow_server=server, workspace=workspace)
     drift = drift_check(current, recipe.dataset, model_name, columns=recipe.features.feature_columns,
                         drift_share=drift_share, champion_version=champion.model.version, workspace=workspace,

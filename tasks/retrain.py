@@ -108,6 +108,36 @@ def decide_retraining(
                            champion_degraded=degraded)
 
 
+def monitoring_window(window: Window | str | None, champion: Champion, rows: int, *,
+                      policy: RetrainPolicy) -> str | None:
+    """A wider window to judge when this one is too small: every row since the champion's data ends.
+
+    A small stream (a few dozen rows a period) would otherwise never reach `min_rows`, and
+    never be judged. Returns None when the window is big enough or cannot be widened.
+
+    Example:
+        ```python
+        from prefect_mlops.blocks import RetrainPolicy
+        from prefect_mlops.refs import DatasetRef, ModelRef
+        from prefect_mlops.tasks.features import FeatureSpec
+        from prefect_mlops.tasks.lineage import Champion, Lineage, TrainerSpec
+        from prefect_mlops.tasks.retrain import monitoring_window
+        data = DatasetRef(name="m", uri="u", fingerprint="f", rows=9, columns={}, window="2024-01-01/2024-02-01")
+        lineage = Lineage(model_name="m", dataset=data, features=FeatureSpec(target="y", numeric=["x"]),
+                          trainer=TrainerSpec(), params_digest="d")
+        champion = Champion(model=ModelRef(name="m", version="1", run_id="r", source="s"), lineage=lineage)
+        wider = monitoring_window("2024-04-01/2024-05-01", champion, 40, policy=RetrainPolicy(min_rows=100))
+        assert wider == "2024-02-01T00:00:00/2024-05-01T00:00:00"
+        ```
+    """
+    window = Window.parse(window)
+    trained_end = _data_end(champion)
+    if rows >= policy.min_rows or window is None or window.start is None or window.end is None \
+            or trained_end is None or trained_end >= window.start:
+        return None
+    return str(Window(start=trained_end, end=window.end))
+
+
 def why_untrainable(dataset: DatasetRef, features: FeatureSpec, *, min_rows: int) -> str | None:
     """Why a window cannot give a fair challenger (too few rows, one class), or None when it can.
 

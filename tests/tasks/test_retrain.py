@@ -12,7 +12,7 @@ from prefect_mlops.refs import DatasetRef, ModelRef
 from prefect_mlops.tasks.features import FeatureSpec
 from prefect_mlops.tasks.lineage import Champion, Lineage, TrainerSpec
 from prefect_mlops.tasks.performance import PerformanceReport
-from prefect_mlops.tasks.retrain import decide_retraining, why_untrainable
+from prefect_mlops.tasks.retrain import decide_retraining, monitoring_window, why_untrainable
 
 SPEC = FeatureSpec(target="y", numeric=["x"])
 APRIL = "2024-04-01/2024-05-01"
@@ -111,3 +111,12 @@ def test_one_class_and_tiny_windows_are_named_not_crashed(workspace):
     assert why_untrainable(fine, SPEC, min_rows=10) is None
     regression = FeatureSpec(target="y", numeric=["x"], task="regression")
     assert why_untrainable(one_class, regression, min_rows=10) is None
+
+
+def test_a_window_too_small_to_judge_widens_to_every_row_the_champion_has_not_seen():
+    policy = RetrainPolicy(min_rows=100)
+    assert monitoring_window(APRIL, champion("2023-10-01/2024-01-01"), 40, policy=policy) == \
+        "2024-01-01T00:00:00/2024-05-01T00:00:00"
+    assert monitoring_window(APRIL, champion(), 100, policy=policy) is None  # big enough
+    assert monitoring_window(APRIL, champion("2024-01-01/2024-04-15"), 40, policy=policy) is None  # overlaps
+    assert monitoring_window(None, champion(), 40, policy=policy) is None  # 'latest' is every row already
