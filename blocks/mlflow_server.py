@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import urllib.error
 import urllib.request
@@ -10,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from prefect.blocks.core import Block
 from pydantic import Field, SecretStr, model_validator
 
-from prefect_mlops.errors import RegistryError
+from prefect_mlops.errors import RegistryError, disk_full_error, shorten
 from prefect_mlops.refs import reject_unknown_keys
 from prefect_mlops.workspace import Workspace
 
@@ -115,18 +116,49 @@ class MlflowServer(Block):
                 raise
             return found.experiment_id
 
-    def load_model(self, source: str, workspace: Workspace | None = None, *, flavor: str = "sklearn") -> object:
+    def load_model(self, source: str, workspace: Workspace | None = None, *, flavor: str = "sklearn",
+                   what: str | None = None) -> object:
         """Load a logged model from its artifact location, without touching MLflow's global URIs.
 
         `flavor="sklearn"` gives the fitted pipeline (with `predict_proba`); `"pyfunc"` the
-        generic model that serving uses.
+        generic model that serving uses. `what` names the model in errors, for example
+        `"churn v3 (@champion)"`: missing artifacts raise `RegistryError` naming it and `source`;
+        a full disk while downloading raises `StorageError` naming the path.
         """
         import mlflow.artifacts
         import mlflow.pyfunc
         import mlflow.sklearn
+        from mlflow.exceptions import MlflowException
 
-        local = source.removeprefix("file://") if source.startswith(("file://", "/")) else None
-        if local is None:
-            local = mlflow.artifacts.download_artifacts(artifact_uri=source, tracking_uri=self.uri(workspace))
-        loader = mlflow.sklearn.load_model if flavor == "sklearn" else mlflow.pyfunc.load_model
-        return loader(local)
+        label = what or "model"
+        try:
+            local = source.removeprefix("file://") if source.startswith(("file://", "/")) else None
+            if local is None:
+                local = mlflow.artifacts.download_artifacts(artifact_uri=source, tracking_uri=self.uri(workspace))
+            if not os.path.exists(local):
+                raise FileNotFoundError(errno.ENOENT, "No such file or directory", local)
+            loader = mlflow.sklearn.load_model if flavor == "sklearn" else mlflow.pyfunc.load_model
+            return loader(local)
+        except (OSError, MlflowException) as exc:
+            full = disk_full_error(exc, getattr(exc, "filename", None) or source, stage=f"loading {label}",
+                                   advice="free space there (or set TMPDIR to a folder with room), then retry",
+                                   left="the model was not loaded")
+            if full is not None:
+                raise full from exc
+            if _not_found(exc):
+                raise RegistryError(
+                    f"{label}: model artifacts not found at {source} ({shorten(str(exc), 500)}); the files were "
+                    "deleted or the artifact store moved. Restore them, roll back to a version whose files exist, "
+                    "or train and register a new version") from exc
+            raise RegistryError(f"{label}: the model at {source} could not be loaded ({shorten(str(exc), 1000)}); "
+                                "check that its artifacts exist and are readable") from exc
+
+
+def _not_found(exc: BaseException) -> bool:
+    """Whether a load failed because the model's files are not there (not because they are bad)."""
+    if isinstance(exc, FileNotFoundError | NotADirectoryError):
+        return True
+    code = getattr(exc, "error_code", "")
+    text = str(exc).lower()
+    return code == "RESOURCE_DOES_NOT_EXIST" or any(
+        part in text for part in ("no such file", "not found", "does not exist", "could not find", "nosuchkey"))

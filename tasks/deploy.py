@@ -15,7 +15,7 @@ from prefect.artifacts import create_markdown_artifact
 from pydantic import BaseModel, ConfigDict
 
 from prefect_mlops.blocks.mlflow_server import MlflowServer
-from prefect_mlops.errors import ChampionMovedError, DeployError, RegistryError
+from prefect_mlops.errors import ChampionMovedError, DeployError, RegistryError, disk_full_hint
 from prefect_mlops.log import run_logger
 from prefect_mlops.refs import ModelRef, artifact_key
 from prefect_mlops.tasks.evaluate import Evaluation
@@ -27,7 +27,6 @@ from prefect_mlops.tasks.reconcile import (
     PREVIOUS,
     PROMOTED,
     PromotionRecord,
-    disk_full_hint,
     mark_version,
     model_lock,
     read_aliases,

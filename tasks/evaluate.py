@@ -22,7 +22,7 @@ from prefect_mlops.refs import artifact_key
 from prefect_mlops.tasks.features import FeatureSet, load_holdout
 from prefect_mlops.tasks.lineage import Champion
 from prefect_mlops.tasks.train import TrainedModel
-from prefect_mlops.workspace import Workspace
+from prefect_mlops.workspace import Workspace, write_atomic
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -223,7 +223,9 @@ def evaluate_models(
     challenger = score(challenger_out, holdout, features, role="challenger", run_id=trained.run_id)
     champion_scores = difference = interval = None
     if champion is not None:
-        champion_model = server.load_model(champion.model.source, workspace)
+        champion_model = server.load_model(champion.model.source, workspace,
+                                           what=f"champion {champion.model.name!r} v{champion.model.version} "
+                                                "(@champion)")
         champion_out = _Outputs(champion_model, x, spec.task)
         champion_scores = score(champion_out, holdout, features, role="champion", run_id=champion.model.run_id,
                                 version=champion.model.version)
@@ -235,8 +237,8 @@ def evaluate_models(
     importance = feature_importance(challenger_model, x, y, metric=metric, seed=spec.seed)
     sample = x.head(20).copy()
     sample["__prediction__"] = challenger_out.labels[:20]
-    path = workspace.folder("samples") / f"{trained.run_id}.parquet"
-    sample.to_parquet(path, index=False)
+    path = write_atomic(workspace.folder("samples") / f"{trained.run_id}.parquet",
+                        lambda tmp: sample.to_parquet(tmp, index=False), stage="evaluation smoke sample")
     return Evaluation(model_name=trained.lineage.model_name, task=spec.task, primary_metric=metric,
                       holdout_rows=len(holdout), challenger=challenger, champion=champion_scores,
                       difference=difference, interval=interval, smoke_sample_uri=str(path),

@@ -110,7 +110,8 @@ def check_performance(
         return PerformanceReport(**base, decision="no-reference", rows=rows,
                                  reason=f"champion v{champion.model.version} has no logged holdout_{metric} to "
                                         "compare with (trained before it was recorded); retrain to record one")
-    model = server.load_model(champion.model.source, workspace)
+    model = server.load_model(champion.model.source, workspace,
+                              what=f"champion {champion.model.name!r} v{champion.model.version} (@champion)")
     y = frame[spec.target].to_numpy()
     outputs = _Outputs(model, frame[spec.feature_columns], spec.task)
     value = outputs.metrics(y, spec.task)[metric]

@@ -16,8 +16,6 @@ Runs of one model are serialised by `model_lock`: a Prefect global concurrency l
 
 from __future__ import annotations
 
-import errno
-import os
 import time
 import uuid
 from collections.abc import Iterator
@@ -424,10 +422,3 @@ def model_lock(model_name: str, *, timeout: float = LOCK_TIMEOUT) -> Iterator[No
                 f"`prefect gcl update {name} --active-slots 0`"
             ) from exc
         yield
-
-
-def disk_full_hint(exc: BaseException, path: str | os.PathLike[str]) -> str | None:
-    """A sentence naming `path` when `exc` is a full disk (ENOSPC), else None."""
-    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
-        return f"no space left on the device holding {os.fspath(path)}: free space there and retry"
-    return None

@@ -17,7 +17,7 @@ from prefect_mlops.log import brief, run_logger
 from prefect_mlops.refs import DatasetRef
 from prefect_mlops.tasks.features import plain_dtypes
 from prefect_mlops.tasks.lineage import find_model
-from prefect_mlops.workspace import Workspace, read_frame
+from prefect_mlops.workspace import Workspace, read_frame, write_atomic
 
 
 class ScoringResult(BaseModel):
@@ -67,7 +67,8 @@ def score_dataset(
     found = find_model(model_name, alias, mlflow_server=server, workspace=workspace)
     if found is None:
         raise ConfigError(f"model {model_name!r} has no @{alias} to score with; run continuous training first")
-    pipeline = server.load_model(found.model.source, workspace)
+    pipeline = server.load_model(found.model.source, workspace,
+                                 what=f"model {model_name!r} v{found.model.version} (@{alias})")
     frame = read_frame(dataset)
     columns = list(getattr(pipeline, "feature_names_in_", []))
     nested = {c: dataset.dropped_columns[c] for c in columns if c in dataset.dropped_columns}
@@ -107,9 +108,9 @@ def _write(frame: Any, uri: str, output: DataSource | None) -> None:
         raise ConfigError(f"output {uri}: expected a local path, file:// or s3://")
     path = Path(uri.removeprefix("file://"))
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    frame.to_parquet(tmp, index=False)
-    tmp.replace(path)
+    # atomic: a half-written output never looks like predictions; a full disk names the path
+    write_atomic(path, lambda tmp: frame.to_parquet(tmp, index=False), stage="batch scoring output",
+                 advice="free space there or give another output_uri, then retry")
 
 
 @task(name="batch-score", task_run_name="score-{model_name}")

@@ -21,11 +21,11 @@ from prefect.runtime import flow_run
 from pydantic import BaseModel, ConfigDict, Field
 
 from prefect_mlops.blocks.mlflow_server import MlflowServer
-from prefect_mlops.errors import ConfigError, TrainingError
+from prefect_mlops.errors import ConfigError, TrainingError, disk_full_error
 from prefect_mlops.log import run_logger
 from prefect_mlops.tasks.features import FeatureSet, load_split, make_transform
 from prefect_mlops.tasks.lineage import TAG, Lineage, TrainerSpec, recipe_digest
-from prefect_mlops.workspace import Workspace
+from prefect_mlops.workspace import Workspace, write_atomic
 
 if TYPE_CHECKING:
     from sklearn.pipeline import Pipeline
@@ -181,11 +181,29 @@ def _log_pipeline(client: Any, run_id: str, pipeline: Pipeline, example: Any, tr
     signature = infer_signature(example, pipeline.predict(example))
     with tempfile.TemporaryDirectory() as folder:
         local = f"{folder}/model"
-        mlflow.sklearn.save_model(
-            pipeline, local, serialization_format="cloudpickle", signature=signature,
-            input_example=example, pip_requirements=_requirements(trainer),
-        )
-        client.log_artifacts(run_id, local, artifact_path=artifact_path)
+        try:
+            mlflow.sklearn.save_model(
+                pipeline, local, serialization_format="cloudpickle", signature=signature,
+                input_example=example, pip_requirements=_requirements(trainer),
+            )
+        except OSError as exc:
+            error = disk_full_error(exc, local, stage=f"saving the model of run {run_id}",
+                                    advice="free space there or set TMPDIR to a folder with room, then retry",
+                                    left=f"no {artifact_path!r} artifact was logged")
+            if error is None:
+                raise
+            raise error from exc
+        dest = f"{client.get_run(run_id).info.artifact_uri}/{artifact_path}"
+        try:
+            client.log_artifacts(run_id, local, artifact_path=artifact_path)
+        except OSError as exc:
+            error = disk_full_error(exc, dest, stage=f"logging the model of run {run_id}",
+                                    left=f"the partial {artifact_path!r} artifact was removed")
+            if error is None:
+                raise
+            if dest.startswith(("file:", "/")):  # a half-copied model must not look loadable
+                shutil.rmtree(dest.removeprefix("file://"), ignore_errors=True)
+            raise error from exc
 
 
 REFIT_PATH = "refit-model"
@@ -219,8 +237,8 @@ def refit_challenger(
     _log_pipeline(client, trained.run_id, pipeline, example, lineage.trainer, artifact_path=REFIT_PATH)
     sample = pd.read_parquet(smoke_sample_uri)
     sample["__prediction__"] = pipeline.predict(sample.drop(columns="__prediction__"))
-    path = workspace.folder("samples") / f"{trained.run_id}-refit.parquet"
-    sample.to_parquet(path, index=False)
+    path = write_atomic(workspace.folder("samples") / f"{trained.run_id}-refit.parquet",
+                        lambda tmp: sample.to_parquet(tmp, index=False), stage="refit smoke sample")
     source = trained.model_source.rsplit("/", 1)[0] + f"/{REFIT_PATH}"
     return TrainedModel(run_id=trained.run_id, model_source=source, lineage=lineage), str(path)
 

@@ -37,7 +37,7 @@ from prefect_mlops.errors import ConfigError, DataValidationError
 from prefect_mlops.log import run_logger
 from prefect_mlops.refs import DatasetRef, artifact_key
 from prefect_mlops.tasks import _gx_arrow
-from prefect_mlops.workspace import Workspace, read_frame, read_table
+from prefect_mlops.workspace import Workspace, read_frame, read_table, write_atomic
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -497,9 +497,8 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 
 
 def _write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)  # atomic: a reader never sees half a suite
+    # atomic: a reader never sees half a suite, and a full disk names the suite's path
+    write_atomic(path, lambda tmp: tmp.write_bytes(data), stage=f"expectation suite {path.name}")
 
 
 def _safe(text: str) -> str:

@@ -6,6 +6,9 @@ and what to do next. A failed quality gate is a verdict, not an error. A message
 for messages (here, the lowest layer, so that every module may use them).
 """
 
+import errno
+import os
+
 MAX_MESSAGE_BYTES = 8000  # under the 10 kB a line may take, leaving room for Prefect's prefixes
 MAX_VALUE_CHARS = 200
 
@@ -99,3 +102,69 @@ class ModelBusyError(MlopsError):
 
 class DriftCheckError(MlopsError):
     """The drift check could not compare the current window with the reference."""
+
+
+class StorageError(MlopsError):
+    """A file could not be written: the disk (or the user's quota) is full. Nothing half-written was kept."""
+
+
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+WORKSPACE_ADVICE = "free space there or point PREFECT_MLOPS_WORKSPACE elsewhere, then retry"
+_DISK_FULL_TEXTS = ("no space left on device", "disk quota exceeded")
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether `exc` is a full disk or an exceeded quota (ENOSPC, EDQUOT), also when only its text says so.
+
+    Example:
+        ```python
+        import errno
+        from prefect_mlops.errors import is_disk_full
+        assert is_disk_full(OSError(errno.ENOSPC, "No space left on device"))
+        assert not is_disk_full(OSError(errno.EACCES, "Permission denied"))
+        ```
+    """
+    if not isinstance(exc, OSError):
+        return False
+    if exc.errno is not None:
+        return exc.errno in DISK_FULL_ERRNOS
+    # Arrow's writers raise OSError without an errno at times, the cause only in the text.
+    return any(text in str(exc).lower() for text in _DISK_FULL_TEXTS)
+
+
+def disk_full_hint(exc: BaseException, path: str | os.PathLike[str] | None,
+                   advice: str = "free space there and retry") -> str | None:
+    """A sentence naming `path` when `exc` is a full disk (ENOSPC) or quota (EDQUOT), else None.
+
+    Example:
+        ```python
+        import errno
+        from prefect_mlops.errors import disk_full_hint
+        hint = disk_full_hint(OSError(errno.ENOSPC, "No space left on device"), "/data/x.parquet")
+        assert hint == "no space left on the device holding /data/x.parquet: free space there and retry"
+        assert disk_full_hint(ValueError("x"), "/data/x.parquet") is None
+        ```
+    """
+    if not is_disk_full(exc):
+        return None
+    what = "disk quota exceeded on" if getattr(exc, "errno", None) == errno.EDQUOT else "no space left on"
+    where = os.fspath(path) if path is not None else getattr(exc, "filename", None) or "(unknown path)"
+    return f"{what} the device holding {where}: {advice}"
+
+
+def disk_full_error(exc: BaseException, path: str | os.PathLike[str], *, stage: str,
+                    advice: str = WORKSPACE_ADVICE, left: str | None = None) -> StorageError | None:
+    """A `StorageError` naming `stage` and `path` when `exc` is a full disk, else None (raise it `from exc`).
+
+    Example:
+        ```python
+        import errno
+        from prefect_mlops.errors import disk_full_error
+        error = disk_full_error(OSError(errno.EDQUOT, "Disk quota exceeded"), "/ws/a.json", stage="suite")
+        assert "suite: disk quota exceeded on the device holding /ws/a.json" in str(error)
+        ```
+    """
+    hint = disk_full_hint(exc, path, advice)
+    if hint is None:
+        return None
+    return StorageError(f"{stage}: {hint}; {left or f'nothing was written to {os.fspath(path)}'}")

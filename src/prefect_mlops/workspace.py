@@ -7,12 +7,15 @@ workspace is kept.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import secrets
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from prefect_mlops.errors import DataSourceError
+from prefect_mlops.errors import WORKSPACE_ADVICE, DataSourceError, disk_full_error
 from prefect_mlops.refs import DatasetRef
 
 if TYPE_CHECKING:
@@ -65,9 +68,7 @@ class Workspace:
         digest = fingerprint(frame)
         path = self.folder("datasets", _safe(name)) / f"{digest[:32]}.parquet"
         if not path.exists():
-            tmp = path.with_suffix(f".{os.getpid()}.tmp")
-            frame.to_parquet(tmp, index=False)
-            os.replace(tmp, path)  # atomic: a reader never sees half a file
+            write_atomic(path, lambda tmp: frame.to_parquet(tmp, index=False), stage=f"snapshot of {name!r}")
         return DatasetRef(
             name=name,
             uri=str(path),
@@ -77,6 +78,39 @@ class Workspace:
             source_uri=source_uri,
             window=window,
         )
+
+
+def write_atomic(path: str | os.PathLike[str], write: Callable[[Path], object], *, stage: str,
+                 advice: str = WORKSPACE_ADVICE) -> Path:
+    """Write `path` through `write(temp)` and an atomic rename; on any failure the temp file goes.
+
+    A reader never sees half a file, and a failed write leaves no file behind. A full disk
+    (ENOSPC, EDQUOT) raises `StorageError` naming `stage`, `path` and `advice`.
+
+    Example:
+        ```python
+        import tempfile
+        from pathlib import Path
+        from prefect_mlops.workspace import write_atomic
+        path = Path(tempfile.mkdtemp()) / "note.txt"
+        write_atomic(path, lambda tmp: tmp.write_text("hello"), stage="note")
+        assert path.read_text() == "hello" and [p.name for p in path.parent.iterdir()] == ["note.txt"]
+        ```
+    """
+    path = Path(path)
+    # pid and a random tag: two writers of one path (processes or threads) never share a temp file.
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):  # the first failure is the one to report
+            tmp.unlink(missing_ok=True)
+        error = disk_full_error(exc, path, stage=stage, advice=advice)
+        if error is not None:
+            raise error from exc
+        raise
+    return path
 
 
 def fingerprint(frame: pd.DataFrame) -> str:
