@@ -122,9 +122,9 @@ class RetrainPolicy(Block):
                     "would teach the old concept. Fewer rows, or empty: the training window as set.",
     )
     max_decay: float = Field(
-        default=0.03, ge=0,
+        default=0.02, ge=0,
         description="Relative drop of the champion's primary metric against its reference, on newly labelled "
-                    "rows, that counts as degraded (0.03: 3% worse), when the 95% interval agrees.",
+                    "rows, that counts as degraded (0.02: 2% worse), when a one-sided test at alpha agrees.",
     )
     cooldown_periods: int = Field(
         default=2, ge=0,

@@ -7,7 +7,7 @@ event per decision, so a Prefect server starts one retraining per window, whatev
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import TYPE_CHECKING, Literal
 
 from prefect import task
@@ -176,10 +176,13 @@ def _cooled_down(policy: RetrainPolicy, start: datetime | None, end: datetime | 
     """Why the cool-down holds a retraining back, or None."""
     if end is None or last is None:
         return None
-    wait = max(policy.cooldown, (end - start) * policy.cooldown_periods if start else timedelta(0))
-    if wait > timedelta(0) and end - last <= wait:
-        return (f"cool-down: the last retraining learned from data up to {last:%Y-%m-%d}, within {wait} of this "
-                f"window's end {end:%Y-%m-%d}; no retraining yet")
+    period = end - start if start is not None else None
+    # Counted in whole windows (months differ in length), and by the duration when one is set.
+    windows = (end - last) / period if period else float("inf")
+    if windows < policy.cooldown_periods + 0.5 or end - last <= policy.cooldown:
+        return (f"cool-down: the last retraining learned from data up to {last:%Y-%m-%d}, "
+                f"{windows:.0f} window(s) before this one ends ({end:%Y-%m-%d}); cooldown_periods "
+                f"{policy.cooldown_periods}, cooldown {policy.cooldown}: no retraining yet")
     return None
 
 

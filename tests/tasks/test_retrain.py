@@ -64,6 +64,12 @@ def test_cool_down_holds_a_second_retraining_back_for_whole_periods():
     later = decide_retraining(model_name="m", champion=champion(), window="2024-06-01/2024-07-01", policy=policy,
                               performance=performance("degraded"), retrained_through=datetime(2024, 4, 1))
     assert later.retrain
+    # Whole windows, whatever the months' lengths: July+August (62 days) is still two windows.
+    held = decide_retraining(model_name="m", champion=champion(), window="2024-08-01/2024-09-01", policy=policy,
+                             performance=performance("degraded"), retrained_through=datetime(2024, 7, 1))
+    assert not held.retrain
+    assert decide_retraining(model_name="m", champion=champion(), window="2024-09-01/2024-10-01", policy=policy,
+                             performance=performance("degraded"), retrained_through=datetime(2024, 7, 1)).retrain
     assert decide_retraining(model_name="m", champion=champion(), window=APRIL,
                              policy=RetrainPolicy(cooldown_periods=0), performance=performance("degraded"),
                              retrained_through=datetime(2024, 3, 31)).retrain
