@@ -94,10 +94,12 @@ def decide_retraining(
             reasons.append(held)
             fired = [f for f in fired if f == "schedule"]
     span_start, span_end = policy.training_window.span(start, end)
-    if fired and fired[0] == "performance" and start is not None and policy.change_rows is not None \
-            and performance.rows >= policy.change_rows:
-        # The concept changed inside the window that shows the decay: learn from after the change only.
-        span_start = max(span_start, start) if span_start else start
+    judged = Window.parse(performance.window) if performance is not None and performance.window else None
+    if fired and fired[0] == "performance" and judged is not None and judged.start is not None \
+            and policy.change_rows is not None and performance.rows >= policy.change_rows:
+        # The concept changed inside the window that shows the decay (the one judged, widened or not):
+        # learn from after the change only.
+        span_start = max(span_start, judged.start) if span_start else judged.start
         reasons.append(f"training window: the degraded window alone ({performance.rows} labelled rows >= "
                        f"change_rows {policy.change_rows}), so nothing from before the change is learned")
     training = str(Window(start=span_start, end=span_end)) if span_start or span_end else None

@@ -23,9 +23,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from prefect_mlops.blocks.mlflow_server import MlflowServer
 from prefect_mlops.errors import ConfigError, TrainingError, disk_full_error
 from prefect_mlops.log import run_logger
-from prefect_mlops.tasks.features import FeatureSet, load_split, make_transform
+from prefect_mlops.tasks.features import FeatureSet, load_split, make_transform, plain_dtypes
 from prefect_mlops.tasks.lineage import TAG, Lineage, TrainerSpec, recipe_digest
-from prefect_mlops.workspace import Workspace, write_atomic
+from prefect_mlops.workspace import Workspace, read_frame, write_atomic
 
 if TYPE_CHECKING:
     from sklearn.pipeline import Pipeline
@@ -104,12 +104,8 @@ def fit_pipeline(features: FeatureSet, trainer: TrainerSpec, *,
     from sklearn.pipeline import Pipeline
 
     spec = features.spec
-    train, holdout = load_split(features)
-    if rows == "all":
-        import pandas as pd
-
-        train = pd.concat([train, holdout], ignore_index=True)
-    del holdout
+    # All rows: the snapshot as it is (time order kept), not the split put back together.
+    train = plain_dtypes(read_frame(features.dataset)) if rows == "all" else load_split(features)[0]
     x, y = train[spec.feature_columns], train[spec.target]
     pipeline = Pipeline([("features", make_transform(spec)), ("model", build_estimator(trainer))])
     try:

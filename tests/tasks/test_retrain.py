@@ -25,8 +25,8 @@ def champion(trained_on: str | None = "2023-10-01/2024-01-01") -> Champion:
     return Champion(model=ModelRef(name="m", version="1", run_id="r", source="s"), lineage=lineage)
 
 
-def performance(decision: str, rows: int = 300) -> PerformanceReport:
-    return PerformanceReport(model_name="m", champion_version="1", window=APRIL, decision=decision,
+def performance(decision: str, rows: int = 300, window: str = APRIL) -> PerformanceReport:
+    return PerformanceReport(model_name="m", champion_version="1", window=window, decision=decision,
                              reason=f"roc_auc says {decision}", primary_metric="roc_auc", rows=rows)
 
 
@@ -43,6 +43,11 @@ def test_a_change_shown_by_enough_rows_is_learned_from_the_degraded_window_alone
                                  policy=RetrainPolicy(change_rows=500), performance=performance("degraded", rows=800))
     assert decision.training_window == "2024-04-01T00:00:00/2024-05-01T00:00:00"
     assert any("the degraded window alone (800 labelled rows" in r for r in decision.reasons)
+    # A widened window (a small stream) is the one that showed the change: learn from all of it.
+    widened = decide_retraining(model_name="m", champion=champion(), window=APRIL,
+                                policy=RetrainPolicy(change_rows=500),
+                                performance=performance("degraded", rows=600, window="2024-02-01/2024-05-01"))
+    assert widened.training_window == "2024-02-01T00:00:00/2024-05-01T00:00:00"
     drift_only = decide_retraining(model_name="m", champion=champion(), window=APRIL,
                                    policy=RetrainPolicy(change_rows=None), performance=performance("degraded", 800))
     assert drift_only.training_window == "2024-02-01T00:00:00/2024-05-01T00:00:00"
