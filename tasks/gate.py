@@ -156,10 +156,12 @@ def _against_champion(evaluation: Evaluation, policy: ModelPolicy) -> list[Rule]
             rules.append(Rule(rule="min-gain", passed=gained >= policy.min_gain,
                               reason=f"{metric} gain over champion {_fmt(gained)}, required {policy.min_gain:.4f}"))
         return rules
-    if evaluation.champion_degraded and worse_by <= policy.max_drop:
+    # "Not worse" must be shown too: on a hold-out too noisy to bound the loss, the degraded champion stays.
+    not_worse = -low <= policy.max_drop if math.isfinite(low) else worse_by <= policy.max_drop
+    if evaluation.champion_degraded and not_worse:
         return [Rule(rule="champion-degraded", passed=True,
-                     reason=head + f"{moved}, within the allowed drop {policy.max_drop:.4f}, and the champion "
-                            f"measurably degraded: {evaluation.champion_degraded}")]
+                     reason=head + f"{moved}{interval}, no worse than the allowed drop {policy.max_drop:.4f}, and "
+                            f"the champion measurably degraded: {evaluation.champion_degraded}")]
     if low > 0:
         return [Rule(rule="beyond-noise", passed=True, reason=head + f"{moved}{interval}: better beyond noise")]
     if policy.min_gain is not None and gained >= policy.min_gain:

@@ -132,13 +132,16 @@ def test_min_gain_promotes_inside_the_noise_under_beyond_noise():
 
 
 def test_a_degraded_champion_is_replaced_by_a_challenger_that_is_not_worse():
-    eva = evaluation({**GOOD, "roc_auc": 0.845}, GOOD, interval=(-0.03, 0.02),
+    eva = evaluation({**GOOD, "roc_auc": 0.845}, GOOD, interval=(-0.008, 0.002),
                      degraded="roc_auc 0.70 on 500 new labelled rows vs reference 0.85")
     verdict = judge(eva, ModelPolicy(max_drop=0.01))
     assert verdict.passed and verdict.rules[-1].rule == "champion-degraded"
     assert "measurably degraded: roc_auc 0.70" in verdict.main_reason
     clearly_worse = evaluation({**GOOD, "roc_auc": 0.80}, GOOD, interval=(-0.08, -0.02), degraded="stale")
     assert not judge(clearly_worse, ModelPolicy(max_drop=0.01)).passed
+    # A tie on a hold-out too noisy to bound the loss does not replace even a degraded champion.
+    too_noisy = evaluation(GOOD, GOOD, interval=(-0.2, 0.2), degraded="stale")
+    assert not judge(too_noisy, ModelPolicy(max_drop=0.01)).passed
 
 
 def test_a_hold_out_too_small_to_tell_gives_not_enough_evidence():
