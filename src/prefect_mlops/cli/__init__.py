@@ -1,0 +1,132 @@
+"""`prefect-mlops`: deploy the flows to a Prefect server, run a local one, or show the whole loop on it.
+
+Thin over Prefect: work pools, queues, blocks and automations are created through Prefect's
+client, deployments through `prefect deploy`, servers and workers through `prefect server start`
+and `prefect worker start`. Every command prints what it created.
+
+    prefect-mlops deploy [--config FILE] [--prefect-file FILE]   pools, queues, blocks, deployments, alerts
+    prefect-mlops up [--config FILE] [--database-url URL]        a local server and one worker per pool
+    prefect-mlops demo-server [--keep] [--database-url URL]      the continuous-training story on a server
+    prefect-mlops backtest [--stream NAME ...] [--policy FILE]   what a retrain policy would have done on past data
+    prefect-mlops repair MODEL [--tracking-uri URI]              settle an interrupted promotion of MODEL
+"""
+
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from prefect_mlops.cli.demo_server import cmd_demo_server
+from prefect_mlops.cli.deploy import (  # noqa: F401  (the public surface of the CLI, used by the system tests)
+    DEFAULT_POOLS,
+    MLOPS_FLOWS,
+    NOTIFY_NAME,
+    apply_deployments,
+    cmd_deploy,
+    deploy,
+    find_deployments_dir,
+    read_config,
+    resolve,
+    save_blocks,
+)
+from prefect_mlops.cli.processes import (  # noqa: F401
+    Server,
+    Stack,
+    Worker,
+    api,
+    free_port,
+    start_stack,
+    stopped_on_exit,
+    wait_for_workers,
+    wait_forever,
+)
+
+
+def cmd_repair(args: argparse.Namespace) -> int:
+    """Settle an interrupted promotion and tag versions left by killed runs, under the model's lock."""
+    from prefect_mlops.blocks import MlflowServer
+    from prefect_mlops.tasks.reconcile import reconcile_registry
+    from prefect_mlops.workspace import Workspace
+
+    if args.mlflow_block:
+        server = MlflowServer.load(args.mlflow_block)
+    else:
+        server = MlflowServer(tracking_uri=args.tracking_uri)
+    report = reconcile_registry(args.model, mlflow_server=server, workspace=Workspace(args.workspace),
+                                lock=not args.no_lock)
+    print(report.summary())
+    for action in report.actions:
+        print(f"  - {action}")
+    return 0
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    home = Path(args.home).resolve()
+    stack = start_stack(home, args.database_url, args.port)
+    with stopped_on_exit(stack):
+        config = read_config(args.config)
+        pools = list(config.get("work_pools") or DEFAULT_POOLS)
+        with api(stack.server.api_url):
+            deploy(config, args.prefect_file, env=stack.server.client_env())
+        stack.start_workers(pools, PREFECT_MLOPS_WORKSPACE=str(home / "workspace"))
+        print(f"\nworkers online for pools {', '.join(pools)}")
+        print(f"Prefect UI: {stack.server.ui_url}")
+        print(f"export PREFECT_API_URL={stack.server.api_url}   # to use it from another shell")
+        print("Ctrl-C stops the server and the workers.", flush=True)
+        wait_forever()
+    return 0
+
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `prefect-mlops` command."""
+    parser = argparse.ArgumentParser(prog="prefect-mlops", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--config", type=Path, help="YAML or JSON: work_pools, blocks, notifications")
+        p.add_argument("--prefect-file", type=Path, help="prefect.yaml to apply (default: deployments/prefect.yaml)")
+
+    p = sub.add_parser("deploy", help="create pools, queues and blocks, apply the deployments (PREFECT_API_URL)")
+    common(p)
+    p.set_defaults(func=cmd_deploy)
+
+    p = sub.add_parser("repair", help="settle an interrupted promotion of MODEL and tag versions left by killed runs")
+    p.add_argument("model", help="registered model name")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else the workspace's)")
+    p.add_argument("--mlflow-block", help="name of a saved MLflow Server block to use instead")
+    p.add_argument("--workspace", help="workspace folder of the embedded MLflow store")
+    p.add_argument("--no-lock", action="store_true", help="skip the model's Prefect lock (no Prefect API at hand)")
+    p.set_defaults(func=cmd_repair)
+
+    for name, func, text in (("up", cmd_up, "run a local Prefect server and one worker per work pool"),
+                             ("demo-server", cmd_demo_server, "the continuous-training story on a Prefect server")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--database-url", help="e.g. postgresql+asyncpg://postgres@127.0.0.1:5432/prefect "
+                       "(default: SQLite under --home)")
+        p.add_argument("--port", type=int, help="server port (default: a free one)")
+        if name == "up":
+            common(p)
+            p.add_argument("--home", default=".prefect-mlops-server", help="folder for the server and workspace")
+        else:
+            p.add_argument("--home", help="folder for everything the demo writes (default: a new temporary one)")
+            p.add_argument("--keep", action="store_true", help="leave the server and workers running at the end")
+        p.set_defaults(func=func)
+
+    p = sub.add_parser("backtest", help="replay past data through the flows: the policy vs a static model and "
+                       "an oracle (needs the backtest extra)")
+    from prefect_mlops.backtest.run import add_arguments
+
+    add_arguments(p)
+    p.set_defaults(func=cmd_backtest)
+
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+def cmd_backtest(args: argparse.Namespace) -> int:
+    from prefect_mlops.backtest.run import main as backtest
+
+    return backtest(args=args)
+
