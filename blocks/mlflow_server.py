@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Any
 from prefect.blocks.core import Block
 from pydantic import Field, SecretStr, model_validator
 
-from prefect_mlops.errors import RegistryError, disk_full_error, shorten
+from prefect_mlops.errors import IntegrityError, RegistryError, disk_full_error, shorten
+from prefect_mlops.log import run_logger
 from prefect_mlops.refs import reject_unknown_keys
 from prefect_mlops.workspace import Workspace
 
@@ -117,13 +118,19 @@ class MlflowServer(Block):
             return found.experiment_id
 
     def load_model(self, source: str, workspace: Workspace | None = None, *, flavor: str = "sklearn",
-                   what: str | None = None) -> object:
+                   what: str | None = None, sha256: str | None = None) -> object:
         """Load a logged model from its artifact location, without touching MLflow's global URIs.
 
         `flavor="sklearn"` gives the fitted pipeline (with `predict_proba`); `"pyfunc"` the
         generic model that serving uses. `what` names the model in errors, for example
         `"churn v3 (@champion)"`: missing artifacts raise `RegistryError` naming it and `source`;
         a full disk while downloading raises `StorageError` naming the path.
+
+        Every file is checked against the checksums recorded when the model was saved before
+        MLflow's loader opens any of them (`prefect_mlops.integrity`): `sha256` is the digest of the
+        model's manifest; when not given, it is read from the registered versions of `source`. A
+        mismatch raises `IntegrityError` naming the version, the file and both hashes. A version
+        saved before checksums were recorded loads with a warning.
         """
         import mlflow.artifacts
         import mlflow.pyfunc
@@ -137,6 +144,7 @@ class MlflowServer(Block):
                 local = mlflow.artifacts.download_artifacts(artifact_uri=source, tracking_uri=self.uri(workspace))
             if not os.path.exists(local):
                 raise FileNotFoundError(errno.ENOENT, "No such file or directory", local)
+            self._verify(source, local, label, sha256, workspace)  # before the loader unpickles anything
             loader = mlflow.sklearn.load_model if flavor == "sklearn" else mlflow.pyfunc.load_model
             return loader(local)
         except (OSError, MlflowException) as exc:
@@ -152,6 +160,27 @@ class MlflowServer(Block):
                     "or train and register a new version") from exc
             raise RegistryError(f"{label}: the model at {source} could not be loaded ({shorten(str(exc), 1000)}); "
                                 "check that its artifacts exist and are readable") from exc
+
+    def _verify(self, source: str, local: str, label: str, sha256: str | None, workspace: Workspace | None) -> None:
+        """Raise `IntegrityError` unless the files at `local` are those recorded for `source`."""
+        from prefect_mlops.integrity import DIGEST_TAG, verify_folder
+
+        if sha256 is None:
+            versions = self.client(workspace).search_model_versions("source_path = '{}'".format(
+                source.replace("'", "\\'")))
+            recorded = {v.tags[DIGEST_TAG] for v in versions if v.tags.get(DIGEST_TAG)}
+            if len(recorded) > 1:  # one source registered twice holds the same files: the tags must agree
+                raise IntegrityError(f"{label}: the versions registered from {source} record different checksums "
+                                     f"({sorted(recorded)}); the registry was changed. The model was not loaded")
+            if not recorded:
+                names = ", ".join(f"{v.name!r} v{v.version}" for v in versions) or "an unregistered model"
+                run_logger().warning("%s (%s at %s) has no recorded checksums (saved before they were recorded); "
+                                     "loading it unverified. Retrain to record them", label, names, source)
+                return
+            sha256 = recorded.pop()
+            if label == "model" and versions:
+                label = f"model {versions[0].name!r} v{versions[0].version}"
+        verify_folder(local, sha256, what=label if label != "model" else f"model at {source}")
 
 
 def _not_found(exc: BaseException) -> bool:

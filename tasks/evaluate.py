@@ -218,7 +218,8 @@ def evaluate_models(
     holdout = load_holdout(features, columns)  # only the rows and columns scored, never the train part
     x, y = holdout[spec.feature_columns], holdout[spec.target].to_numpy()
 
-    challenger_model = server.load_model(trained.model_source, workspace)
+    challenger_model = server.load_model(trained.model_source, workspace, sha256=trained.sha256,
+                                         what=f"challenger of run {trained.run_id}")
     challenger_out = _Outputs(challenger_model, x, spec.task)
     challenger = score(challenger_out, holdout, features, role="challenger", run_id=trained.run_id)
     champion_scores = difference = interval = None

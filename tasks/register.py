@@ -17,6 +17,7 @@ from prefect.transactions import Transaction, get_transaction
 
 from prefect_mlops.blocks.mlflow_server import MlflowServer
 from prefect_mlops.errors import GateNotPassedError, RegistryError
+from prefect_mlops.integrity import DIGEST_TAG
 from prefect_mlops.log import run_logger
 from prefect_mlops.refs import ModelRef
 from prefect_mlops.tasks.evaluate import Evaluation
@@ -65,6 +66,8 @@ def register_version(
     tags = {k: v for k, v in trained.lineage.tags().items() if v}
     tags[f"{TAG}.gate"] = "passed"
     tags[f"{TAG}.gate.reason"] = verdict.main_reason[:5000]
+    if trained.sha256:  # the files' checksums: every load checks them first (prefect_mlops.integrity)
+        tags[DIGEST_TAG] = trained.sha256
     if evaluation is not None:
         tags.update({f"{TAG}.metric.{k}": f"{v:.6g}" for k, v in evaluation.challenger.overall.items()
                      if math.isfinite(v)})

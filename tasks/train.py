@@ -21,7 +21,7 @@ from prefect.runtime import flow_run
 from pydantic import BaseModel, ConfigDict, Field
 
 from prefect_mlops.blocks.mlflow_server import MlflowServer
-from prefect_mlops.errors import ConfigError, TrainingError, disk_full_error
+from prefect_mlops.errors import ConfigError, TrainingError, disk_full_error, shorten
 from prefect_mlops.log import run_logger
 from prefect_mlops.tasks.features import FeatureSet, load_split, make_transform, plain_dtypes
 from prefect_mlops.tasks.lineage import TAG, Lineage, TrainerSpec, recipe_digest
@@ -41,6 +41,8 @@ class TrainedModel(BaseModel):
     run_id: str
     model_source: str = Field(description="Artifact location of the logged model.")
     lineage: Lineage
+    sha256: str | None = Field(default=None, description="SHA-256 of the model's checksum manifest "
+                               "(prefect_mlops.integrity): checked before every load.")
 
 
 def build_estimator(trainer: TrainerSpec) -> Any:
@@ -160,28 +162,64 @@ def log_model(
                       for name in ("train_loss", "val_loss") if name in row]
             for start in range(0, len(curves), 1000):  # MLflow's batch limit
                 client.log_batch(run_id, metrics=curves[start:start + 1000])
-        client.log_dict(run_id, lineage.model_dump(mode="json"), "lineage.json")
-        _log_pipeline(client, run_id, pipeline, example, trainer, artifact_path="model")
+        digest, files = _log_pipeline(client, run_id, pipeline, example, trainer, artifact_path="model")
+        # The lineage record lists what the model was made of and, here, the checksum of each of its files.
+        client.log_dict(run_id, {**lineage.model_dump(mode="json"), "model_sha256": digest, "model_files": files},
+                        "lineage.json")
         client.set_terminated(run_id, "FINISHED")
     except Exception:
         client.set_terminated(run_id, "FAILED")
         raise
-    return TrainedModel(run_id=run_id, model_source=f"{run.info.artifact_uri}/model", lineage=lineage)
+    return TrainedModel(run_id=run_id, model_source=f"{run.info.artifact_uri}/model", lineage=lineage,
+                        sha256=digest)
+
+
+SKOPS_TRUSTED = ("numpy.dtype", "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+                 "sklearn.tree._tree.Tree")
+"""Types skops is told to trust, beyond its defaults, to load the project's scikit-learn pipelines:
+NumPy dtypes and fitted trees (checked per estimator by tests/tasks/test_model_formats.py)."""
+
+
+def _save_pipeline(pipeline: Pipeline, local: str, trainer: TrainerSpec, run_id: str, **options: Any) -> str:
+    """Save with skops when it can rebuild the pipeline from `SKOPS_TRUSTED` types, else cloudpickle; the format.
+
+    skops rebuilds a model from data without running code from the file. A torch network, or an
+    estimator that needs a type outside the list, is saved with cloudpickle, whose load runs code:
+    the checksums checked before every load are what protect it.
+    """
+    import mlflow.sklearn
+    from mlflow.exceptions import MlflowException
+
+    if trainer.kind != "torch":
+        try:
+            mlflow.sklearn.save_model(pipeline, local, serialization_format="skops",
+                                      skops_trusted_types=list(SKOPS_TRUSTED),
+                                      pip_requirements=_requirements(trainer, skops=True), **options)
+            return "skops"
+        except MlflowException as exc:
+            if "untrusted types" not in str(exc) and "skops serialization format" not in str(exc):
+                raise
+            shutil.rmtree(local, ignore_errors=True)
+            run_logger().warning("run %s: skops cannot save %s with only %s trusted (%s); saved with cloudpickle",
+                                 run_id, trainer.estimator, ", ".join(SKOPS_TRUSTED), shorten(str(exc), 500))
+    mlflow.sklearn.save_model(pipeline, local, serialization_format="cloudpickle",
+                              pip_requirements=_requirements(trainer), **options)
+    return "cloudpickle"
 
 
 def _log_pipeline(client: Any, run_id: str, pipeline: Pipeline, example: Any, trainer: TrainerSpec, *,
-                  artifact_path: str) -> None:
-    import mlflow.sklearn
+                  artifact_path: str) -> tuple[str, dict[str, str]]:
+    """Save, checksum and upload the model; returns the manifest's digest and the per-file checksums."""
     from mlflow.models import infer_signature
+
+    from prefect_mlops.integrity import DIGEST_TAG, read_manifest, write_manifest
 
     signature = infer_signature(example, pipeline.predict(example))
     with tempfile.TemporaryDirectory() as folder:
         local = f"{folder}/model"
         try:
-            mlflow.sklearn.save_model(
-                pipeline, local, serialization_format="cloudpickle", signature=signature,
-                input_example=example, pip_requirements=_requirements(trainer),
-            )
+            _save_pipeline(pipeline, local, trainer, run_id, signature=signature, input_example=example)
+            digest = write_manifest(local)  # before the upload: what is recorded is what was saved
         except OSError as exc:
             error = disk_full_error(exc, local, stage=f"saving the model of run {run_id}",
                                     advice="free space there or set TMPDIR to a folder with room, then retry",
@@ -200,6 +238,9 @@ def _log_pipeline(client: Any, run_id: str, pipeline: Pipeline, example: Any, tr
             if dest.startswith(("file:", "/")):  # a half-copied model must not look loadable
                 shutil.rmtree(dest.removeprefix("file://"), ignore_errors=True)
             raise error from exc
+        files = read_manifest(local)
+    client.set_tag(run_id, DIGEST_TAG if artifact_path == "model" else f"{DIGEST_TAG}.{artifact_path}", digest)
+    return digest, files
 
 
 REFIT_PATH = "refit-model"
@@ -228,15 +269,16 @@ def refit_challenger(
     pipeline, example = fit_pipeline(features, lineage.trainer, rows="all")
     client = server.client(workspace)
     lineage = lineage.model_copy(update={"refit": True})
-    client.log_dict(trained.run_id, lineage.model_dump(mode="json"), "lineage.json")
     client.set_tag(trained.run_id, f"{TAG}.refit", "true")
-    _log_pipeline(client, trained.run_id, pipeline, example, lineage.trainer, artifact_path=REFIT_PATH)
+    digest, files = _log_pipeline(client, trained.run_id, pipeline, example, lineage.trainer, artifact_path=REFIT_PATH)
+    client.log_dict(trained.run_id, {**lineage.model_dump(mode="json"), "model_sha256": digest,
+                                     "model_files": files}, "lineage.json")
     sample = pd.read_parquet(smoke_sample_uri)
     sample["__prediction__"] = pipeline.predict(sample.drop(columns="__prediction__"))
     path = write_atomic(workspace.folder("samples") / f"{trained.run_id}-refit.parquet",
                         lambda tmp: sample.to_parquet(tmp, index=False), stage="refit smoke sample")
     source = trained.model_source.rsplit("/", 1)[0] + f"/{REFIT_PATH}"
-    return TrainedModel(run_id=trained.run_id, model_source=source, lineage=lineage), str(path)
+    return TrainedModel(run_id=trained.run_id, model_source=source, lineage=lineage, sha256=digest), str(path)
 
 
 def train_model(
@@ -288,9 +330,9 @@ def package_versions(*names: str) -> dict[str, str]:
     return found
 
 
-def _requirements(trainer: TrainerSpec) -> list[str]:
+def _requirements(trainer: TrainerSpec, *, skops: bool = False) -> list[str]:
     # Given explicitly: MLflow's inference loads the model in a subprocess (~3 s a model).
-    names = ["scikit-learn", "pandas", "numpy", "cloudpickle", "mlflow"]
+    names = ["scikit-learn", "pandas", "numpy", "skops" if skops else "cloudpickle", "mlflow"]
     if trainer.kind == "torch":
         names += ["torch", "prefect-mlops"]
     # torch's local version label (`+cpu`, `+cu128`) is not on PyPI: pin the public release instead.

@@ -84,6 +84,10 @@ class RegistryError(MlopsError):
     """The MLflow tracking server or model registry refused or could not be reached."""
 
 
+class IntegrityError(RegistryError):
+    """A model's files differ from the checksums recorded when it was saved: it was not loaded."""
+
+
 class GateNotPassedError(MlopsError):
     """A stage that needs a passed gate verdict was given one that did not pass."""
 
