@@ -73,6 +73,12 @@ class ModelPolicy(Block):
         default=30, ge=1,
         description="With a champion, a smaller hold-out gives a 'not enough evidence' verdict: the champion stays.",
     )
+    deploy_strategy: Literal["direct", "canary", "shadow"] = Field(
+        default="direct",
+        description="How a challenger that passed the gate goes live: 'direct' moves @champion; 'canary' gives it "
+                    "@canary and 5% of keys for the progressive-rollout flow to raise or roll back; 'shadow' gives "
+                    "it @shadow: it scores every request off the response path, and promotion stays with the gate.",
+    )
     first_run: Literal["promote", "reject"] = Field(
         default="promote",
         description="With no champion yet: 'promote' if the floors pass, or 'reject' to wait for a human.",

@@ -10,6 +10,8 @@ included, every alias is put back, and if even that fails the record lets the ne
 
 from __future__ import annotations
 
+from typing import Literal
+
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from pydantic import BaseModel, ConfigDict
@@ -50,6 +52,8 @@ class Promotion(BaseModel):
     champion_version: str
     previous_version: str | None
     record_id: str | None = None
+    trial: Literal["canary", "shadow"] | None = None  # canary/shadow strategies: the champion did not move
+    trial_version: str | None = None
 
 
 def change_aliases(client: object, name: str, record: PromotionRecord, status: tuple[str, str] | None) -> None:
@@ -221,8 +225,19 @@ def deploy(
     verdict: GateVerdict,
     mlflow_server: MlflowServer | None = None,
     workspace: str | None = None,
+    strategy: Literal["direct", "canary", "shadow"] = "direct",
 ) -> Promotion:
-    """Promote a registered challenger to champion (see `promote`)."""
+    """Promote a registered challenger to champion (see `promote`), or put it on trial as `@canary`/`@shadow`."""
+    if strategy != "direct":
+        from prefect_mlops.tasks.rollout import start_trial  # rollout builds on this module
+
+        promotion = start_trial(model, evaluation, verdict, strategy=strategy, mlflow_server=mlflow_server,
+                                workspace=Workspace(workspace))
+        create_markdown_artifact(
+            f"# {model.name}: version {model.version} on trial as @{strategy}\n\nChampion stays version "
+            f"{promotion.champion_version}. Gate: {verdict.main_reason}",
+            key=artifact_key("promotion", model.name), description=f"Version on trial ({strategy})")
+        return promotion
     promotion = promote(model, evaluation, verdict, mlflow_server=mlflow_server, workspace=Workspace(workspace))
     run_logger().info("%s: champion is now version %s (previous: %s)", model.name,
                           promotion.champion_version, promotion.previous_version or "none")

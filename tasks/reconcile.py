@@ -36,6 +36,9 @@ CHAMPION = "champion"
 PREVIOUS = "previous-champion"
 CHALLENGER = "challenger"
 ALIASES = (CHAMPION, PREVIOUS, CHALLENGER)
+# A gated version on trial beside the champion (see prefect_mlops.tasks.rollout): serving, never "left over".
+CANARY = "canary"
+SHADOW = "shadow"
 
 RECORD_TAG = "prefect_mlops.promotion"
 STATUS_TAG = "prefect_mlops.status"
@@ -275,6 +278,7 @@ def reconcile_model(client: Any, name: str) -> ReconcileReport:
     aliases = read_aliases(client, name)
     _repair_previous(client, name, aliases, report.actions)
     aliases = read_aliases(client, name)
+    on_trial = {str(v) for a, v in (client.get_registered_model(name).aliases or {}).items() if a in (CANARY, SHADOW)}
     for version in client.search_model_versions(f"name='{name}'"):
         number, tags = str(version.version), dict(version.tags or {})
         held = [a for a, v in aliases.items() if v == number]
@@ -283,8 +287,8 @@ def reconcile_model(client: Any, name: str) -> ReconcileReport:
             report.actions.append(f"@{CHALLENGER} pointed at version {number}, which failed; alias removed")
         if not _is_managed(tags) or _is_final(tags):
             continue
-        if set(held) & {CHAMPION, PREVIOUS}:
-            continue  # serving: a champion is never marked failed
+        if set(held) & {CHAMPION, PREVIOUS} or number in on_trial:
+            continue  # serving: a champion (or a canary or shadow) is never marked failed
         reason = ("left by an interrupted run: " +
                   (f"still @{CHALLENGER} with no run promoting it" if held else "no alias and no status") +
                   f" (found by reconcile at {now()})")
