@@ -46,8 +46,9 @@ browser:
 test-fast: lint
 	$(PY) -m pytest -q -m "not system"
 
+# make demo-server ARGS="--keep --database-url postgresql+asyncpg://postgres@127.0.0.1:5432/prefect_demo"
 demo-server: $(STAMP)
-	$(PY) -m prefect_mlops.cli demo-server
+	$(PY) -m prefect_mlops.cli demo-server $(ARGS)
 
 bench: $(STAMP)
 	$(PY) bench/run.py --sizes 100000,1000000,5000000

@@ -88,3 +88,20 @@ class DataSource(Block):
             region_name=self.region_name or "us-east-1",
             config=Config(retries={"max_attempts": 2, "mode": "standard"}, connect_timeout=5),
         )
+
+    def explain_s3_failure(self, exc: Exception) -> str:
+        """What a botocore error that is not the store's answer means for this source, and what to do.
+
+        Missing credentials are named as such: boto3 looks for them before it contacts the endpoint,
+        so the endpoint is not the problem then.
+        """
+        kind = type(exc).__name__
+        if kind == "NoCredentialsError":
+            return ("no S3 credentials were found (the endpoint was not contacted); set the block's "
+                    "aws_access_key_id and aws_secret_access_key, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
+                    "in the environment of the process that runs the flow (or an AWS profile)")
+        if kind == "PartialCredentialsError":
+            return (f"the S3 credentials are incomplete ({exc}); set both aws_access_key_id and "
+                    "aws_secret_access_key")
+        return (f"cannot reach the S3 store at {self.s3_endpoint_url or 'AWS'} ({exc}); "
+                "check DataSource.s3_endpoint_url")

@@ -6,11 +6,16 @@ Example:
     ```
 """
 
+from prefect_mlops.console import embedded_api_defaults
 from prefect_mlops.flows.batch_score import batch_score
 from prefect_mlops.flows.continuous_training import CycleReport, continuous_training
 from prefect_mlops.flows.drift_monitor import MonitorReport, drift_monitor
 from prefect_mlops.flows.rollback import rollback
 from prefect_mlops.flows.train_on_pool import train_on_pool
+
+# Without a server, the first flow starts Prefect's embedded API: give it time on a busy machine and no
+# telemetry (offline, its failure was an ERROR on every run); the user's own settings win.
+embedded_api_defaults()
 
 __all__ = ["CycleReport", "MonitorReport", "batch_score", "continuous_training", "drift_monitor", "rollback",
            "train_on_pool"]

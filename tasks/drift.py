@@ -220,8 +220,11 @@ def column_statistics(reference: pa.Table, current: pa.Table, columns: list[str]
     """
     import pyarrow as pa
 
+    from prefect_mlops.console import report
+
     out = {}
-    for column in columns:
+    for done, column in enumerate(columns, 1):
+        report("columns", f"drift of {model_name}", done, len(columns))
         ref_col, cur_col = reference.column(column), current.column(column)
         if _is_numeric(ref_col.type):
             try:

@@ -354,10 +354,7 @@ def _read_s3(source: DataSource) -> bytes:
         hint = hints.get(code, f"the store answered {code or exc}")
         raise DataSourceError(f"data source {source.uri}: {hint}") from exc
     except BotoCoreError as exc:
-        raise DataSourceError(
-            f"data source {source.uri}: cannot reach the S3 store at "
-            f"{source.s3_endpoint_url or 'AWS'} ({exc}); check DataSource.s3_endpoint_url"
-        ) from exc
+        raise DataSourceError(f"data source {source.uri}: {source.explain_s3_failure(exc)}") from exc
 
 
 def _stem(uri: str) -> str:

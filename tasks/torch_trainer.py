@@ -41,6 +41,7 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError
 from sklearn.base import BaseEstimator
 from sklearn.utils.metaestimators import available_if
 
+from prefect_mlops.console import report
 from prefect_mlops.errors import ConfigError, TrainingError
 
 if TYPE_CHECKING:
@@ -412,6 +413,7 @@ class TabularNetEstimator(BaseEstimator):
             log.info("torch trainer: epoch %d/%d train_loss=%.5f val_loss=%.5f (best %.5f at epoch %d) %.2fs%s",
                      epoch, config.epochs, train_loss, val_loss, state["best_loss"], state["best_epoch"], seconds,
                      "; stopping early" if state["finished"] and epoch < config.epochs else "")
+            report("epochs", "torch trainer", config.epochs if state["finished"] else epoch, config.epochs)
             if path is not None:
                 _save_checkpoint(path, _snapshot(torch, key, net, optimizer, scaler, shuffle, state, dev))
 

@@ -182,16 +182,12 @@ def main(argv: list[str] | None = None) -> int:
     _reset(home)
     os.environ.setdefault("PREFECT_HOME", str(home / "prefect"))
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    # The demo's story is the table; library chatter (GX's docs site, MLflow's pickle advice) hides it.
-    import logging
-    import warnings
+    from prefect_mlops.console import embedded_api_defaults, progress_on_stderr
 
-    warnings.filterwarnings("ignore", category=UserWarning)
-    for noisy in ("great_expectations", "mlflow", "alembic"):
-        logging.getLogger(noisy).setLevel(logging.ERROR)
+    embedded_api_defaults()  # a patient embedded API without telemetry; the library noise is filtered by log.py
     started = time.perf_counter()
-    rows = run(home)
+    with progress_on_stderr():
+        rows = run(home)
     print_table(rows)
     print(f"\nDone in {time.perf_counter() - started:.0f} s. Everything is under {home}:")
     print(f"  MLflow UI:       mlflow ui --backend-store-uri sqlite:///{home / 'mlflow.db'}")

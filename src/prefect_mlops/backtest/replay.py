@@ -35,6 +35,7 @@ import numpy as np
 
 from prefect_mlops.backtest.run import BAD_PROMOTION_DELTA, ORACLE_WINDOW
 from prefect_mlops.blocks.model_policy import LOWER_IS_BETTER
+from prefect_mlops.console import report as show_progress
 from prefect_mlops.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -347,6 +348,7 @@ def replay_policy(
     previous: tuple[str | None, Any] = (None, None)  # the champion before the latest promotion
     last: PeriodResult | None = None
     for index, t in enumerate(range(start, stream.n_periods)):
+        show_progress("periods", f"backtest {stream.name}", index + 1, stream.n_periods - start)
         tick = time.perf_counter()
         rows = stream.rows(t, t + 1)
         record = PeriodResult(period=t, window=stream.window(t, t + 1), rows=len(rows), static=static[index],

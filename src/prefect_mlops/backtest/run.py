@@ -228,8 +228,11 @@ def main(argv: list[str] | None = None, args: argparse.Namespace | None = None) 
         logging.getLogger(noisy).setLevel(logging.ERROR)
     gate, retrain = load_policy(args.policy)
     started = time.perf_counter()
-    results = run_backtest(args.stream or list(STREAM_NAMES), output, quick=args.quick, model_policy=gate,
-                           retrain_policy=retrain, oracle_window=args.oracle_window)
+    from prefect_mlops.console import progress_on_stderr
+
+    with progress_on_stderr(stages=False):
+        results = run_backtest(args.stream or list(STREAM_NAMES), output, quick=args.quick, model_policy=gate,
+                               retrain_policy=retrain, oracle_window=args.oracle_window)
     sys.stdout.write(f"\n{len(results)} streams in {time.perf_counter() - started:.0f} s. Table, JSON and plots: "
                      f"{output}\n  MLflow runs of a stream: mlflow ui --backend-store-uri "
                      f"sqlite:///{output / 'work' / '<stream>' / 'mlflow.db'}\n")

@@ -9,6 +9,11 @@ and `prefect worker start`. Every command prints what it created.
     prefect-mlops demo-server [--keep] [--database-url URL]      the continuous-training story on a server
     prefect-mlops backtest [--stream NAME ...] [--policy FILE]   what a retrain policy would have done on past data
     prefect-mlops repair MODEL [--tracking-uri URI]              settle an interrupted promotion of MODEL
+    prefect-mlops train MODEL --data URI --target COL ...        one continuous-training run, in this process
+    prefect-mlops score MODEL --data URI --output FILE           batch scoring with the champion
+    prefect-mlops monitor MODEL --data URI [--retrain]           drift and performance of the champion
+    prefect-mlops rollback MODEL [--reason TEXT]                 @previous-champion becomes the champion again
+    prefect-mlops status MODEL                                   champion, versions, verdicts, triggers, last checks
 """
 
 
@@ -41,6 +46,24 @@ from prefect_mlops.cli.processes import (  # noqa: F401
     wait_for_workers,
     wait_forever,
 )
+
+MAIN_EXAMPLES = """examples:
+  prefect-mlops train churn --data customers.csv --target churned --numeric tenure --categorical plan
+  prefect-mlops status churn
+  prefect-mlops up --config deployments/config.example.yaml
+  prefect-mlops COMMAND --help       # every command has examples
+"""
+
+REPAIR_EXAMPLES = """examples:
+  prefect-mlops repair churn --tracking-uri http://127.0.0.1:5000
+  prefect-mlops repair churn --mlflow-block default
+  prefect-mlops repair churn --workspace mlops-workspace --no-lock   # no Prefect API at hand
+"""
+
+BACKTEST_EXAMPLES = """examples:
+  prefect-mlops backtest --stream bikeshare --policy my-policy.json
+  prefect-mlops backtest --quick --output build/backtest-quick      # every stream, fewer periods
+"""
 
 
 def cmd_repair(args: argparse.Namespace) -> int:
@@ -81,8 +104,15 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `prefect-mlops` command."""
-    parser = argparse.ArgumentParser(prog="prefect-mlops", description=__doc__.split("\n\n")[0])
+    from prefect_mlops import __version__
+    from prefect_mlops.cli import run, status
+
+    parser = argparse.ArgumentParser(prog="prefect-mlops", description=__doc__.split("\n\n")[0],
+                                     epilog=MAIN_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"prefect-mlops {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
+    run.add_arguments(sub)
+    status.add_arguments(sub)
 
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("--config", type=Path, help="YAML or JSON: work_pools, blocks, notifications")
@@ -92,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     common(p)
     p.set_defaults(func=cmd_deploy)
 
-    p = sub.add_parser("repair", help="settle an interrupted promotion of MODEL and tag versions left by killed runs")
+    p = sub.add_parser("repair", help="settle an interrupted promotion of MODEL and tag versions left by killed runs",
+                       epilog=REPAIR_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", help="registered model name")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else the workspace's)")
     p.add_argument("--mlflow-block", help="name of a saved MLflow Server block to use instead")
@@ -115,7 +146,8 @@ def main(argv: list[str] | None = None) -> int:
         p.set_defaults(func=func)
 
     p = sub.add_parser("backtest", help="replay past data through the flows: the policy vs a static model and "
-                       "an oracle (needs the backtest extra)")
+                       "an oracle (needs the backtest extra)", epilog=BACKTEST_EXAMPLES,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     from prefect_mlops.backtest.run import add_arguments
 
     add_arguments(p)

@@ -36,15 +36,25 @@ def demo_config(home: Path) -> dict[str, Any]:
 
 
 def wait_final(run_id: Any, timeout: float = 600) -> Any:
-    """Poll a flow run until it is final."""
+    """Poll a flow run until it is final, showing its state and latest task on stderr."""
     from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+    from prefect.client.schemas.sorting import TaskRunSort
 
-    deadline = time.monotonic() + timeout
+    from prefect_mlops.console import stage
+
+    started = deadline = time.monotonic()
+    deadline += timeout
     with get_client(sync_client=True) as client:
         while True:
             run = client.read_flow_run(run_id)
             if run.state and run.state.is_final():
                 return run
+            latest = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])),
+                                           sort=TaskRunSort.EXPECTED_START_TIME_DESC, limit=1)
+            doing = f", task {latest[0].name}" if latest else ""
+            stage(f"flow run {run.name}: {run.state.name if run.state else '?'}{doing} "
+                  f"({time.monotonic() - started:.0f} s)")
             if time.monotonic() > deadline:
                 state = run.state.name if run.state else "?"
                 raise TimeoutError(f"flow run {run.name} still {state} after {timeout} s")
@@ -97,9 +107,14 @@ def cmd_demo_server(args: argparse.Namespace) -> int:
     pd.concat([make_churn_data(p) for p in range(DRIFTED_PERIOD + 1)]).to_parquet(home / "data" / "churn.parquet",
                                                                                   index=False)
     started = time.perf_counter()
-    stack = start_stack(home, args.database_url, args.port)
+    from prefect_mlops.cli.auth import resolve_auth
+
+    auth = resolve_auth(home, auth=args.auth, auth_file=args.auth_file)
+    stack = start_stack(home, args.database_url, args.port, auth)
     ui = stack.server.ui_url
-    with stopped_on_exit(stack), api(stack.server.api_url):
+    from prefect_mlops.console import progress_on_stderr
+
+    with stopped_on_exit(stack), api(stack.server.api_url, auth), progress_on_stderr(stages=False):
         from prefect.deployments import run_deployment
 
         print("\n=== 1. work pools, blocks, deployments, automations")

@@ -38,12 +38,42 @@ def read_config(path: Path | None) -> dict[str, Any]:
         return {}
     import yaml
 
-    text = os.path.expandvars(path.read_text())  # ${VAR} from the environment: secrets stay out of the file
+    text = expand_env(path.read_text(), path)  # ${VAR} from the environment: secrets stay out of the file
     config = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     if not isinstance(config, dict):
         raise SystemExit(f"{path}: expected a mapping with work_pools, blocks and notifications")
     config["_dir"] = str(path.resolve().parent)
     return config
+
+
+def expand_env(text: str, path: Path) -> str:
+    """`text` with every `${VAR}` replaced from the environment; an unset one is refused, naming it and the file.
+
+    YAML comments are not read (they may mention `${VAR}` as documentation).
+
+    Example:
+        ```python
+        import os
+        from pathlib import Path
+        from prefect_mlops.cli.deploy import expand_env
+        os.environ["DEMO_KEY"] = "k"
+        assert expand_env("key: ${DEMO_KEY}  # not ${UNSET_HERE}", Path("c.yaml")).startswith("key: k")
+        ```
+    """
+    import re
+
+    unset: dict[str, int] = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        code = re.split(r"(?:^|\s)#", line, maxsplit=1)[0]
+        for name in re.findall(r"\$\{(\w+)\}", code):
+            if name not in os.environ:
+                unset.setdefault(name, number)
+    if unset:
+        where = ", ".join(f"${{{name}}} (line {line})" for name, line in unset.items())
+        raise SystemExit(f"{path}: {where} {'is' if len(unset) == 1 else 'are'} not set in the environment; "
+                         f"export {'it' if len(unset) == 1 else 'them'} (e.g. `export {next(iter(unset))}=...`) "
+                         f"before running, or write the value into the file")
+    return os.path.expandvars(text)
 
 
 def resolve(path: str, base: str | Path) -> Path:
@@ -255,7 +285,10 @@ def deploy(config: dict[str, Any], prefect_file: Path | None = None, *, env: dic
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
+    from prefect_mlops.cli.preflight import prefect_api
+
     config = read_config(args.config)
+    prefect_api("deploy", required=True)
     deploy(config, args.prefect_file)
     return 0
 

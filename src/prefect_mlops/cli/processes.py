@@ -207,6 +207,11 @@ def start_stack(home: Path, database_url: str | None, port: int | None = None) -
     # SIGTERM (kill, a service manager) stops the stack like Ctrl-C does, through the caller's `finally`;
     # a second one must not cut that cleanup short.
     signal.signal(signal.SIGTERM, _exit_on_first_sigterm)
+    from prefect_mlops.cli.database import ensure_database
+
+    made = ensure_database(database_url)  # else the server exits with 3, saying so only in its log
+    if made:
+        print(made, flush=True)
     server = Server(home=home / "prefect", port=port or free_port(), database_url=database_url)
     print(f"starting Prefect server on {server.ui_url} ({'PostgreSQL' if database_url else 'SQLite'}) ...",
           flush=True)
