@@ -93,7 +93,13 @@ class TrainerSpec(StrictModel):
                                   f"accepts {sorted(accepted)}")
             TabularNetEstimator(**{"seed": self.seed, **self.params}).config()
             return
-        estimator = build_estimator(self)
+        try:
+            estimator = build_estimator(self)
+        except ConfigError as exc:
+            close = closest_estimator(self.estimator) if self.kind == "sklearn" else None
+            if close:
+                raise ConfigError(f"{exc}; did you mean {close!r}?") from exc
+            raise
         if task is None or self.kind != "sklearn":
             return
         from sklearn.base import is_classifier, is_regressor
@@ -104,6 +110,45 @@ class TrainerSpec(StrictModel):
             raise ConfigError(f"trainer.estimator {self.estimator!r} is a {kind}, but the feature spec's task is "
                               f"{task!r}; choose a {wanted} (e.g. sklearn.ensemble.HistGradientBoosting"
                               f"{'Classifier' if wanted == 'classifier' else 'Regressor'}) or change features.task")
+
+
+def closest_estimator(path: str) -> str | None:
+    """The estimator import path nearest to a misspelled one, or None (importable, or nothing close).
+
+    Looks among scikit-learn's estimators by public import path, and among the classes of the
+    module the path names when that module imports (another library's estimators).
+
+    Example:
+        ```python
+        from prefect_mlops.tasks.lineage import closest_estimator
+        assert closest_estimator("sklearn.ensemble.RandomForrestClassifier") == \
+            "sklearn.ensemble.RandomForestClassifier"
+        assert closest_estimator("sklearn.linear_models.LogisticRegression") == \
+            "sklearn.linear_model.LogisticRegression"
+        ```
+    """
+    import difflib
+    import importlib
+    import inspect
+
+    module_name, _, class_name = path.rpartition(".")
+    candidates: list[str] = []
+    try:
+        module = importlib.import_module(module_name)
+    except (ImportError, ValueError):
+        module = None
+    if module is not None:
+        if hasattr(module, class_name):
+            return None
+        candidates += [f"{module_name}.{name}" for name, value in vars(module).items()
+                       if inspect.isclass(value) and hasattr(value, "fit") and not name.startswith("_")]
+    if path.startswith("sklearn.") or not candidates:
+        from sklearn.utils import all_estimators
+
+        for name, cls in all_estimators():
+            candidates.append(f"{'.'.join(cls.__module__.split('.')[:2])}.{name}")  # sklearn.<package>.<Class>
+    found = difflib.get_close_matches(path, candidates, n=1, cutoff=0.8)
+    return found[0] if found else None
 
 
 class Lineage(BaseModel):
