@@ -79,6 +79,7 @@ def test_a_canary_needs_a_passed_verdict(registry):
 def test_progressive_rollout_promotes_a_good_canary_step_by_step(registry):
     registry.client.set_registered_model_alias("churn", CHAMPION, "1")
     version = on_canary(registry, 1)
+    assert reconcile_model(registry.client, "churn").actions == []  # on trial, not "left by a killed run"
     with serve(registry) as svc, Traffic(svc.url) as traffic:
         report = rollout(svc, mlflow_server=registry.server, workspace=str(registry.workspace.root))
     assert report.outcome == "promoted" and report.version == version, report
