@@ -6,7 +6,7 @@ from prefect import flow
 
 from prefect_mlops.blocks import DataSource, MlflowServer
 from prefect_mlops.errors import ConfigError
-from prefect_mlops.refs import ModelAlias, ModelName, Window
+from prefect_mlops.refs import ModelAlias, ModelName, OptionalText, Window
 from prefect_mlops.tasks.ingest import ingest
 from prefect_mlops.tasks.score import ScoringResult, batch_score_task
 
@@ -16,10 +16,10 @@ def batch_score(
     model_name: ModelName,
     source: DataSource,
     output_uri: str,
-    window: str | None = None,
+    window: OptionalText = None,
     alias: ModelAlias = "champion",
     mlflow_server: MlflowServer | None = None,
-    workspace: str | None = None,
+    workspace: OptionalText = None,
 ) -> ScoringResult:
     """Score a dataset with the champion and write the predictions to Parquet.
 

@@ -11,13 +11,13 @@ from pydantic import BaseModel
 
 from prefect_mlops import __version__
 from prefect_mlops.blocks import DataSource, MlflowServer, ModelPolicy, RetrainPolicy
-from prefect_mlops.refs import ModelName, Window
+from prefect_mlops.refs import ModelName, OptionalInt, OptionalObject, OptionalText, Window
 from prefect_mlops.tasks.deploy import deploy
 from prefect_mlops.tasks.evaluate import evaluate
 from prefect_mlops.tasks.features import FeatureSpec, check_columns, feature_build
 from prefect_mlops.tasks.gate import quality_gate
 from prefect_mlops.tasks.ingest import ingest
-from prefect_mlops.tasks.lineage import Lineage, TrainerSpec, find_champion, recipe_digest
+from prefect_mlops.tasks.lineage import Lineage, TrainerSpec, describe_trigger, find_champion, recipe_digest
 from prefect_mlops.tasks.reconcile import model_lock, reconcile
 from prefect_mlops.tasks.register import register
 from prefect_mlops.tasks.retrain import record_retraining, why_untrainable
@@ -49,16 +49,17 @@ def continuous_training(
     features: FeatureSpec,
     trainer: TrainerSpec = TrainerSpec(),
     policy: ModelPolicy | None = None,
-    window: str | None = None,
-    suite_path: str | None = None,
+    window: OptionalText = None,
+    suite_path: OptionalText = None,
     warn_only: bool = False,
     force: bool = False,
     mlflow_server: MlflowServer | None = None,
-    workspace: str | None = None,
+    workspace: OptionalText = None,
     retrain_policy: RetrainPolicy | None = None,
-    max_rows: int | None = None,
-    champion_degraded: str | None = None,
+    max_rows: OptionalInt = None,
+    champion_degraded: OptionalText = None,
     trigger: Literal["manual", "drift", "performance", "schedule"] = "manual",
+    trigger_details: OptionalObject = None,
 ) -> CycleReport:
     """Train a challenger on fresh data and promote it only if it passes the quality gate.
 
@@ -69,17 +70,21 @@ def continuous_training(
         trainer: Estimator (or torch network), its parameters, seed and compute route.
         policy: Quality-gate rules; the defaults when empty.
         window: ISO-8601 interval 'start/end' on the source's time column, or 'latest' for all rows.
-        suite_path: GX suite JSON; when empty one is learned from the data and saved for review.
+        suite_path: Path of a Great Expectations suite (JSON) to validate against; empty: the model's learned
+            suite, learned from the data on first use and saved under the workspace's suites/ for review.
         warn_only: Log failed expectations instead of stopping the run.
         force: Train even when the data and parameters match the champion's.
         mlflow_server: Tracking server and registry; the workspace's SQLite store when empty.
-        workspace: Folder for snapshots, suites and reports; PREFECT_MLOPS_WORKSPACE or ~/.prefect-mlops.
+        workspace: Folder, on the machine that runs the flow, for data snapshots, learned suites, drift reports
+            and the default MLflow store; empty: $PREFECT_MLOPS_WORKSPACE, else ~/.prefect-mlops.
         retrain_policy: Minimum training rows and the refit on the whole window; the defaults when empty.
         max_rows: Train on at most this many latest rows of the window (the retrain policy's cap).
         champion_degraded: Why the champion measurably degraded (set by the monitor); the gate then promotes
             a challenger that is not worse, instead of requiring a gain beyond noise.
         trigger: What started this run; a drift or performance retraining starts the retrain policy's
             cool-down, a manual or scheduled one does not.
+        trigger_details: What the trigger knows (the monitor's event id and name, drift share, drifted columns),
+            recorded with `trigger` in the version's `prefect_mlops.trigger` tag.
     """
     logger = get_run_logger()
     policy = policy or ModelPolicy()
@@ -115,7 +120,8 @@ def continuous_training(
     feature_set = feature_build(dataset, features, workspace=workspace)
     lineage = Lineage(model_name=model_name, dataset=dataset, features=features, trainer=trainer,
                       params_digest=digest, suite_path=validation.suite_path, code_version=__version__,
-                      git_commit=git_commit(), packages=package_versions())
+                      git_commit=git_commit(), packages=package_versions(),
+                      trigger=describe_trigger(trigger, trigger_details))
     trained = (train_on_route if trainer.label else train)(feature_set, trainer, lineage, mlflow_server=server,
                                                            workspace=workspace)
     if trigger in ("drift", "performance"):  # a signal's retraining starts the cool-down; a schedule's does not

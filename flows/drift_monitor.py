@@ -8,12 +8,12 @@ from pydantic import BaseModel
 from prefect_mlops.blocks import DataSource, MlflowServer, ModelPolicy, RetrainPolicy
 from prefect_mlops.errors import DriftCheckError
 from prefect_mlops.flows.continuous_training import CycleReport, continuous_training
-from prefect_mlops.refs import ModelName, Window
+from prefect_mlops.refs import ModelName, OptionalFloat, OptionalText, Window
 from prefect_mlops.tasks.drift import DriftReport, drift_check
 from prefect_mlops.tasks.ingest import ingest
 from prefect_mlops.tasks.lineage import find_champion, read_importance
 from prefect_mlops.tasks.performance import PerformanceReport, performance_check
-from prefect_mlops.tasks.retrain import RetrainDecision, monitoring_window, retrain_decision
+from prefect_mlops.tasks.retrain import RetrainDecision, monitoring_window, retrain_decision, retrain_details
 
 
 class MonitorReport(BaseModel):
@@ -29,12 +29,12 @@ class MonitorReport(BaseModel):
 def drift_monitor(
     model_name: ModelName,
     source: DataSource,
-    window: str | None = None,
-    drift_share: float | None = None,
+    window: OptionalText = None,
+    drift_share: OptionalFloat = None,
     retrain: bool = False,
     policy: ModelPolicy | None = None,
     mlflow_server: MlflowServer | None = None,
-    workspace: str | None = None,
+    workspace: OptionalText = None,
     retrain_policy: RetrainPolicy | None = None,
 ) -> MonitorReport:
     """Judge the current window against the champion; when the retrain policy says so, emit one event.
@@ -80,7 +80,7 @@ def drift_monitor(
     drift = drift_check(current, recipe.dataset, model_name, columns=recipe.features.feature_columns,
                         drift_share=drift_share, champion_version=champion.model.version, workspace=workspace,
                         importance=importance, min_rows=retrain_policy.min_rows, alpha=retrain_policy.alpha,
-                        emit=False)
+                        emit=False, champion_run_id=champion.model.run_id or None, mlflow_server=server)
     performance = performance_check(current, champion, policy=policy, retrain_policy=retrain_policy,
                                     mlflow_server=server, workspace=workspace)
     decision = retrain_decision(model_name, champion, window, retrain_policy, drift=drift, performance=performance,
@@ -95,5 +95,5 @@ def drift_monitor(
                                 window=decision.training_window, suite_path=recipe.suite_path,
                                 mlflow_server=server, workspace=workspace, retrain_policy=retrain_policy,
                                 max_rows=decision.max_rows, champion_degraded=decision.champion_degraded,
-                                trigger=decision.trigger)
+                                trigger=decision.trigger, trigger_details=retrain_details(decision, drift))
     return report.model_copy(update={"retrain": cycle})

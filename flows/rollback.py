@@ -5,13 +5,13 @@ from __future__ import annotations
 from prefect import flow
 
 from prefect_mlops.blocks import MlflowServer
-from prefect_mlops.refs import ModelName
+from prefect_mlops.refs import ModelName, OptionalText
 from prefect_mlops.tasks.deploy import Promotion, rollback_champion
 
 
 @flow(name="rollback", log_prints=True, validate_parameters=True)
 def rollback(
-    model_name: ModelName, reason: str = "", mlflow_server: MlflowServer | None = None, workspace: str | None = None
+    model_name: ModelName, reason: str = "", mlflow_server: MlflowServer | None = None, workspace: OptionalText = None
 ) -> Promotion:
     """Make @previous-champion the champion again; run it twice to roll forward.
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from prefect import flow
 
 from prefect_mlops.blocks import MlflowServer
+from prefect_mlops.refs import OptionalText
 from prefect_mlops.tasks.features import FeatureSet
 from prefect_mlops.tasks.lineage import Lineage, TrainerSpec
 from prefect_mlops.tasks.route import record_compute
@@ -22,7 +23,7 @@ def train_on_pool(
     trainer: TrainerSpec,
     lineage: Lineage,
     mlflow_server: MlflowServer | None = None,
-    workspace: str | None = None,
+    workspace: OptionalText = None,
 ) -> TrainedModel:
     """Fit and log one challenger on this worker's hardware; the caller evaluates, gates and promotes it.
 

@@ -14,12 +14,14 @@ from __future__ import annotations
 import html
 import math
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from prefect import task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact
 from pydantic import BaseModel, ConfigDict, Field
 
+from prefect_mlops.blocks.mlflow_server import MlflowServer
 from prefect_mlops.errors import DriftCheckError
 from prefect_mlops.log import brief, run_logger
 from prefect_mlops.refs import DatasetRef, artifact_key
@@ -338,6 +340,92 @@ def markdown_table(report: DriftReport) -> str:
         f"| {c.importance:.0%} | {c.reference_missing} / {c.current_missing} |" for c in report.columns)
 
 
+def top_columns(report: DriftReport, limit: int = 10) -> list[ColumnDrift]:
+    """The drifted columns that matter most (importance, then effect over its threshold); when none drifted,
+    the columns closest to drifting."""
+    def weight(c: ColumnDrift) -> tuple[float, float]:
+        ratio = c.effect / c.threshold if c.threshold and math.isfinite(c.effect) else 0.0
+        return (c.importance if c.drifted else 0.0, ratio)
+    drifted = [c for c in report.columns if c.drifted]
+    return sorted(drifted or report.columns, key=weight, reverse=True)[:limit]
+
+
+def render_summary(report: DriftReport, *, logged_to: str | None = None) -> str:
+    """Markdown for the Prefect UI: the decision, the top drifted columns, where the HTML report is.
+
+    Example:
+        ```python
+        import tempfile, numpy as np, pandas as pd
+        from prefect_mlops.tasks.drift import check_drift, render_summary
+        from prefect_mlops.workspace import Workspace
+        ws = Workspace(tempfile.mkdtemp())
+        rng = np.random.default_rng(0)
+        ref = ws.write_snapshot(pd.DataFrame({"x": rng.normal(size=500)}), name="ref")
+        cur = ws.write_snapshot(pd.DataFrame({"x": rng.normal(3, size=500)}), name="cur")
+        text = render_summary(check_drift(cur, ref, model_name="m", columns=["x"], workspace=ws))
+        assert "DRIFTED" in text and "| x |" in text
+        ```
+    """
+    top = top_columns(report)
+    drifted = any(c.drifted for c in top)
+    lines = [f"# Drift of {report.model_name}: {report.decision.upper()}", "", report.reason, "",
+             f"Importance-weighted drift share **{report.drift_share:.1%}** (threshold {report.threshold:.0%}); "
+             f"{len(report.drifted_columns)} of {len(report.columns)} columns drifted; window "
+             f"{report.window or 'latest'}; {report.current_rows} current rows against {report.reference_rows} "
+             f"reference rows.", "",
+             "## " + ("Top drifted columns" if drifted else "No column drifted; the closest to drifting"), "",
+             "| column | kind | measure | value | threshold | importance | Holm p |", "|---|---|---|---|---|---|---|"]
+    lines += [f"| {c.column} | {c.kind} | {c.method} | {_fmt(c.effect)} | {c.threshold:g} | {c.importance:.0%} | "
+              f"{_fmt(c.p_adjusted)} |" for c in top]
+    lines += ["", "The full Evidently report (HTML): "
+              + (f"MLflow artifact `{logged_to}`" if logged_to else "") + f"; on the worker: `{report.report_path}`"]
+    return "\n".join(lines)
+
+
+def log_drift_run(report: DriftReport, *, champion_run_id: str, champion_version: str | None,
+                  mlflow_server: MlflowServer, workspace: Workspace) -> str:
+    """Log one drift check as an MLflow run nested under the champion's run; returns `runs:/<id>/drift`.
+
+    A run of its own, not the champion's: the champion's run is the record of how it was trained
+    (its hold-out metrics are the performance check's reference), and one run per check makes the
+    drift share a series MLflow can chart. Nested (`mlflow.parentRunId`), it lists under the champion.
+    """
+    from mlflow.entities import Metric, Param, RunTag
+
+    client = mlflow_server.client(workspace)
+    parent = client.get_run(champion_run_id)
+    run = client.create_run(parent.info.experiment_id, run_name=f"drift-{report.model_name}-"
+                            f"{(report.window or 'latest').replace('/', '_')[:60]}",
+                            tags={"mlflow.parentRunId": champion_run_id, "prefect_mlops.kind": "drift-check",
+                                  "prefect_mlops.decision": report.decision,
+                                  "prefect_mlops.champion_version": champion_version or ""})
+    try:
+        now = int(datetime.now(timezone.utc).timestamp() * 1000)
+        metrics = [Metric("drift_share", report.drift_share, now, 0),
+                   Metric("drifted_columns", len(report.drifted_columns), now, 0),
+                   Metric("current_rows", report.current_rows, now, 0)]
+        metrics += [Metric(f"effect_{_metric_name(c.column)}", c.effect, now, 0) for c in report.columns
+                    if math.isfinite(c.effect)]
+        params = [Param("window", report.window or "latest"), Param("threshold", str(report.threshold)),
+                  Param("current_fingerprint", report.current.fingerprint)]
+        for start in range(0, len(metrics), 1000):  # MLflow's batch limit
+            client.log_batch(run.info.run_id, metrics=metrics[start:start + 1000],
+                             params=params if start == 0 else [], tags=[RunTag("prefect_mlops.reason",
+                                                                               report.reason[:5000])])
+        client.log_artifact(run.info.run_id, report.report_path, "drift")
+        client.log_text(run.info.run_id, markdown_table(report), "drift/columns.md")
+        client.set_terminated(run.info.run_id, "FINISHED")
+    except Exception:
+        client.set_terminated(run.info.run_id, "FAILED")
+        raise
+    return f"runs:/{run.info.run_id}/drift/{Path(report.report_path).name}"
+
+
+def _metric_name(column: str) -> str:
+    """A column name as MLflow accepts it in a metric key (letters, digits, _ - . space : /)."""
+    return "".join(ch if ch.isalnum() or ch in "_-. :/" else "_" for ch in column)[:200]
+
+
 @task(name="drift-check", task_run_name="drift-{model_name}")
 def drift_check(
     current: DatasetRef,
@@ -353,6 +441,8 @@ def drift_check(
     alpha: float = 0.05,
     report_rows: int = 5000,
     emit: bool = True,
+    champion_run_id: str | None = None,
+    mlflow_server: MlflowServer | None = None,
 ) -> DriftReport:
     """Check drift (see `check_drift`), link the HTML report, and emit the drift event when drifted.
 
@@ -360,23 +450,33 @@ def drift_check(
     `importance`: column -> weight (e.g. the champion's permutation importance); None weighs the
     columns equally. `min_rows`: rows a side below which nothing is decided. `emit=False` leaves
     the event to the caller (a retrain policy that weighs drift with other signals emits one).
+    With `champion_run_id` the check and its HTML report are logged to MLflow (see `log_drift_run`);
+    a failure to log is a warning, never a failed check.
     """
     report = check_drift(current, reference, model_name=model_name, columns=columns, drift_share=drift_share,
                          importance=importance, min_rows=min_rows, alpha=alpha, workspace=Workspace(workspace),
                          sample_rows=sample_rows, report_rows=report_rows)
     logger = run_logger()
+    logged_to = None
+    if champion_run_id:
+        try:
+            logged_to = log_drift_run(report, champion_run_id=champion_run_id, champion_version=champion_version,
+                                      mlflow_server=mlflow_server or MlflowServer(), workspace=Workspace(workspace))
+        except Exception as exc:  # the decision stands without its copy in MLflow
+            logger.warning("could not log the drift report of %s to MLflow (%s: %s); it stays at %s", model_name,
+                           type(exc).__name__, brief(str(exc)), report.report_path)
     create_link_artifact(key=artifact_key("drift-report", model_name), link=f"file://{report.report_path}",
                          link_text=f"Evidently drift report (decision: {report.decision}, {report.drift_share:.0%} "
                                    "of the importance drifted)",
                          description=f"Drift of {current.short()} against {reference.short()}"
                                      f" (report drawn from {report.report_rows} rows a side)")
+    # The UI does not open file:// links: the summary and the top columns are readable in place.
     create_markdown_artifact(
-        f"# Drift of {model_name}: {report.decision.upper()}\n\n{report.reason}\n\n"
-        f"drift_share {report.drift_share:.3f} (threshold {report.threshold}); window {report.window or 'latest'}; "
+        render_summary(report, logged_to=logged_to) + "\n\n## Every column\n\n"
         f"min_rows {report.min_rows}; alpha {report.alpha}"
         + (f"; statistics on a sample of {report.sample_rows} rows a side" if report.sample_rows else "")
-        + "\n\n" + markdown_table(report) + f"\n\nReport: {report.report_path}",
-        key=artifact_key("drift", model_name), description="Per-column drift statistics and decision")
+        + "\n\n" + markdown_table(report),
+        key=artifact_key("drift", model_name), description="Drift decision, top drifted columns, every column")
     if report.decision == "drifted" and not emit:
         logger.warning("drift detected for %s: %s No event: the caller decides.", model_name, report.reason)
     elif report.decision == "drifted":

@@ -8,6 +8,8 @@ champion on the primary metric.
 from __future__ import annotations
 
 import math
+import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -28,6 +30,8 @@ if TYPE_CHECKING:
     import pandas as pd
 
 IMPORTANCE_ARTIFACT = "importance.json"
+PLOT_ARTIFACT = "evaluation/challenger-vs-champion.png"
+"""Run artifact: ROC, precision-recall, calibration and confusion matrices (or residuals), both models."""
 BOOTSTRAP_MAX_ROWS = 5000  # the interval's width barely changes past this; the cost grows linearly
 
 
@@ -206,8 +210,12 @@ def evaluate_models(
     workspace: Workspace | None = None,
     bootstrap_samples: int = 200,
     champion_degraded: str | None = None,
+    plot_to: Path | None = None,
 ) -> Evaluation:
-    """Score challenger and champion on the feature set's hold-out; the plain function behind `evaluate`."""
+    """Score challenger and champion on the feature set's hold-out; the plain function behind `evaluate`.
+
+    With `plot_to`, also draws both models' curves on (a sample of) the hold-out into that PNG.
+    """
     server = mlflow_server or MlflowServer()
     workspace = workspace or Workspace()
     policy = policy or ModelPolicy()
@@ -235,6 +243,12 @@ def evaluate_models(
             interval = bootstrap_interval(y, challenger_out, champion_out, task=spec.task, metric=metric,
                                           samples=bootstrap_samples, seed=spec.seed)
 
+    if plot_to is not None:
+        outputs = [challenger_out] + ([champion_out] if champion is not None else [])
+        names = ["challenger"] + ([f"champion v{champion.model.version}"] if champion is not None else [])
+        draw_outputs(plot_to, y, outputs, names, task=spec.task, seed=spec.seed,
+                     title=f"{trained.lineage.model_name}: challenger (run {trained.run_id[:8]}) against "
+                           f"{names[-1] if champion is not None else 'no champion yet'}, {len(y)} hold-out rows")
     importance = feature_importance(challenger_model, x, y, metric=metric, seed=spec.seed)
     sample = x.head(20).copy()
     sample["__prediction__"] = challenger_out.labels[:20]
@@ -244,6 +258,50 @@ def evaluate_models(
                       holdout_rows=len(holdout), challenger=challenger, champion=champion_scores,
                       difference=difference, interval=interval, smoke_sample_uri=str(path),
                       champion_degraded=champion_degraded, importance=importance)
+
+
+def draw_outputs(path: Path, y: np.ndarray, outputs: list[_Outputs], names: list[str], *, task: str,
+                 seed: int, title: str) -> Path:
+    """The evaluation figure of these models' outputs, on a seeded sample of at most `PLOT_MAX_ROWS` rows."""
+    from prefect_mlops.tasks._plots import PLOT_MAX_ROWS, Drawn, draw, sample_rows
+
+    rows = sample_rows(len(y), seed=seed)
+    drawn = [Drawn(name, out.labels[rows], None if out.proba is None else out.proba[rows], out.classes)
+             for name, out in zip(names, outputs, strict=True)]
+    shown = f"{title}" + (f" (a sample of {PLOT_MAX_ROWS})" if len(y) > PLOT_MAX_ROWS else "")
+    return draw(path, y[rows], drawn, task=task, title=shown)
+
+
+def comparison_metrics(evaluation: Evaluation) -> dict[str, float]:
+    """The champion's hold-out metrics and challenger minus champion, as MLflow metrics of the challenger's run.
+
+    `champion_<metric>`, `delta_<metric>` (challenger minus champion, whatever the direction), and
+    the bootstrap interval of the primary metric's delta; empty without a champion.
+
+    Example:
+        ```python
+        from prefect_mlops.tasks.evaluate import Evaluation, Scores, comparison_metrics
+        new = Scores(role="challenger", run_id="a", overall={"rmse": 1.0})
+        old = Scores(role="champion", run_id="b", version="1", overall={"rmse": 1.5})
+        found = comparison_metrics(Evaluation(model_name="m", task="regression", primary_metric="rmse",
+                                              holdout_rows=9, challenger=new, champion=old, smoke_sample_uri=""))
+        assert found == {"champion_rmse": 1.5, "delta_rmse": -0.5}
+        ```
+    """
+    champion = evaluation.champion
+    if champion is None:
+        return {}
+    found: dict[str, float] = {}
+    for name, value in evaluation.challenger.overall.items():
+        other = champion.overall.get(name, math.nan)
+        if math.isfinite(other):
+            found[f"champion_{name}"] = other
+            if math.isfinite(value):
+                found[f"delta_{name}"] = value - other
+    if evaluation.interval and all(math.isfinite(v) for v in evaluation.interval):
+        found[f"delta_{evaluation.primary_metric}_ci_low"], found[f"delta_{evaluation.primary_metric}_ci_high"] = \
+            evaluation.interval
+    return found
 
 
 def render_evaluation(evaluation: Evaluation) -> str:
@@ -284,12 +342,15 @@ def evaluate(
     """Score challenger and champion (see `evaluate_models`); log metrics and publish the comparison.
 
     The hold-out metrics, the hold-out size and the permutation importance go to the challenger's
-    MLflow run: they are its reference performance and drift weights once it is champion.
+    MLflow run: they are its reference performance and drift weights once it is champion. So do the
+    champion's metrics and the differences (`champion_<metric>`, `delta_<metric>`) and the figure
+    of both models on the hold-out (`evaluation/challenger-vs-champion.png`).
     """
     server = mlflow_server or MlflowServer()
     ws = Workspace(workspace)
+    plot = ws.folder("plots", trained.run_id) / PLOT_ARTIFACT.rsplit("/", 1)[-1]
     evaluation = evaluate_models(trained, features, champion=champion, policy=policy, mlflow_server=server,
-                                 workspace=ws, champion_degraded=champion_degraded)
+                                 workspace=ws, champion_degraded=champion_degraded, plot_to=plot)
     client = server.client(ws)
     for name, value in evaluation.challenger.overall.items():
         if math.isfinite(value):
@@ -303,4 +364,19 @@ def evaluate(
                           evaluation.challenger.overall[evaluation.primary_metric],
                           f"{evaluation.champion.overall[evaluation.primary_metric]:.4f}"
                           if evaluation.champion else "none")
+    log_comparison(trained, evaluation, plot, mlflow_server=server, workspace=ws)
     return evaluation
+
+
+def log_comparison(trained: TrainedModel, evaluation: Evaluation, plot: Path | None, *,
+                   mlflow_server: MlflowServer, workspace: Workspace) -> None:
+    """The comparison with the champion as metrics, and the evaluation figure, on the challenger's run."""
+    from mlflow.entities import Metric
+
+    client = mlflow_server.client(workspace)
+    now = int(time.time() * 1000)
+    found = comparison_metrics(evaluation)
+    if found:
+        client.log_batch(trained.run_id, metrics=[Metric(k, v, now, 0) for k, v in found.items()])
+    if plot is not None and plot.exists():
+        client.log_artifact(trained.run_id, str(plot), PLOT_ARTIFACT.rsplit("/", 1)[0])

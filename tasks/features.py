@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from prefect_mlops.errors import FeatureError
 from prefect_mlops.log import brief, run_logger
-from prefect_mlops.refs import DatasetRef, StrictModel
+from prefect_mlops.refs import DatasetRef, OptionalText, StrictModel
 from prefect_mlops.workspace import Workspace, read_frame, read_table
 
 if TYPE_CHECKING:
@@ -48,10 +48,10 @@ class FeatureSpec(StrictModel):
     task: Literal["classification", "regression"] = Field(
         default="classification", description="What kind of target this is."
     )
-    time_column: str | None = Field(
+    time_column: OptionalText = Field(
         default=None, description="If set, the hold-out is the latest rows by this column."
     )
-    slice_column: str | None = Field(
+    slice_column: OptionalText = Field(
         default=None, description="Column whose values are the slices reported and gated separately."
     )
     holdout_fraction: float = Field(default=0.2, gt=0, lt=1, description="Share of rows held out.")

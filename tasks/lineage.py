@@ -20,11 +20,19 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from prefect_mlops.blocks.mlflow_server import MlflowServer
 from prefect_mlops.errors import ConfigError, RegistryError
 from prefect_mlops.log import run_logger
-from prefect_mlops.refs import DatasetRef, ModelRef, StrictModel
+from prefect_mlops.refs import DatasetRef, ModelRef, OptionalText, StrictModel
 from prefect_mlops.tasks.features import FeatureSpec
 from prefect_mlops.workspace import Workspace
 
 TAG = "prefect_mlops"
+LINEAGE_TAG = f"{TAG}.lineage"
+"""Version and run tag: the lineage's facts as one JSON object (the full record is the run's lineage.json)."""
+TRIGGER_TAG = f"{TAG}.trigger"
+"""Version and run tag: what started the training, as JSON: {"kind": "drift", "event_id": ..., ...}."""
+GATE_TAG = f"{TAG}.gate"
+# The facts also kept as tags of their own: what a person filters the versions table by.
+KEY_FACTS = ("data.fingerprint", "data.window", "trainer", "git_commit", "flow_run_id")
+TRIGGER_KINDS = ("drift", "performance", "schedule", "stale", "manual")
 
 
 class TrainerSpec(StrictModel):
@@ -45,16 +53,17 @@ class TrainerSpec(StrictModel):
     model_config = ConfigDict(frozen=True)
     _unknown_key_hint: ClassVar[str] = "; the estimator's own parameters go under 'params'"
 
-    kind: Literal["sklearn", "torch"] = Field(
-        default="sklearn", description="'sklearn': any scikit-learn estimator; 'torch': a tabular network."
-    )
+    # Field order is the order of the Prefect UI's form (see `number_fields`): the estimator first.
     estimator: str = Field(
         default="sklearn.ensemble.HistGradientBoostingClassifier",
         description="Import path of the estimator class (kind 'sklearn').",
     )
+    kind: Literal["sklearn", "torch"] = Field(
+        default="sklearn", description="'sklearn': any scikit-learn estimator; 'torch': a tabular network."
+    )
     params: dict[str, Any] = Field(default_factory=dict, description="Estimator or network parameters.")
     seed: int = Field(default=0, description="Seed for the estimator's randomness.")
-    label: str | None = Field(
+    label: OptionalText = Field(
         default=None,
         description="Compute route label (e.g. 'gpu') to train on; empty trains in the flow's own process.",
     )
@@ -168,23 +177,130 @@ class Lineage(BaseModel):
     flow_run_id: str | None = None
     refit: bool = Field(default=False, description="Refit on the whole window, hold-out included, after the gate.")
     created_at: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat())
+    trigger: dict[str, Any] = Field(
+        default_factory=dict,
+        description="What started the training (see `describe_trigger`): kind, and the drift event's id and share.")
+
+    def facts(self) -> dict[str, Any]:
+        """The lineage's facts that fit a tag: everything but the package versions and the recipe's details."""
+        return {"data": {"name": self.dataset.name, "uri": self.dataset.uri, "fingerprint": self.dataset.fingerprint,
+                         "rows": self.dataset.rows, "window": self.dataset.window or "",
+                         "source": self.dataset.source_uri or ""},
+                "params_digest": self.params_digest,
+                "trainer": self.trainer.estimator if self.trainer.kind == "sklearn" else "torch",
+                "code_version": self.code_version or "", "git_commit": self.git_commit or "",
+                "flow_run_id": self.flow_run_id or "", "suite_path": self.suite_path or "",
+                "created_at": self.created_at}
 
     def tags(self) -> dict[str, str]:
-        """The lineage's key facts as MLflow tags."""
-        return {
-            f"{TAG}.data.name": self.dataset.name,
-            f"{TAG}.data.uri": self.dataset.uri,
-            f"{TAG}.data.fingerprint": self.dataset.fingerprint,
-            f"{TAG}.data.rows": str(self.dataset.rows),
-            f"{TAG}.data.window": self.dataset.window or "",
-            f"{TAG}.data.source": self.dataset.source_uri or "",
-            f"{TAG}.params_digest": self.params_digest,
-            f"{TAG}.trainer": self.trainer.estimator if self.trainer.kind == "sklearn" else "torch",
-            f"{TAG}.code_version": self.code_version or "",
-            f"{TAG}.git_commit": self.git_commit or "",
-            f"{TAG}.flow_run_id": self.flow_run_id or "",
-            "mlflow.source.git.commit": (self.git_commit or "").removesuffix("-dirty"),
-        }
+        """The tags of a registered version: the facts as one JSON tag, the key facts, and the trigger.
+
+        Example:
+            ```python
+            import json
+            from prefect_mlops.refs import DatasetRef
+            from prefect_mlops.tasks.features import FeatureSpec
+            from prefect_mlops.tasks.lineage import Lineage, TrainerSpec
+            data = DatasetRef(name="d", uri="/d.parquet", fingerprint="f" * 64, rows=10, columns={})
+            lineage = Lineage(model_name="m", dataset=data, features=FeatureSpec(target="y", numeric=["x"]),
+                              trainer=TrainerSpec(), params_digest="p", trigger={"kind": "manual"})
+            tags = lineage.tags()
+            assert json.loads(tags["prefect_mlops.lineage"])["data"]["rows"] == 10
+            assert json.loads(tags["prefect_mlops.trigger"]) == {"kind": "manual"}
+            ```
+        """
+        facts = self.facts()
+        tags = {LINEAGE_TAG: json.dumps(facts, sort_keys=True),
+                TRIGGER_TAG: json.dumps(self.trigger, sort_keys=True) if self.trigger else ""}
+        for key in KEY_FACTS:
+            value: Any = facts
+            for part in key.split("."):
+                value = value[part]
+            tags[f"{TAG}.{key}"] = str(value)
+        return tags
+
+    def run_tags(self) -> dict[str, str]:
+        """The MLflow run's tags: the version's, and the commit in MLflow's own tag."""
+        return {**self.tags(), "mlflow.source.git.commit": (self.git_commit or "").removesuffix("-dirty")}
+
+
+def version_facts(tags: dict[str, str]) -> dict[str, Any]:
+    """A registered version's lineage facts, trigger and gate from its tags; reads the older one-tag-per-fact form.
+
+    Example:
+        ```python
+        from prefect_mlops.tasks.lineage import version_facts
+        old = {"prefect_mlops.data.fingerprint": "abc", "prefect_mlops.data.rows": "5", "prefect_mlops.gate": "passed"}
+        facts = version_facts(old)
+        assert facts["data"]["fingerprint"] == "abc" and facts["gate"] == "passed"
+        assert facts["trigger"] == {"kind": "unknown"}
+        ```
+    """
+    try:
+        facts = json.loads(tags[LINEAGE_TAG])
+    except (KeyError, ValueError):
+        facts = {"data": {}}
+        prefix = f"{TAG}."
+        for key, value in tags.items():  # versions registered before the JSON tag: one tag per fact
+            if not key.startswith(prefix) or key == GATE_TAG:
+                continue
+            name = key[len(prefix):]
+            if name.startswith("data."):
+                facts["data"][name[5:]] = int(value) if name == "data.rows" and value.isdigit() else value
+            elif name.count(".") == 0:
+                facts[name] = value
+    try:
+        facts["trigger"] = json.loads(tags[TRIGGER_TAG])
+    except (KeyError, ValueError):
+        facts["trigger"] = {"kind": "unknown"}
+    facts["gate"] = tags.get(GATE_TAG)
+    return facts
+
+
+def describe_trigger(trigger: str, details: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What started a training run, for the `prefect_mlops.trigger` tag.
+
+    `trigger` is the flow's parameter; `details` what the retraining deployment's trigger passed on
+    from the monitor's event (its id, name, drift share...). A deployment's own parameter says
+    `schedule` on every run, so a run of it that Prefect's scheduler did not create (a person's custom
+    run, or `prefect deployment run`) counts as `manual`. The monitor's `model.stale` event is `stale`.
+
+    Example:
+        ```python
+        from prefect_mlops.tasks.lineage import describe_trigger
+        found = describe_trigger("drift", {"event_id": "e1", "drift_share": 0.8, "unset": None})
+        assert found == {"kind": "drift", "event_id": "e1", "drift_share": 0.8}
+        assert describe_trigger("schedule", {"event": "prefect_mlops.model.stale"})["kind"] == "stale"
+        ```
+    """
+    record: dict[str, Any] = {"kind": trigger}
+    record.update({k: v for k, v in (details or {}).items() if v not in (None, "", [], {}) and k != "kind"})
+    if str(record.get("event", "")).endswith(".model.stale"):
+        record["kind"] = "stale"
+    elif trigger == "schedule":
+        from prefect.context import FlowRunContext
+
+        context = FlowRunContext.get()
+        run = context.flow_run if context else None
+        if run is not None and run.deployment_id is not None and not run.auto_scheduled:
+            record["kind"] = "manual"
+            record["note"] = "a run of the scheduled deployment that the scheduler did not create"
+    if run_by := _created_by():
+        record.setdefault("created_by", run_by)
+    if record["kind"] not in TRIGGER_KINDS:
+        raise ConfigError(f"trigger {trigger!r}: expected one of {', '.join(TRIGGER_KINDS)}")
+    return record
+
+
+def _created_by() -> str | None:
+    """Who created the current flow run, when Prefect knows (an automation, a user); None otherwise."""
+    from prefect.context import FlowRunContext
+
+    context = FlowRunContext.get()
+    made = getattr(context.flow_run, "created_by", None) if context and context.flow_run else None
+    if made is None:
+        return None
+    return f"{made.type or 'unknown'}: {made.display_value or made.id or ''}".strip()
 
 
 class Champion(BaseModel):

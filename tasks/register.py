@@ -22,7 +22,7 @@ from prefect_mlops.log import run_logger
 from prefect_mlops.refs import ModelRef
 from prefect_mlops.tasks.evaluate import Evaluation
 from prefect_mlops.tasks.gate import GateVerdict
-from prefect_mlops.tasks.lineage import TAG
+from prefect_mlops.tasks.lineage import GATE_TAG, TAG
 from prefect_mlops.tasks.reconcile import CHALLENGER, discard_version
 from prefect_mlops.tasks.train import TrainedModel
 from prefect_mlops.workspace import Workspace
@@ -46,6 +46,42 @@ def require_passed(verdict: GateVerdict | None, run_id: str, stage: str) -> None
         )
 
 
+def describe_version(trained: TrainedModel, verdict: GateVerdict, evaluation: Evaluation | None = None) -> str:
+    """The version's description in the registry: the verdict and its main reason, the hold-out, the data.
+
+    Example:
+        ```python
+        from types import SimpleNamespace as NS
+        from prefect_mlops.tasks.register import describe_version
+        data = NS(name="churn", fingerprint="ab" * 32, rows=200, window="2024-01-01/2024-02-01")
+        trained = NS(lineage=NS(dataset=data, trainer=NS(kind="sklearn", estimator="m.Est"),
+                                trigger={"kind": "drift", "drift_share": 0.8}))
+        text = describe_version(trained, NS(main_reason="better by 0.1"))
+        assert text.startswith("Gate passed: better by 0.1") and "drift (drift share 0.8)" in text
+        ```
+    """
+    lineage = trained.lineage
+    lines = [f"Gate passed: {verdict.main_reason}"]
+    if evaluation is not None:
+        champion = evaluation.champion
+        shown = [f"{k} {v:.4f}" + (f" (champion v{champion.version} {champion.overall[k]:.4f})"
+                                   if champion and math.isfinite(champion.overall.get(k, math.nan)) else "")
+                 for k, v in evaluation.challenger.overall.items() if math.isfinite(v)]
+        lines.append(f"Hold-out of {evaluation.holdout_rows} rows: {', '.join(shown)}.")
+    trainer = lineage.trainer.estimator if lineage.trainer.kind == "sklearn" else "torch"
+    data = lineage.dataset
+    lines.append(f"Trained with {trainer} on {data.name}@{data.fingerprint[:12]} ({data.rows} rows, window "
+                 f"{data.window or 'all rows'}).")
+    trigger = dict(lineage.trigger or {})
+    if trigger:
+        kind = trigger.pop("kind", "unknown")
+        said = [f"drift share {trigger['drift_share']:.2g}" if isinstance(trigger.get("drift_share"), float)
+                else None, f"event {trigger['event_id']}" if trigger.get("event_id") else None]
+        said = ", ".join(s for s in said if s)
+        lines.append(f"Started by: {kind}" + (f" ({said})." if said else "."))
+    return "\n\n".join(lines)[:5000]
+
+
 def register_version(
     trained: TrainedModel,
     verdict: GateVerdict,
@@ -63,14 +99,12 @@ def register_version(
     name = trained.lineage.model_name
     server.check_reachable(workspace)
     client = server.client(workspace)
+    # A few tags a person filters by (the rest of the lineage in one JSON tag); the verdict in words.
     tags = {k: v for k, v in trained.lineage.tags().items() if v}
-    tags[f"{TAG}.gate"] = "passed"
-    tags[f"{TAG}.gate.reason"] = verdict.main_reason[:5000]
+    tags[GATE_TAG] = "passed"
     if trained.sha256:  # the files' checksums: every load checks them first (prefect_mlops.integrity)
         tags[DIGEST_TAG] = trained.sha256
-    if evaluation is not None:
-        tags.update({f"{TAG}.metric.{k}": f"{v:.6g}" for k, v in evaluation.challenger.overall.items()
-                     if math.isfinite(v)})
+    description = describe_version(trained, verdict, evaluation)
     version = None
     try:
         try:
@@ -79,7 +113,7 @@ def register_version(
             if exc.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
         created = client.create_model_version(name, source=trained.model_source, run_id=trained.run_id,
-                                              tags=tags)
+                                              tags=tags, description=description)
         version = str(created.version)
         deadline = time.monotonic() + ready_timeout
         while created.status != "READY":

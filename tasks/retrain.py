@@ -253,6 +253,21 @@ def emit_retrain_event(decision: RetrainDecision, *, window: str | None, drift: 
     return str(event.id) if event else None
 
 
+def retrain_details(decision: RetrainDecision, drift: DriftReport | None = None) -> dict[str, object]:
+    """What a retraining started in the monitor's own run records as its trigger (see `describe_trigger`).
+
+    On a server the retraining deployment's trigger passes the same facts on from the event.
+    """
+    from prefect.runtime import flow_run
+
+    event = {"drift": DRIFT_EVENT, "performance": PERFORMANCE_EVENT, "schedule": STALE_EVENT}.get(
+        decision.trigger or "")
+    return {"event": event, "event_id": decision.event_id, "monitor_flow_run_id": flow_run.id,
+            "drift_share": drift.drift_share if drift else None,
+            "drifted_columns": drift.drifted_columns[:10] if drift else None,
+            "champion_degraded": decision.champion_degraded}
+
+
 @task(name="retrain-decision", task_run_name="decide-{model_name}")
 def retrain_decision(
     model_name: str,

@@ -136,7 +136,7 @@ def log_model(
     run = client.create_run(
         experiment_id,
         run_name=f"{lineage.model_name}-{lineage.dataset.fingerprint[:8]}",
-        tags={k: v for k, v in lineage.tags().items() if v},
+        tags={k: v for k, v in lineage.run_tags().items() if v},
     )
     run_id = run.info.run_id
     try:

@@ -46,6 +46,37 @@ def test_nested_models_fields_are_described_too(flow):
         assert set(undocumented) <= allowed.get(name, set()), f"{flow.name}: {name} fields {undocumented}"
 
 
+@pytest.mark.parametrize("flow", FLOWS, ids=lambda f: f.name)
+def test_optional_plain_parameters_render_as_inputs_not_as_a_none_branch(flow):
+    # The UI opens an `anyOf [X, null]` with the default None on its null tab: 'Property is type "None"'.
+    found = schema(flow)
+    forms = {flow.name: found["properties"]} | {name: definition.get("properties", {}) for name, definition
+                                               in found.get("definitions", {}).items()
+                                               if name in ("FeatureSpec", "TrainerSpec")}
+    none_tabs = [f"{form}.{name}" for form, properties in forms.items() for name, spec in properties.items()
+                 if spec.get("default", "unset") is None and {"type": "null"} in spec.get("anyOf", [])
+                 and not any("$ref" in option for option in spec["anyOf"])]
+    assert not none_tabs, f"{flow.name}: {none_tabs} open on the None branch"
+
+
+def test_nested_forms_keep_the_declared_field_order():
+    # The server's JSON column may reorder keys (PostgreSQL's JSONB: shortest first); the UI sorts by position.
+    definitions = schema(continuous_training)["definitions"]
+    for model, first in (("FeatureSpec", "target"), ("TrainerSpec", "estimator")):
+        fields = definitions[model]["properties"]
+        order = sorted(fields, key=lambda name: fields[name]["position"])
+        assert order[0] == first and order == list(fields), f"{model}: {order}"
+    features = definitions["FeatureSpec"]["properties"]
+    assert features["target"]["position"] < features["seed"]["position"]
+
+
+def test_suite_path_and_workspace_are_described_text_inputs():
+    properties = schema(continuous_training)["properties"]
+    for name in ("suite_path", "workspace"):
+        assert properties[name]["type"] == "string" and properties[name]["default"] is None
+        assert len(properties[name]["description"]) > 60, properties[name]["description"]
+
+
 def test_continuous_training_form_types_defaults_enums_and_nested_models():
     found = schema(continuous_training)
     properties, definitions = found["properties"], found["definitions"]
@@ -75,7 +106,7 @@ def test_drift_monitor_and_train_on_pool_forms():
     drift = schema(drift_monitor)["properties"]
     # Empty by default: the retrain policy's drift_share applies.
     assert drift["drift_share"]["default"] is None
-    assert {"type": "number"} in drift["drift_share"]["anyOf"]
+    assert drift["drift_share"]["type"] == "number"
     assert resolve(drift["retrain_policy"], schema(drift_monitor)["definitions"])["block_type_slug"] == \
         "prefect-mlops-retrain-policy"
     assert drift["retrain"]["default"] is False

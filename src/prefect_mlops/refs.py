@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from datetime import datetime, timezone
 from typing import Annotated, Any, ClassVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
 
 from prefect_mlops.errors import ConfigError, brief
 
@@ -68,6 +68,18 @@ def check_alias(alias: str) -> str:
 ModelAlias = Annotated[str, AfterValidator(check_alias)]
 """A model alias (`champion`, `challenger`...), checked at parameter validation (see `check_alias`)."""
 
+# An optional flow parameter shown in the Prefect UI as a plain input. For `X | None` the form opens on the
+# `null` branch of its `anyOf` ("Property is type None") and a person must pick the other tab to type a value;
+# with the schema of `X` alone an empty input leaves the parameter out, which is the default None.
+OptionalText = Annotated[str | None, WithJsonSchema({"type": "string"})]
+"""Text that may be left empty (None): a path, a window, a folder."""
+OptionalInt = Annotated[int | None, WithJsonSchema({"type": "integer"})]
+"""A whole number that may be left empty (None)."""
+OptionalFloat = Annotated[float | None, WithJsonSchema({"type": "number"})]
+"""A number that may be left empty (None)."""
+OptionalObject = Annotated[dict[str, Any] | None, WithJsonSchema({"type": "object"})]
+"""A JSON object that may be left empty (None)."""
+
 
 def reject_unknown_keys(model: type[BaseModel], data: Any, *, also: Iterable[str] = (), hint: str = "") -> Any:
     """Raise `ValueError` naming every key of `data` that is no field of `model`, with the closest field.
@@ -99,10 +111,28 @@ def reject_unknown_keys(model: type[BaseModel], data: Any, *, also: Iterable[str
                      f"{', '.join(sorted(fields))}{hint}")
 
 
+def number_fields(schema: dict[str, Any]) -> None:
+    """Give each property its declaration order as `position`, which the Prefect UI sorts a form by.
+
+    Without it a nested model's fields come out in the order a server's JSON column keeps keys
+    (PostgreSQL's JSONB: shortest first), so `seed` came before `target`.
+
+    Example:
+        ```python
+        from prefect_mlops.refs import number_fields
+        schema = {"properties": {"target": {}, "seed": {}}}
+        number_fields(schema)
+        assert schema["properties"]["seed"]["position"] == 1
+        ```
+    """
+    for position, spec in enumerate(schema.get("properties", {}).values()):
+        spec.setdefault("position", position)
+
+
 class StrictModel(BaseModel):
     """A record a person writes: an unknown key is an error naming the closest valid key, never ignored."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=lambda schema, cls: number_fields(schema))
     _unknown_key_hint: ClassVar[str] = ""
 
     @model_validator(mode="before")

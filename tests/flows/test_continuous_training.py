@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from prefect_mlops.blocks import ModelPolicy
 from prefect_mlops.demo import period_window
 from prefect_mlops.flows import continuous_training, drift_monitor, rollback
@@ -41,17 +43,27 @@ def test_loop_promotes_skips_retrains_on_drift_rejects_weak_and_rolls_back(
     # The retraining learned from the retrain policy's window (three periods back), not the drifted month alone.
     assert drifted.decision.training_window == "2023-12-30T00:00:00/2024-04-01T00:00:00"
     assert version.tags["prefect_mlops.data.window"] == drifted.decision.training_window
-    assert {"prefect_mlops.code_version", "prefect_mlops.metric.roc_auc"} <= set(version.tags)
+    assert json.loads(version.tags["prefect_mlops.lineage"])["code_version"]
+    # What started each version: the monitor's drift signal (with its share), and a person for v1.
+    trigger = json.loads(version.tags["prefect_mlops.trigger"])
+    assert trigger["kind"] == "drift" and trigger["drift_share"] == drifted.drift.drift_share
+    assert trigger["monitor_flow_run_id"]
+    first_version = mlflow_server.client(workspace).get_model_version("churn", "1")
+    assert json.loads(first_version.tags["prefect_mlops.trigger"])["kind"] == "manual"
+    assert "Started by: drift" in version.description
 
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
-    keys = ["validation-churn", "metrics-churn", "gate-verdict-churn", "drift-report-churn", "promotion-churn"]
+    keys = ["validation-churn", "metrics-churn", "gate-verdict-churn", "drift-report-churn", "drift-churn",
+            "promotion-churn"]
     with get_client(sync_client=True) as client:
         artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=keys)))
     assert set(keys) <= {a.key for a in artifacts}
     links = [a.data for a in artifacts if a.key == "drift-report-churn"]
     assert any(drifted.drift.report_path in link for link in links)
+    summary = [a.data for a in artifacts if a.key == "drift-churn"]
+    assert any("## Top drifted columns" in text for text in summary)  # the drifted window's, beside the stable one's
 
     back = rollback("churn", reason="test", **common)
     assert (back.champion_version, back.previous_version) == ("1", "2")

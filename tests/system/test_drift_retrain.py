@@ -4,6 +4,7 @@ window starts nothing more."""
 
 from __future__ import annotations
 
+import json
 import time
 from datetime import datetime, timezone
 
@@ -47,6 +48,9 @@ def test_drift_event_starts_one_retrain_and_a_burst_of_20_more_starts_none(syste
     policy_window = str(Window(start=datetime(2023, 12, 30), end=datetime(2024, 4, 1)))
     assert retrain.parameters["window"] == policy_window, "the policy's training window was not passed to the run"
     assert retrain.parameters["trigger"] in ("drift", "performance")
+    # The trigger passes the event on: recorded in the version's `prefect_mlops.trigger` tag.
+    details = retrain.parameters["trigger_details"]
+    assert details["event"].startswith("prefect_mlops.") and details["event_id"], details
 
     monitor = system.wait(monitor.id)
     assert monitor.state.name == "Completed", monitor.state.message
@@ -54,4 +58,7 @@ def test_drift_event_starts_one_retrain_and_a_burst_of_20_more_starts_none(syste
     # A verdict either way; never a failure, and the registry agrees with it.
     assert retrain.state.name in ("Completed", "Rejected"), f"{retrain.state.name}: {retrain.state.message}"
     assert system.champion("churn") == ("2" if retrain.state.name == "Completed" else "1")
+    if retrain.state.name == "Completed":
+        trigger = json.loads(system.version_made_by("churn", retrain.id).tags["prefect_mlops.trigger"])
+        assert trigger["kind"] in ("drift", "performance") and trigger["event_id"] == details["event_id"], trigger
     system.notes["retrain"] = retrain

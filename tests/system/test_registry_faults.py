@@ -524,12 +524,14 @@ def test_two_direct_runs_of_one_model_at_once_never_promote_over_a_champion_they
             _end_group(proc)
     client = flows.server.client(flows.workspace)
     problems = [f"run {i} exited {code}" for i, code in enumerate(codes) if code != 0]
-    versions = {str(v.version): v.tags for v in client.search_model_versions(f"name='{model}'")}
+    found = client.search_model_versions(f"name='{model}'")
+    versions = {str(v.version): v.tags for v in found}
+    verdicts = {str(v.version): v.description or "" for v in found}  # "Gate passed: <main reason>..."
     for number, tags in sorted(versions.items()):
         promoted_from = tags.get("prefect_mlops.promoted_from")
         if promoted_from is None or number == "1":
             continue
-        judged = tags.get("prefect_mlops.gate.reason", "")
+        judged = verdicts[number].split("\n\n")[0]
         if f"champion v{promoted_from}" not in judged:
             problems.append(f"v{number} replaced v{promoted_from} but was judged: {judged!r}")
     problems += check_invariants(client, model, {max(versions, key=int)})

@@ -3,6 +3,8 @@ a route whose pool is missing or unserved fails the cycle naming the pool, and p
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from prefect_mlops.blocks import ComputeRoute
@@ -20,6 +22,7 @@ def test_scheduled_run_executes_and_promotes_a_champion(system, scheduled_churn)
     assert run.parameters["window"] == period_window(0)
     version = system.version_made_by("churn", run.id)
     assert version.tags["prefect_mlops.promoted_from"] == "none", "the first champion was not promoted"
+    assert json.loads(version.tags["prefect_mlops.trigger"])["kind"] == "schedule"
     assert system.champion("churn") is not None
     deployment = system.deployment("continuous-training/churn")
     crons = [s.schedule.cron for s in deployment.schedules if getattr(s.schedule, "cron", None)]

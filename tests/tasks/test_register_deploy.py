@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from mlflow import MlflowClient
 
@@ -31,8 +33,10 @@ def test_first_promotion_sets_champion_and_tags_the_lineage(first, mlflow_server
     version = mlflow_server.client(workspace).get_model_version("churn", "1")
     assert version.tags["prefect_mlops.gate"] == "passed"
     assert version.tags["prefect_mlops.data.fingerprint"] == first.features.dataset.fingerprint
-    assert float(version.tags["prefect_mlops.metric.roc_auc"]) == pytest.approx(
-        first.evaluation.challenger.overall["roc_auc"], rel=1e-5)
+    assert json.loads(version.tags["prefect_mlops.lineage"])["data"]["rows"] == first.features.dataset.rows
+    # The verdict and the hold-out metrics in words, in the version's description.
+    assert version.description.startswith(f"Gate passed: {first.verdict.main_reason}")
+    assert f"roc_auc {first.evaluation.challenger.overall['roc_auc']:.4f}" in version.description
 
 
 def test_register_refuses_a_rejected_verdict(churn_source, churn_features, fast_trainer, mlflow_server, workspace,

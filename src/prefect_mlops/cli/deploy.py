@@ -19,6 +19,15 @@ DEFAULT_POOLS: dict[str, dict[str, Any]] = {
     "gpu": {"type": "process", "base_job_template": "job_templates/process-gpu.json"},
 }
 NOTIFY_NAME = "prefect-mlops: {kind}"
+# What the Automations page says about each: when it fires and what it sends.
+NOTIFY_DESCRIPTIONS = {
+    "promotion": "Sends a message when continuous training promotes a new champion.",
+    "rejection": "Sends a message when the quality gate rejects a challenger: the run ends Rejected, with "
+                 "the gate's reasons.",
+    "drift": "Sends one message per model and hour when a drift monitor reports drift, with the drifted "
+             "columns and the report.",
+    "failure": "Sends a message when any prefect-mlops flow run fails or crashes, with its state message.",
+}
 MLOPS_FLOWS = ["continuous-training", "drift-monitor", "rollback", "batch-score", "train-on-pool"]
 
 
@@ -219,7 +228,7 @@ def notification_automations(block_document_id: str, kinds: list[str]) -> list[A
     unknown = sorted(set(kinds) - set(specs))
     if unknown:
         raise SystemExit(f"notifications.on: unknown kinds {unknown}; choose from {sorted(specs)}")
-    return [Automation(name=NOTIFY_NAME.format(kind=kind), description=f"prefect-mlops {kind} notification",
+    return [Automation(name=NOTIFY_NAME.format(kind=kind), description=NOTIFY_DESCRIPTIONS[kind],
                        trigger=trigger, actions=[SendNotification(block_document_id=block_document_id,
                                                                   subject=subject, body=body)])
             for kind, (trigger, subject, body) in specs.items() if kind in kinds]
