@@ -31,7 +31,7 @@ COMPOSE_FILE = DOCKER / "compose.yaml"
 ENV_EXAMPLE = DOCKER / ".env.example"
 
 WORKER_DOCKERFILES = {"cpu": DOCKER / "Dockerfile.cpu", "cuda": DOCKER / "Dockerfile.cuda"}
-DOCKERFILES = {**WORKER_DOCKERFILES, "mlflow": DOCKER / "Dockerfile.mlflow"}
+DOCKERFILES = {**WORKER_DOCKERFILES, "mlflow": DOCKER / "Dockerfile.mlflow", "serve": DOCKER / "Dockerfile.serve"}
 
 SERVICES = {"postgres", "minio", "minio-init", "prefect-server", "mlflow", "worker-cpu", "worker-gpu"}
 # Variables compose.yaml must require (${VAR:?...}), never default.
@@ -41,6 +41,8 @@ SECRET_VARS = [
     "MINIO_ROOT_USER",
     "MINIO_ROOT_PASSWORD",
     "PREFECT_AUTH_STRING",
+    "MLFLOW_ADMIN_PASSWORD",
+    "MLFLOW_FLASK_SECRET_KEY",
 ]
 SECRET_NAME = re.compile(r"PASSWORD|PASSWD|SECRET|TOKEN|KEY|AUTH_STRING|CREDENTIAL", re.IGNORECASE)
 REQUIRED_VAR = re.compile(r"\$\{(\w+):\?[^}]*\}")
@@ -720,3 +722,53 @@ def test_env_example_covers_every_required_variable_with_marked_examples() -> No
     assert "EXAMPLE VALUES ONLY" in ENV_EXAMPLE.read_text()
     assert len(example["MINIO_ROOT_PASSWORD"]) >= 8  # MinIO refuses shorter root passwords
     assert ".env" in (DOCKER / ".gitignore").read_text().split()
+
+
+# --------------------------------------------------------------------------- authentication
+
+
+def test_mlflow_runs_the_basic_auth_app_with_its_admin_password_from_a_secret() -> None:
+    import configparser
+
+    services = compose_doc()["services"]
+    mlflow = services["mlflow"]
+    command = mlflow["command"]
+    assert command[command.index("--app-name") + 1] == "basic-auth"
+    env = environment(mlflow)
+    assert REQUIRED_VAR.fullmatch(env["MLFLOW_AUTH_ADMIN_PASSWORD"]).group(1) == "MLFLOW_ADMIN_PASSWORD"
+    assert REQUIRED_VAR.fullmatch(env["MLFLOW_FLASK_SERVER_SECRET_KEY"]).group(1) == "MLFLOW_FLASK_SECRET_KEY"
+    mounted = {v.split(":")[1]: v.split(":")[0] for v in mlflow["volumes"] if v.startswith("./")}
+    config = configparser.ConfigParser()
+    config.read(DOCKER / mounted[env["MLFLOW_AUTH_CONFIG_PATH"]].removeprefix("./"))
+    assert "admin_password" not in config["mlflow"], "the admin password comes from the environment only"
+    assert config["mlflow"]["default_permission"] == "NO_PERMISSIONS"
+    builder = stages(parse_dockerfile(DOCKERFILES["mlflow"]))[0]
+    install = " ".join(i["value"] for i in builder if i["instruction"] == "RUN")
+    assert "Flask-WTF==" in install, "the basic-auth app needs Flask-WTF in the MLflow image"
+    for worker in ("worker-cpu", "worker-gpu"):
+        env = environment(services[worker])
+        assert env["MLFLOW_TRACKING_USERNAME"] == "admin"
+        assert REQUIRED_VAR.fullmatch(env["MLFLOW_TRACKING_PASSWORD"]).group(1) == "MLFLOW_ADMIN_PASSWORD"
+
+
+def test_every_secret_setting_comes_from_a_required_variable() -> None:
+    """Each secret-named setting of every service is exactly `${VAR:?...}`: no default, no literal, nothing to guess."""
+    for name, service in compose_doc()["services"].items():
+        for key, value in environment(service).items():
+            if SECRET_NAME.search(key) and key != "MLFLOW_AUTH_CONFIG_PATH":
+                assert REQUIRED_VAR.fullmatch(value), f"{name}: {key} is not a required variable: {value!r}"
+
+
+def test_the_artifact_bucket_is_not_public() -> None:
+    init = " ".join(compose_doc()["services"]["minio-init"]["command"])
+    assert "mc anonymous set none local/mlflow" in init
+    assert "mc anonymous set public" not in init and "mc anonymous set download" not in init
+
+
+def test_no_port_is_published_on_all_interfaces_by_default(compose: list[str], tmp_path: Path) -> None:
+    result = run_compose(compose, tmp_path, dummy_secrets(), "--profile", "gpu", "config", "--format", "json")
+    assert result.returncode == 0, result.stderr
+    ports = [(name, port) for name, service in json.loads(result.stdout)["services"].items()
+             for port in service.get("ports", [])]
+    assert len(ports) == 4
+    assert all(port.get("host_ip") == "127.0.0.1" for _, port in ports), ports
