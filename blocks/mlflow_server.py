@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import errno
 import os
 import urllib.error
@@ -11,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from prefect.blocks.core import Block
 from pydantic import Field, SecretStr, model_validator
 
-from prefect_mlops.errors import IntegrityError, RegistryError, disk_full_error, shorten
+from prefect_mlops.errors import ConfigError, IntegrityError, RegistryError, disk_full_error, shorten
 from prefect_mlops.log import run_logger
 from prefect_mlops.refs import reject_unknown_keys
 from prefect_mlops.workspace import Workspace
@@ -52,8 +53,13 @@ class MlflowServer(Block):
         default=None, description="Model registry address; the tracking URI when empty."
     )
     experiment: str = Field(default="prefect-mlops", description="Experiment that training runs go to.")
+    username: str | None = Field(
+        default=None, description="User for a tracking server with basic auth (`mlflow server --app-name "
+        "basic-auth`); its password goes in `password`."
+    )
+    password: SecretStr | None = Field(default=None, description="Password of `username` (basic auth).")
     token: SecretStr | None = Field(
-        default=None, description="Bearer token for a tracking server that asks for one."
+        default=None, description="Bearer token for a tracking server that asks for one (instead of a password)."
     )
     artifact_location: str | None = Field(
         default=None,
@@ -75,11 +81,29 @@ class MlflowServer(Block):
         """A client bound to this server; leaves MLflow's process-wide tracking URI alone."""
         from mlflow import MlflowClient
 
-        if self.token is not None:
-            # MLflow reads the token from the environment at request time; there is no client argument.
-            os.environ["MLFLOW_TRACKING_TOKEN"] = self.token.get_secret_value()
         uri = self.uri(workspace)
-        return MlflowClient(tracking_uri=uri, registry_uri=self.registry_uri or uri)
+        registry = self.registry_uri or uri
+        for address in {uri, registry}:
+            self._authorize(address)
+        return MlflowClient(tracking_uri=uri, registry_uri=registry)
+
+    def _authorize(self, address: str) -> None:
+        """Send this Block's credentials with every MLflow request to `address`'s server, and only there."""
+        header = self._auth_header().get("Authorization")
+        if header is not None and address.startswith(("http://", "https://")):
+            _request_auth.add(address, header)
+
+    def _auth_header(self) -> dict[str, str]:
+        """The Authorization header of this Block's credentials; empty without any."""
+        if bool(self.username) != (self.password is not None):
+            raise ConfigError("MLflow Server block: basic auth needs both username and password; set the missing "
+                              "one (or neither, for a server without auth)")
+        if self.token is not None:
+            return {"Authorization": f"Bearer {self.token.get_secret_value()}"}
+        if self.username and self.password is not None:
+            pair = f"{self.username}:{self.password.get_secret_value()}".encode()
+            return {"Authorization": f"Basic {base64.b64encode(pair).decode()}"}
+        return {}
 
     def check_reachable(self, workspace: Workspace | None = None, timeout: float = 5.0) -> None:
         """Fail fast, naming the address, when an HTTP tracking server does not answer.
@@ -97,6 +121,24 @@ class MlflowServer(Block):
                 f"MLflow server {uri} is unreachable ({exc}); start it, or fix the MLflow Server "
                 "block's tracking_uri. Nothing was registered or promoted"
             ) from exc
+        # /health answers anyone: ask something that needs the credentials, so a refused one is said here.
+        probe = urllib.request.Request(  # noqa: S310 (uri is http(s), checked above)
+            f"{uri.rstrip('/')}/api/2.0/mlflow/experiments/search?max_results=1", headers=self._auth_header())
+        try:
+            with urllib.request.urlopen(probe, timeout=timeout) as reply:  # noqa: S310
+                reply.read()
+        except urllib.error.HTTPError as exc:
+            if exc.code not in (401, 403):
+                return  # another problem: the call that follows reports it with MLflow's words
+            if self.username and exc.code == 401:
+                said = f"refused the credentials of user {self.username!r} (HTTP 401): the password is wrong"
+            elif exc.code == 401:
+                said = "needs credentials (HTTP 401); set the MLflow Server block's username and password (or token)"
+            else:
+                said = f"refused access to {self.username or 'this token'!r} (HTTP 403): grant it permissions"
+            raise RegistryError(f"MLflow server {uri} {said}. Nothing was registered or promoted") from None
+        except (urllib.error.URLError, OSError):
+            return
 
     def experiment_id(self, workspace: Workspace | None = None) -> str:
         """The id of this Block's experiment, created on first use."""
@@ -181,6 +223,64 @@ class MlflowServer(Block):
             if label == "model" and versions:
                 label = f"model {versions[0].name!r} v{versions[0].version}"
         verify_folder(local, sha256, what=label if label != "model" else f"model at {source}")
+
+
+class _RequestAuth:
+    """MLflow request auth that adds a Block's header to requests for its server only.
+
+    MLflow takes credentials from process-wide environment variables (MLFLOW_TRACKING_PASSWORD...),
+    which every thread and child process would then share and show. Instead a request auth
+    provider (MLflow's plugin hook, chosen by the non-secret MLFLOW_TRACKING_AUTH) looks up the
+    header by the request's server; other servers get none.
+    """
+
+    NAME = "prefect-mlops"
+
+    def __init__(self) -> None:
+        self.headers: dict[str, str] = {}
+        self.installed = False
+
+    @staticmethod
+    def origin(url: str) -> str:
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(url)
+        return f"{parts.scheme}://{parts.netloc}".lower()
+
+    def add(self, address: str, header: str) -> None:
+        self.headers[self.origin(address)] = header
+        if self.installed:
+            return
+        chosen = os.environ.get("MLFLOW_TRACKING_AUTH")
+        if chosen and chosen != self.NAME:
+            raise ConfigError(f"MLFLOW_TRACKING_AUTH is {chosen!r}, another MLflow auth plugin; unset it to use the "
+                              "MLflow Server block's credentials, or leave them empty in the block")
+        import requests.auth
+        from mlflow.tracking.request_auth.abstract_request_auth_provider import RequestAuthProvider
+        from mlflow.tracking.request_auth.registry import _request_auth_provider_registry
+
+        owner = self
+
+        class Auth(requests.auth.AuthBase):
+            def __call__(self, request: Any) -> Any:
+                header = owner.headers.get(owner.origin(request.url))
+                if header is not None:
+                    request.headers["Authorization"] = header
+                return request
+
+        class Provider(RequestAuthProvider):
+            def get_name(self) -> str:
+                return owner.NAME
+
+            def get_auth(self) -> Any:
+                return Auth()
+
+        _request_auth_provider_registry.register(Provider)
+        os.environ["MLFLOW_TRACKING_AUTH"] = self.NAME  # the plugin's name, not a secret
+        self.installed = True
+
+
+_request_auth = _RequestAuth()
 
 
 def _not_found(exc: BaseException) -> bool:

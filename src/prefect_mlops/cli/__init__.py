@@ -85,17 +85,22 @@ def cmd_repair(args: argparse.Namespace) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
+    from prefect_mlops.cli.auth import resolve_auth
+
     home = Path(args.home).resolve()
-    stack = start_stack(home, args.database_url, args.port)
+    auth = resolve_auth(home, auth=args.auth, auth_file=args.auth_file)
+    stack = start_stack(home, args.database_url, args.port, auth)
     with stopped_on_exit(stack):
         config = read_config(args.config)
         pools = list(config.get("work_pools") or DEFAULT_POOLS)
-        with api(stack.server.api_url):
+        with api(stack.server.api_url, auth):
             deploy(config, args.prefect_file, env=stack.server.client_env())
         stack.start_workers(pools, PREFECT_MLOPS_WORKSPACE=str(home / "workspace"))
         print(f"\nworkers online for pools {', '.join(pools)}")
         print(f"Prefect UI: {stack.server.ui_url}")
         print(f"export PREFECT_API_URL={stack.server.api_url}   # to use it from another shell")
+        if auth:
+            print("export PREFECT_API_AUTH_STRING=...   # the auth string: the API and the UI ask for it")
         print("Ctrl-C stops the server and the workers.", flush=True)
         wait_forever()
     return 0
@@ -137,6 +142,10 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--database-url", help="e.g. postgresql+asyncpg://postgres@127.0.0.1:5432/prefect "
                        "(default: SQLite under --home)")
         p.add_argument("--port", type=int, help="server port (default: a free one)")
+        p.add_argument("--auth", action="store_true", help="basic auth on the API and UI: 'user:password' from "
+                       "$PREFECT_MLOPS_AUTH_STRING, else --auth-file, else generated into <home>/prefect/auth-string "
+                       "(mode 0600)")
+        p.add_argument("--auth-file", type=Path, help="file holding 'user:password' (chmod 600); implies --auth")
         if name == "up":
             common(p)
             p.add_argument("--home", default=".prefect-mlops-server", help="folder for the server and workspace")

@@ -294,10 +294,12 @@ def deploy(config: dict[str, Any], prefect_file: Path | None = None, *, env: dic
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
+    from prefect_mlops.cli.auth import check_api_credentials
     from prefect_mlops.cli.preflight import prefect_api
 
     config = read_config(args.config)
     prefect_api("deploy", required=True)
+    check_api_credentials()  # a refused password is said here, not as a 401 in the middle of a deploy
     deploy(config, args.prefect_file)
     return 0
 

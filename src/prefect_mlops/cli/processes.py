@@ -49,6 +49,7 @@ class Server:
     log_path: Path | None = None
     proc: subprocess.Popen | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
+    auth_string: str | None = field(default=None, repr=False)  # `user:password`: basic auth on the API
 
     @property
     def api_url(self) -> str:
@@ -59,8 +60,9 @@ class Server:
         return f"http://127.0.0.1:{self.port}"
 
     def client_env(self, **extra: str) -> dict[str, str]:
-        """The environment of a client or worker of this server."""
-        return quiet_env(self.home, PREFECT_API_URL=self.api_url, **extra)
+        """The environment of a client or worker of this server (with its credentials, when it has some)."""
+        auth = {"PREFECT_API_AUTH_STRING": self.auth_string} if self.auth_string else {}
+        return quiet_env(self.home, PREFECT_API_URL=self.api_url, **auth, **extra)
 
     def start(self, timeout: float = 120) -> Server:
         with socket.socket() as sock:  # else the health check could be answered by another server
@@ -70,6 +72,8 @@ class Server:
         env = quiet_env(self.home, PREFECT_SERVER_API_HOST="127.0.0.1", PREFECT_SERVER_API_PORT=str(self.port),
                         PREFECT_UI_API_URL=self.api_url, **self.extra_env)
         env.pop("PREFECT_API_URL", None)
+        if self.auth_string:  # through the environment, not the command line that `ps` shows
+            env["PREFECT_SERVER_API_AUTH_STRING"] = self.auth_string
         if self.database_url:
             env["PREFECT_API_DATABASE_CONNECTION_URL"] = self.database_url
         self.log_path = self.log_path or self.home / "server.log"
@@ -166,11 +170,14 @@ def wait_for_workers(pools: list[str], timeout: float = 60) -> None:
 
 
 @contextmanager
-def api(url: str) -> Iterator[None]:
-    """Point this process's Prefect client at a server."""
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+def api(url: str, auth_string: str | None = None) -> Iterator[None]:
+    """Point this process's Prefect client at a server (with its `user:password`, when it needs one)."""
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
-    with temporary_settings(updates={PREFECT_API_URL: url}):
+    updates: dict[Any, Any] = {PREFECT_API_URL: url}
+    if auth_string:
+        updates[PREFECT_API_AUTH_STRING] = auth_string
+    with temporary_settings(updates=updates):
         yield
 
 
@@ -188,7 +195,7 @@ class Stack:
         worker_env = self.server.client_env(PREFECT_WORKER_QUERY_SECONDS=env.pop("query_seconds", "2"), **env)
         for pool in pools:
             self.workers.append(Worker(pool, worker_env, self.server.home / f"worker-{pool}.log").start())
-        with api(self.server.api_url):
+        with api(self.server.api_url, self.server.auth_string):
             wait_for_workers(pools)
 
     def stop(self) -> None:
@@ -203,7 +210,7 @@ def _exit_on_first_sigterm(*_: Any) -> None:
     sys.exit(143)
 
 
-def start_stack(home: Path, database_url: str | None, port: int | None = None) -> Stack:
+def start_stack(home: Path, database_url: str | None, port: int | None = None, auth_string: str | None = None) -> Stack:
     # SIGTERM (kill, a service manager) stops the stack like Ctrl-C does, through the caller's `finally`;
     # a second one must not cut that cleanup short.
     signal.signal(signal.SIGTERM, _exit_on_first_sigterm)
@@ -212,9 +219,10 @@ def start_stack(home: Path, database_url: str | None, port: int | None = None) -
     made = ensure_database(database_url)  # else the server exits with 3, saying so only in its log
     if made:
         print(made, flush=True)
-    server = Server(home=home / "prefect", port=port or free_port(), database_url=database_url)
-    print(f"starting Prefect server on {server.ui_url} ({'PostgreSQL' if database_url else 'SQLite'}) ...",
-          flush=True)
+    server = Server(home=home / "prefect", port=port or free_port(), database_url=database_url,
+                    auth_string=auth_string)
+    print(f"starting Prefect server on {server.ui_url} ({'PostgreSQL' if database_url else 'SQLite'}"
+          f"{', basic auth' if auth_string else ''}) ...", flush=True)
     return Stack(server.start())
 
 
