@@ -92,6 +92,8 @@ class MlflowServer(Block):
         header = self._auth_header().get("Authorization")
         if header is not None and address.startswith(("http://", "https://")):
             _request_auth.add(address, header)
+        elif header is None:  # no credentials in this block: MLflow's own (environment, ~/.mlflow) apply
+            _request_auth.headers.pop(_request_auth.origin(address), None)
 
     def _auth_header(self) -> dict[str, str]:
         """The Authorization header of this Block's credentials; empty without any."""
@@ -183,6 +185,7 @@ class MlflowServer(Block):
         try:
             local = source.removeprefix("file://") if source.startswith(("file://", "/")) else None
             if local is None:
+                self._authorize(self.uri(workspace))  # the download goes through the tracking server too
                 local = mlflow.artifacts.download_artifacts(artifact_uri=source, tracking_uri=self.uri(workspace))
             if not os.path.exists(local):
                 raise FileNotFoundError(errno.ENOENT, "No such file or directory", local)
