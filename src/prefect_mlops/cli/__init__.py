@@ -68,6 +68,12 @@ BACKTEST_EXAMPLES = """examples:
 
 def cmd_repair(args: argparse.Namespace) -> int:
     """Settle an interrupted promotion and tag versions left by killed runs, under the model's lock."""
+    from prefect_mlops.cli.preflight import prefect_api
+    from prefect_mlops.cli.run import prepare
+
+    prepare(args)
+    if not args.no_lock:  # the lock lives in the Prefect API: a dead one is named before any registry write
+        prefect_api("repair", required=False)
     from prefect_mlops.blocks import MlflowServer
     from prefect_mlops.tasks.reconcile import reconcile_registry
     from prefect_mlops.workspace import Workspace

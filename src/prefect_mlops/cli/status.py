@@ -86,13 +86,19 @@ def _when(millis: Any) -> str:
 def version_rows(client: Any, model: str, server: Any, workspace: Any, limit: int) -> list[dict[str, str]]:
     """One row per version, newest first: aliases, verdict, status, trigger, data, date, description."""
     from prefect_mlops.tasks.lineage import read_lineage
+    from prefect_mlops.tasks.reconcile import read_aliases
 
     versions = sorted(client.search_model_versions(f"name='{model}'"), key=lambda v: int(v.version), reverse=True)
+    if not versions:
+        return []
+    held: dict[str, list[str]] = {}
+    for alias, number in read_aliases(client, model).items():  # a version search does not return aliases
+        held.setdefault(str(number), []).append(alias)
     rows = []
     for version in versions[:limit]:
         tags = dict(version.tags or {})
         lineage = read_lineage(version.run_id, server, workspace) if version.run_id else None
-        rows.append({"version": f"v{version.version}", "aliases": ",".join(sorted(version.aliases or [])) or "-",
+        rows.append({"version": f"v{version.version}", "aliases": ",".join(sorted(held.get(str(version.version), []))) or "-",
                      "gate": tags.get("prefect_mlops.gate", "-"), "status": tags.get("prefect_mlops.status", "-"),
                      "trigger": trigger_text(tags), "data": _data_text(tags, lineage),
                      "registered": _when(version.creation_timestamp),
