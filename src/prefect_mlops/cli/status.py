@@ -98,7 +98,8 @@ def version_rows(client: Any, model: str, server: Any, workspace: Any, limit: in
     for version in versions[:limit]:
         tags = dict(version.tags or {})
         lineage = read_lineage(version.run_id, server, workspace) if version.run_id else None
-        rows.append({"version": f"v{version.version}", "aliases": ",".join(sorted(held.get(str(version.version), []))) or "-",
+        aliases = ",".join(sorted(held.get(str(version.version), []))) or "-"
+        rows.append({"version": f"v{version.version}", "aliases": aliases,
                      "gate": tags.get("prefect_mlops.gate", "-"), "status": tags.get("prefect_mlops.status", "-"),
                      "trigger": trigger_text(tags), "data": _data_text(tags, lineage),
                      "registered": _when(version.creation_timestamp),
