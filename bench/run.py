@@ -19,9 +19,9 @@ reports its wall time and peak RSS (`ru_maxrss`; per step, a thread sampling RSS
 Medians of 3 runs up to 1M rows, 1 run above; a quick run (no size above 100k, `make
 bench-quick`, about 3 minutes) runs each configuration once. `--repeat` overrides both.
 Results go to `bench/results/<date>.json`; the markdown tables are printed and written
-between the `<!-- bench:start -->` / `<!-- bench:end -->` markers of README.md (else to
-`bench/results/<date>.md`). A quick run writes `bench/results/<date>-quick.json` and `.md`
-and leaves README.md alone unless `--readme` is given. Every child runs with
+between the `<!-- bench:start -->` / `<!-- bench:end -->` markers of bench/README.md (else
+to `bench/results/<date>.md`). A quick run writes `bench/results/<date>-quick.json` and `.md`
+and leaves bench/README.md alone unless `--readme` is given. Every child runs with
 OMP_NUM_THREADS=1 (Arrow then uses one thread too): the numbers are single-core numbers.
 """
 
@@ -553,7 +553,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="largest size at which Evidently also runs on all rows (5M: minutes, ~15 GB)")
     parser.add_argument("--results", default=str(HERE / "results"), help="folder for <date>.json")
     parser.add_argument("--readme", default=None,
-                        help="file with the bench markers (default: README.md, except for a quick run)")
+                        help="file with the bench markers (default: bench/README.md, except for a quick run)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (workspaces, logs)")
     parser.add_argument("--quiet", action="store_true", help="do not print each child's wall time")
     args = parser.parse_args(argv)
@@ -566,12 +566,12 @@ def main(argv: list[str] | None = None) -> int:
     (folder / f"{stem}.json").write_text(json.dumps(results, indent=1, default=str))
     table = markdown(results)
     print("\n" + table)
-    readme = args.readme or ("" if quick else str(ROOT / "README.md"))
+    readme = args.readme or ("" if quick else str(HERE / "README.md"))
     if readme and write_readme(table, Path(readme)):
         print(f"results: {folder / (stem + '.json')}; table written into {readme}")
     else:
         (folder / f"{stem}.md").write_text(table)
-        why = f"no bench markers in {readme}" if readme else "a quick run leaves README.md alone"
+        why = f"no bench markers in {readme}" if readme else "a quick run leaves bench/README.md alone"
         print(f"results: {folder / (stem + '.json')}; {why}: table in {folder / (stem + '.md')}")
     print(f"bench took {results['seconds']:.0f} s")
     return 0

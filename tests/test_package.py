@@ -66,16 +66,3 @@ def test_no_bare_top_level_imports_of_our_folders():
             for name in names:
                 assert name.split(".")[0] not in {"tasks", "flows", "blocks"}, f"{path}: import {name}"
 
-
-def test_readme_example_runs_on_a_csv(tmp_path, monkeypatch):
-    readme = (ROOT / "README.md").read_text()
-    first, second = re.findall(r"```python\n(.*?)```", readme, re.S)[:2]
-    monkeypatch.chdir(tmp_path)
-    scope: dict = {}
-    exec(compile(first, "README.md", "exec"), scope)
-    assert scope["report"].outcome == "promoted" and scope["report"].champion_version == "1"
-    exec(compile(second, "README.md", "exec"), scope)
-    import pandas as pd
-
-    assert pd.read_parquet(tmp_path / "scores.parquet")["model_version"].eq("1").all()
-    assert (tmp_path / "mlops-workspace" / "mlartifacts").is_dir()
