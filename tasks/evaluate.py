@@ -246,9 +246,13 @@ def evaluate_models(
     if plot_to is not None:
         outputs = [challenger_out] + ([champion_out] if champion is not None else [])
         names = ["challenger"] + ([f"champion v{champion.model.version}"] if champion is not None else [])
-        draw_outputs(plot_to, y, outputs, names, task=spec.task, seed=spec.seed,
-                     title=f"{trained.lineage.model_name}: challenger (run {trained.run_id[:8]}) against "
-                           f"{names[-1] if champion is not None else 'no champion yet'}, {len(y)} hold-out rows")
+        try:
+            draw_outputs(plot_to, y, outputs, names, task=spec.task, seed=spec.seed,
+                         title=f"{trained.lineage.model_name}: challenger (run {trained.run_id[:8]}) against "
+                               f"{names[-1] if champion is not None else 'no champion yet'}, {len(y)} hold-out rows")
+        except Exception as exc:  # the figure illustrates; it never decides, so it never fails the evaluation
+            run_logger().warning("could not draw the evaluation figure of run %s (%s: %s); the metrics stand",
+                                 trained.run_id, type(exc).__name__, exc)
     importance = feature_importance(challenger_model, x, y, metric=metric, seed=spec.seed)
     sample = x.head(20).copy()
     sample["__prediction__"] = challenger_out.labels[:20]

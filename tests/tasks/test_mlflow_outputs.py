@@ -191,3 +191,17 @@ def test_drift_check_logs_its_report_under_the_champions_run_and_summarises_it_i
     assert f"| {report.drifted_columns[0]} |" in artifact.data or any(
         f"| {c} |" in artifact.data for c in report.drifted_columns)
     assert f"runs:/{run.info.run_id}/drift/" in artifact.data
+
+
+def test_a_figure_that_cannot_be_drawn_never_fails_the_evaluation(churn_source, churn_features, fast_trainer,
+                                                                  mlflow_server, workspace, window0, tmp_path):
+    from prefect_mlops.tasks.evaluate import evaluate_models
+
+    cycle = train_and_judge(churn_source, churn_features, fast_trainer, server=mlflow_server, workspace=workspace,
+                            window=window0)
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a folder")
+    evaluation = evaluate_models(cycle.trained, cycle.features, mlflow_server=mlflow_server, workspace=workspace,
+                                 plot_to=blocked / "figure.png")
+    assert evaluation.challenger.overall == cycle.evaluation.challenger.overall
+    assert not (blocked / "figure.png").exists()
