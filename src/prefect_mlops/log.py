@@ -97,6 +97,7 @@ class OneReportPerFailure(logging.Filter):
                     return False
                 self._reported.append(seen)
             record.exc_info, record.exc_text = None, None  # the message says what and where
+            record.mlops_error = type(exc).__name__  # lets a command that says it itself keep it off the console
             return True
         if record.levelno >= logging.ERROR or "Finished in state" in str(record.msg):
             message = record.getMessage() if record.args else str(record.msg)

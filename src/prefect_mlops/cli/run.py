@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from prefect_mlops.cli.preflight import prefect_api
@@ -181,7 +183,7 @@ def run_flow(command: str, args: argparse.Namespace, call: Callable[[], Any]) ->
 
     prefect_api(command, required=False)
     try:
-        with progress_on_stderr(enabled=not args.verbose):
+        with progress_on_stderr(enabled=not args.verbose), said_once_by_the_command():
             return call()
     except (MlopsError, ValidationError, ValueError) as exc:
         from prefect.exceptions import ParameterTypeError
@@ -189,6 +191,30 @@ def run_flow(command: str, args: argparse.Namespace, call: Callable[[], Any]) ->
         if isinstance(exc, ValueError) and not isinstance(exc, (ParameterTypeError, ValidationError)):
             raise
         raise SystemExit(f"prefect-mlops {command}: {exc}") from None
+
+
+class _NotOnTheConsole(logging.Filter):
+    """Keeps this package's errors off the console while a command runs: its last line says them."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not getattr(record, "mlops_error", None)  # set by prefect_mlops.log.OneReportPerFailure
+
+
+@contextmanager
+def said_once_by_the_command() -> Iterator[None]:
+    """While a flow runs for a command, its failure reaches the console once: in the command's own message.
+
+    Only the console handlers are filtered; Prefect's API handler still records the error with the run.
+    """
+    quiet = _NotOnTheConsole()
+    handlers = [handler for handler in logging.getLogger().handlers if isinstance(handler, logging.StreamHandler)]
+    for handler in handlers:
+        handler.addFilter(quiet)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(quiet)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
