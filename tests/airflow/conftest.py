@@ -47,14 +47,14 @@ def airflow_env(home: Path, tracking_uri: str, artifacts: Path, workspace: Path)
     return env
 
 
-def run_dags(spec: dict[str, Any], env: dict[str, str], folder: Path, timeout: float = 900) -> list[dict[str, Any]]:
+def run_dags(spec: dict[str, Any], env: dict[str, str], folder: Path, timeout: float = 2000) -> list[dict[str, Any]]:
     """`dag.test()` each run of `spec` in Airflow's venv (tests/airflow/dag_test.py); one result a run."""
-    path = folder / "spec.json"
+    path, log = folder / "spec.json", folder / "dag_test.log"
     path.write_text(json.dumps(spec))
-    done = subprocess.run([str(AIRFLOW_PYTHON), str(Path(__file__).with_name("dag_test.py")), str(path)], env=env,
-                          cwd=folder, capture_output=True, text=True, timeout=timeout)
-    (folder / "dag_test.log").write_text(done.stdout + done.stderr)
-    results = [json.loads(line[len("RESULT "):]) for line in done.stdout.splitlines() if line.startswith("RESULT ")]
-    assert done.returncode == 0 and len(results) == len(spec["runs"]), \
-        f"dag.test failed (rc {done.returncode}); log: {folder / 'dag_test.log'}\n{(done.stdout + done.stderr)[-4000:]}"
+    with open(log, "w") as out:  # written as it goes: a slow run can be followed there
+        code = subprocess.run([str(AIRFLOW_PYTHON), str(Path(__file__).with_name("dag_test.py")), str(path)],
+                              env=env, cwd=folder, stdout=out, stderr=subprocess.STDOUT, timeout=timeout).returncode
+    text = log.read_text()
+    results = [json.loads(line[len("RESULT "):]) for line in text.splitlines() if line.startswith("RESULT ")]
+    assert code == 0 and len(results) == len(spec["runs"]), f"dag.test failed (rc {code}); log: {log}\n{text[-4000:]}"
     return results
