@@ -75,3 +75,32 @@ def test_labels_join_served_rows_by_request_id_and_the_latest_label_wins():
                                                                                  ["b", "canary", 0, 4]]
     with pytest.raises(FeatureError, match="labels: no column 'key' to join on"):
         join_predictions(log, labels, on="key")
+
+
+def test_the_prediction_log_goes_to_s3_in_batches_and_reads_back(s3_endpoint):
+    from prefect_mlops.blocks import DataSource
+    from prefect_mlops.serving.predlog import PredictionLog
+    from prefect_mlops.tasks.labels import read_prediction_log
+
+    output = DataSource(uri="s3://predictions/churn", s3_endpoint_url=s3_endpoint, aws_access_key_id="test",
+                        aws_secret_access_key="test")
+    output.s3_client().create_bucket(Bucket="predictions")
+    log = PredictionLog("s3://predictions/churn", model_name="churn", output=output, flush_seconds=60)
+    for i in range(3):
+        log.append({"request_id": [f"r{i}"], "prediction": [i % 2], "age": [i]})
+    log.close()  # one write for the three chunks
+    assert len(log.files) == 1 and log.files[0].startswith("s3://predictions/churn/date=") and log.dropped == 0
+    frame = read_prediction_log("s3://predictions/churn", output=output)
+    assert frame["request_id"].tolist() == ["r0", "r1", "r2"]
+
+
+def test_a_prediction_log_that_cannot_be_written_counts_what_it_lost(tmp_path):
+    from prefect_mlops.serving.predlog import PredictionLog
+
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the log's folder should be")
+    lost: list[int] = []
+    log = PredictionLog(str(blocker / "log"), model_name="churn", on_drop=lost.append)
+    log.append({"request_id": ["r1", "r2"], "prediction": [0, 1]})
+    log.close()
+    assert log.dropped == 2 and lost == [2] and log.files == []

@@ -182,3 +182,31 @@ def test_a_bearer_token_guards_predict_and_optionally_metrics_and_health(reset):
             reply = client.get(path)
             assert reply.status_code == 401 and "s3cret" not in reply.text
             assert client.get(path, headers={"Authorization": "Bearer s3cret-token"}).status_code == 200
+
+
+def test_labels_joined_to_the_prediction_log_feed_the_performance_check(reset, tmp_path):
+    from prefect_mlops.blocks import DataSource, RetrainPolicy
+    from prefect_mlops.tasks.labels import join_labels
+    from prefect_mlops.tasks.lineage import find_model
+    from prefect_mlops.tasks.performance import check_performance
+
+    data = pd.read_parquet(reset.source.uri)
+    rows = data.sample(60, random_state=1)
+    columns = ["tenure_months", "monthly_spend", "support_calls", "usage_hours", "plan", "channel"]
+    with serve(reset) as svc, httpx.Client(base_url=svc.url, timeout=30) as client:
+        for i, (_, row) in enumerate(rows.iterrows()):
+            record = {c: (row[c].item() if hasattr(row[c], "item") else row[c]) for c in columns}
+            assert client.post("/predict", json={"request_id": f"q{i}", "records": [record]}).status_code == 200
+        svc.service.log.flush()
+        log_root = svc.service.log.root
+    labels = tmp_path / "labels.csv"
+    pd.DataFrame({"request_id": [f"q{i}" for i in range(60)], "churned": rows["churned"].tolist()}).to_csv(
+        labels, index=False)
+    ref = join_labels(log_root, DataSource(uri=str(labels)), workspace=reset.workspace, name="churn-labelled")
+    assert ref.rows >= 60 and {"churned", "prediction", "tenure_months", "model_version"} <= set(ref.columns)
+    champion = find_model("churn", mlflow_server=reset.server, workspace=reset.workspace)
+    report = check_performance(ref, champion, retrain_policy=RetrainPolicy(min_rows=30), mlflow_server=reset.server,
+                               workspace=reset.workspace, bootstrap_samples=50, record_live=False)
+    # the joined rows are the labelled window: features, target and all (a reference is the champion run's matter)
+    assert report.rows >= 60 and report.decision not in ("no-labels", "not-enough-data"), report.reason
+    assert report.label_drift is not None

@@ -113,6 +113,7 @@ class ScoringService:
 
     # -- lifecycle
     def start(self) -> None:
+        """Load the models and start the threads and the batcher; call it on the running event loop."""
         state = self.holder.refresh()
         self._on_change(state)
         self._check_log_columns(state)
@@ -120,9 +121,9 @@ class ScoringService:
         self.batcher.start()
         self._shadow_thread.start()
 
-    def stop(self) -> None:
+    async def stop(self) -> None:
         self.holder.stop()
-        self.batcher.stop()
+        await self.batcher.stop()
         self._shadow_queue.put(None)
         self._shadow_thread.join(timeout=30)
         if self.log is not None:
@@ -148,7 +149,7 @@ class ScoringService:
         return CHAMPION
 
     def _process(self, jobs: list[Job]) -> list[Any]:
-        """Score a micro-batch: one predict call per model in it. Runs in the batcher's thread."""
+        """Score a micro-batch: one predict call per model in it."""
         groups: dict[int, list[Job]] = {}
         for job in jobs:
             loaded = getattr(job.state, job.alias)
@@ -286,7 +287,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
         try:
             yield
         finally:
-            service.stop()
+            await service.stop()
 
     app = FastAPI(title=f"prefect-mlops: {settings.model_name}", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.service = service
@@ -301,17 +302,11 @@ def create_app(settings: ServeSettings) -> FastAPI:
         if state.champion is None:
             problem = state.problems.get(CHAMPION) or f"model {settings.model_name!r} has no @champion yet"
             return _json({"detail": f"not ready: {problem}"}, 503)
-        try:
-            try:
-                body = orjson.loads(await request.body())
-            except orjson.JSONDecodeError as exc:
-                raise RequestError([{"field": None, "problem": f"the body is not valid JSON ({exc})"}]) from exc
-            if state.champion.schema is None:
-                raise RequestError([{"field": None, "problem": "the model has no input signature to check against"}])
-            columns, rows = state.champion.schema.parse(body)
-        except RequestError as exc:
-            metrics.requests.labels(CHAMPION, "invalid").inc()
-            return _json({"detail": exc.problems, "message": str(exc)}, 422)
+        with service.batcher.arrival():
+            parsed = await _read(request, state)
+        if isinstance(parsed, Response):
+            return parsed
+        body, columns, rows = parsed
         request_id = str(body.get("request_id") or uuid.uuid4().hex)
         key = str(body.get("key") or request_id)
         alias = service.route(state, key)
@@ -333,6 +328,20 @@ def create_app(settings: ServeSettings) -> FastAPI:
         return _json({"request_id": request_id, "model_name": settings.model_name,
                       "model_version": result.answered_by.version, "alias": result.alias,
                       "predictions": result.predictions})
+
+    async def _read(request: Request, state: Serving) -> Response | tuple[dict[str, Any], dict[str, list[Any]], int]:
+        try:
+            try:
+                body = orjson.loads(await request.body())
+            except orjson.JSONDecodeError as exc:
+                raise RequestError([{"field": None, "problem": f"the body is not valid JSON ({exc})"}]) from exc
+            if state.champion.schema is None:
+                raise RequestError([{"field": None, "problem": "the model has no input signature to check against"}])
+            columns, rows = state.champion.schema.parse(body)
+        except RequestError as exc:
+            metrics.requests.labels(CHAMPION, "invalid").inc()
+            return _json({"detail": exc.problems, "message": str(exc)}, 422)
+        return body, columns, rows
 
     @app.get("/health")
     async def health(request: Request) -> Response:
