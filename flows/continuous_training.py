@@ -30,7 +30,7 @@ class CycleReport(BaseModel):
     """What one continuous-training run did, in a person's words."""
 
     model_name: str
-    outcome: Literal["promoted", "rejected", "skipped"]
+    outcome: Literal["promoted", "on-trial", "rejected", "skipped"]
     message: str
     window: str | None = None
     data_fingerprint: str
@@ -150,7 +150,14 @@ def continuous_training(
             evaluation = evaluation.model_copy(update={"smoke_sample_uri": smoke})
         with transaction():  # a failed deploy rolls the registration back: nothing half-promoted
             model = register(trained, verdict, evaluation, mlflow_server=server, workspace=workspace)
-            promotion = deploy(model, evaluation, verdict, mlflow_server=server, workspace=workspace)
+            promotion = deploy(model, evaluation, verdict, mlflow_server=server, workspace=workspace,
+                               strategy=policy.deploy_strategy)
+        if promotion.trial is not None:  # canary or shadow: the champion stays until the rollout promotes
+            message = (f"{model_name} v{model.version} on trial as @{promotion.trial} beside champion "
+                       f"v{promotion.champion_version}: {verdict.main_reason}")
+            logger.info(message)
+            return report.model_copy(update={"outcome": "on-trial", "message": message,
+                                             "challenger_version": model.version})
         # The learned profile follows the new champion's data; a suite a person edited is left alone.
         update_suite(validation.suite_path, dataset, promotion.champion_version, workspace=workspace)
     message = f"{model_name} v{promotion.champion_version} promoted to champion: {verdict.main_reason}"

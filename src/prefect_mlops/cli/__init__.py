@@ -14,6 +14,7 @@ and `prefect worker start`. Every command prints what it created.
     prefect-mlops monitor MODEL --data URI [--retrain]           drift and performance of the champion
     prefect-mlops rollback MODEL [--reason TEXT]                 @previous-champion becomes the champion again
     prefect-mlops status MODEL                                   champion, versions, verdicts, triggers, last checks
+    prefect-mlops serve MODEL [--port N] [--tracking-uri URI]    online scoring of MODEL's @champion
 """
 
 
@@ -159,6 +160,12 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--home", help="folder for everything the demo writes (default: a new temporary one)")
             p.add_argument("--keep", action="store_true", help="leave the server and workers running at the end")
         p.set_defaults(func=func)
+
+    p = sub.add_parser("serve", help="serve MODEL's @champion over HTTP (canary, shadow, Prometheus metrics)")
+    from prefect_mlops.cli import serve
+
+    serve.add_arguments(p)
+    p.set_defaults(func=serve.cmd_serve)
 
     p = sub.add_parser("backtest", help="replay past data through the flows: the policy vs a static model and "
                        "an oracle (needs the backtest extra)", epilog=BACKTEST_EXAMPLES,

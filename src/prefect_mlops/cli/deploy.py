@@ -28,7 +28,8 @@ NOTIFY_DESCRIPTIONS = {
              "columns and the report.",
     "failure": "Sends a message when any prefect-mlops flow run fails or crashes, with its state message.",
 }
-MLOPS_FLOWS = ["continuous-training", "drift-monitor", "rollback", "batch-score", "train-on-pool"]
+MLOPS_FLOWS = ["continuous-training", "drift-monitor", "rollback", "batch-score", "train-on-pool",
+               "progressive-rollout"]
 
 
 
