@@ -53,7 +53,8 @@ def run_dags(spec: dict[str, Any], env: dict[str, str], folder: Path, timeout: f
     path.write_text(json.dumps(spec))
     with open(log, "w") as out:  # written as it goes: a slow run can be followed there
         code = subprocess.run([str(AIRFLOW_PYTHON), str(Path(__file__).with_name("dag_test.py")), str(path)],
-                              env=env, cwd=folder, stdout=out, stderr=subprocess.STDOUT, timeout=timeout).returncode
+                              env={**env, "PYTHONUNBUFFERED": "1"}, cwd=folder, stdout=out,
+                              stderr=subprocess.STDOUT, timeout=timeout).returncode
     text = log.read_text()
     results = [json.loads(line[len("RESULT "):]) for line in text.splitlines() if line.startswith("RESULT ")]
     assert code == 0 and len(results) == len(spec["runs"]), f"dag.test failed (rc {code}); log: {log}\n{text[-4000:]}"

@@ -4,6 +4,10 @@ gate reasons; a skipped run, a rejected gate with no deploy, and a failed deploy
 
 from __future__ import annotations
 
+import json
+import sqlite3
+import uuid
+
 import pytest
 
 from prefect_mlops.blocks import MlflowServer, ModelPolicy
@@ -40,6 +44,12 @@ def test_dag_matches_the_flow_on_the_same_data_and_undoes_a_failed_deploy(churn_
     folder.mkdir()
     store = f"sqlite:///{folder / 'mlflow.db'}"
     env = airflow_env(folder / "home", store, folder / "artifacts", folder / "workspace")
+    # Secrets in both Connections: the stages get them, XCom and the logs never show them.
+    token, secret = f"tok-{uuid.uuid4().hex}", f"key-{uuid.uuid4().hex}"
+    mlflow_conn = json.loads(env["AIRFLOW_CONN_PREFECT_MLOPS_MLFLOW"])
+    env["AIRFLOW_CONN_PREFECT_MLOPS_MLFLOW"] = json.dumps({**mlflow_conn, "password": token})
+    env["AIRFLOW_CONN_PREFECT_MLOPS_S3"] = json.dumps({"conn_type": "aws", "login": "AKIATEST", "password": secret,
+                                                      "extra": {"region_name": "us-east-1"}})
     lenient = {"floors": {"roc_auc": 0.5}, "promote_when": "not-worse", "max_drop": 1.0}
     runs = [{"window": period_window(0)}, {"window": period_window(0)}, {"window": period_window(2)},
             {"window": period_window(2), "trainer": DUMMY},
@@ -62,6 +72,12 @@ def test_dag_matches_the_flow_on_the_same_data_and_undoes_a_failed_deploy(churn_
     assert "nothing new to train on" in dag[1]["outcome"]["message"]
     assert rejected["rejected"] == "success"
     assert {rejected[t] for t in ("register", "deploy", "promoted", "undo")} == {"skipped"}
+
+    with sqlite3.connect(folder / "home" / "airflow.db") as db:
+        xcoms = [str(value) for (value,) in db.execute("select value from xcom")]
+    assert len(xcoms) > 20 and any("roc_auc" in value for value in xcoms)
+    for text in (*xcoms, (folder / "dag_test.log").read_text()):
+        assert token not in text and secret not in text
 
     # A deploy that fails after register: the run fails, undo takes the version out, @champion stays.
     failed = dag[4]["tasks"]

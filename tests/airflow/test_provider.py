@@ -85,3 +85,17 @@ bad["force"] = "yes"
     assert found["types"] == {"window": ["string", "null"], "force": "boolean", "max_rows": ["integer", "null"]}
     assert found["description"] == continuous_training.parameters.model_dump()["properties"]["force"]["description"]
     assert found["defaults"] == {"target": "y", "numeric": ["x"]}
+
+
+@needs_airflow
+def test_the_dag_factories_docstring_examples_run_in_airflows_venv(tmp_path):
+    # tests/test_package.py runs every other module's examples; this one imports Airflow.
+    code = ("import inspect, re, textwrap, prefect_mlops.airflow.dags as m\n"
+            "for obj in [m, *vars(m).values()]:\n"
+            "    if getattr(obj, '__module__', m.__name__) != m.__name__ and obj is not m: continue\n"
+            "    for example in re.findall(r'```python\\n(.*?)```', inspect.getdoc(obj) or '', re.S):\n"
+            "        exec(compile(textwrap.dedent(example), '<docstring>', 'exec'), {}); print('ran')\n")
+    done = subprocess.run([str(AIRFLOW_PYTHON), "-c", code], capture_output=True, text=True, timeout=120,
+                          env={"AIRFLOW_HOME": str(tmp_path), "PATH": "/usr/bin:/bin"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split().count("ran") >= 1
