@@ -67,7 +67,8 @@ def test_a_failure_ends_in_one_line_naming_the_culprit(store, tmp_path, capfd):
         main(["train", "churn", "--data", str(tmp_path / "missing.parquet"), *store])
 
 
-@pytest.mark.parametrize("command", ["train", "score", "monitor", "rollback", "status", "backtest", "repair"])
+@pytest.mark.parametrize("command", ["train", "score", "monitor", "rollback", "status", "backtest", "repair", "deploy",
+                                     "up", "demo-server"])
 def test_every_command_shows_examples_in_its_help(command, capsys):
     with pytest.raises(SystemExit, match="0"):
         main([command, "--help"])

@@ -55,6 +55,24 @@ MAIN_EXAMPLES = """examples:
   prefect-mlops COMMAND --help       # every command has examples
 """
 
+DEPLOY_EXAMPLES = """examples:
+  export PREFECT_API_URL=http://127.0.0.1:4200/api      # a server: `prefect-mlops up` starts one
+  prefect-mlops deploy --config deployments/config.example.yaml
+  prefect-mlops deploy --prefect-file my/prefect.yaml
+"""
+
+SERVER_EXAMPLES = {
+    "up": """examples:
+  prefect-mlops up --config deployments/config.example.yaml
+  prefect-mlops up --database-url postgresql+asyncpg://postgres@127.0.0.1:5432/prefect   # made if missing
+""",
+    "demo-server": """examples:
+  prefect-mlops demo-server                                 # SQLite, everything stopped at the end
+  prefect-mlops demo-server --keep --database-url postgresql+asyncpg://postgres@127.0.0.1:5432/prefect_demo
+  make demo-server ARGS="--keep"
+""",
+}
+
 REPAIR_EXAMPLES = """examples:
   prefect-mlops repair churn --tracking-uri http://127.0.0.1:5000
   prefect-mlops repair churn --mlflow-block default
@@ -130,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--config", type=Path, help="YAML or JSON: work_pools, blocks, notifications")
         p.add_argument("--prefect-file", type=Path, help="prefect.yaml to apply (default: deployments/prefect.yaml)")
 
-    p = sub.add_parser("deploy", help="create pools, queues and blocks, apply the deployments (PREFECT_API_URL)")
+    p = sub.add_parser("deploy", help="create pools, queues and blocks, apply the deployments (PREFECT_API_URL)",
+                       epilog=DEPLOY_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     common(p)
     p.set_defaults(func=cmd_deploy)
 
@@ -145,7 +164,8 @@ def main(argv: list[str] | None = None) -> int:
 
     for name, func, text in (("up", cmd_up, "run a local Prefect server and one worker per work pool"),
                              ("demo-server", cmd_demo_server, "the continuous-training story on a Prefect server")):
-        p = sub.add_parser(name, help=text)
+        p = sub.add_parser(name, help=text, epilog=SERVER_EXAMPLES[name],
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
         p.add_argument("--database-url", help="e.g. postgresql+asyncpg://postgres@127.0.0.1:5432/prefect "
                        "(default: SQLite under --home)")
         p.add_argument("--port", type=int, help="server port (default: a free one)")
