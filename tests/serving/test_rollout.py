@@ -113,3 +113,19 @@ def test_progressive_rollout_rolls_back_a_canary_that_errors(registry):
     # the canary's users were answered by the champion: nobody saw its errors
     assert [a.status_code for a in traffic.answers if a.status_code != 200] == []
     assert {a.json()["model_version"] for a in traffic.answers} == {champion}
+
+
+def test_continuous_training_with_the_canary_strategy_leaves_the_champion_and_starts_a_canary(registry):
+    from prefect_mlops.blocks import ModelPolicy
+    from prefect_mlops.flows.continuous_training import continuous_training
+
+    champion = str(registry.client.get_model_version_by_alias("churn", CHAMPION).version)
+    report = continuous_training(
+        model_name="churn", source=registry.source, features=FEATURES,
+        trainer=TrainerSpec(estimator="sklearn.linear_model.LogisticRegression", params={"C": 0.7, "max_iter": 300}),
+        policy=ModelPolicy(max_drop=1.0, promote_when="not-worse", deploy_strategy="canary"),
+        window="2024-02-01/2024-04-01", mlflow_server=registry.server, workspace=str(registry.workspace.root))
+    assert report.outcome == "on-trial" and "on trial as @canary" in report.message
+    aliases = registry.client.get_registered_model("churn").aliases
+    assert str(aliases[CHAMPION]) == champion and str(aliases[CANARY]) == report.challenger_version
+    assert registry.client.get_registered_model("churn").tags["prefect_mlops.canary.share"] == "0.05"
