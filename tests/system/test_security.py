@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import secrets
 import subprocess
 import sys
@@ -261,3 +262,30 @@ def test_up_with_auth_generates_a_private_auth_string_and_every_api_call_uses_it
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(10)
+
+
+@pytest.mark.browser
+def test_the_ui_asks_for_the_auth_string_and_works_once_given_it(secure):
+    import shutil
+
+    from playwright.sync_api import sync_playwright
+
+    from tests.system.test_ui import CHROMIUM_ARGS
+
+    chromium = shutil.which("chromium")
+    assert chromium, "chromium is not installed: run `make browser` (apt-get install -y chromium)"
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            page.goto(f"{secure.ui_url}/v2/deployments")
+            login = page.get_by_placeholder("admin:pass")
+            login.wait_for(timeout=30000)
+            login.fill(f"{PREFECT_USER}:{SECRET['wrong password']}")
+            page.get_by_role("button", name="Login").click()
+            page.get_by_text(re.compile("fail|invalid", re.IGNORECASE)).first.wait_for(timeout=15000)
+            login.fill(secure.notes["auth"])
+            page.get_by_role("button", name="Login").click()
+            page.get_by_text("churn-retrain-on-drift").first.wait_for(timeout=30000)  # the API answers the UI
+        finally:
+            browser.close()
