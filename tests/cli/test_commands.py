@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pandas as pd
 import pytest
 
@@ -82,3 +84,17 @@ def test_version(capsys):
     with pytest.raises(SystemExit, match="0"):
         main(["--version"])
     assert capsys.readouterr().out.strip() == f"prefect-mlops {prefect_mlops.__version__}"
+
+
+@pytest.mark.parametrize(("params", "said"), [("{max_iter: 3}", r"--params .* is not JSON \(Expecting property name"),
+                                              ("[1]", "expected a JSON object of estimator parameters, got a list")])
+def test_bad_params_are_named_before_anything_runs(params, said, store, tmp_path, capsys):
+    with pytest.raises(SystemExit, match="2"):
+        main(["train", "churn", "--data", str(tmp_path / "x.parquet"), "--target", "y", "--params", params, *store])
+    assert re.search(said, capsys.readouterr().err)
+
+
+def test_a_bad_feature_spec_names_the_field_without_pydantic_noise(churn_file, store):
+    with pytest.raises(SystemExit, match=r"prefect-mlops train: FeatureSpec: [a-z_.]+: ") as out:
+        main(["train", "churn", "--data", str(churn_file), "--target", "churned", "--numeric", "churned", *store])
+    assert "input_value" not in str(out.value.code) and "errors.pydantic.dev" not in str(out.value.code)

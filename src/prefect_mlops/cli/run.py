@@ -94,7 +94,7 @@ def add_arguments(sub: Any) -> None:
     p.add_argument("--task", choices=["classification", "regression"], help="default: classification")
     p.add_argument("--estimator", help="import path, e.g. sklearn.ensemble.HistGradientBoostingClassifier "
                    "(default: the champion's, else that one)")
-    p.add_argument("--params", type=json.loads, help='estimator parameters as JSON, e.g. \'{"max_iter": 200}\'')
+    p.add_argument("--params", type=_json_object, help='estimator parameters as JSON, e.g. \'{"max_iter": 200}\'')
     policy = p.add_mutually_exclusive_group()
     policy.add_argument("--policy-block", metavar="NAME", help="a saved Model Policy block")
     policy.add_argument("--floor", action="append", type=_floor, metavar="METRIC=VALUE",
@@ -135,6 +135,28 @@ def add_arguments(sub: Any) -> None:
 
 def _names(text: str) -> list[str]:
     return [name.strip() for name in text.split(",") if name.strip()]
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"--params {text!r} is not JSON ({exc.msg} at character {exc.pos}); "
+                                         'expected an object, e.g. \'{"max_iter": 200}\'') from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"--params {text!r}: expected a JSON object of estimator parameters, "
+                                         f'got a {type(value).__name__}, e.g. \'{{"max_iter": 200}}\'')
+    return value
+
+
+def _said(exc: Exception) -> str:
+    """A pydantic error as `Model.field: problem` lines, without pydantic's input dump and URLs."""
+    from pydantic import ValidationError
+
+    if not isinstance(exc, ValidationError):
+        return str(exc)
+    return f"{exc.title}: " + "; ".join(
+        f"{'.'.join(str(part) for part in error['loc']) or 'value'}: {error['msg']}" for error in exc.errors())
 
 
 def _floor(text: str) -> tuple[str, float]:
@@ -190,7 +212,7 @@ def run_flow(command: str, args: argparse.Namespace, call: Callable[[], Any]) ->
 
         if isinstance(exc, ValueError) and not isinstance(exc, (ParameterTypeError, ValidationError)):
             raise
-        raise SystemExit(f"prefect-mlops {command}: {exc}") from None
+        raise SystemExit(f"prefect-mlops {command}: {_said(exc)}") from None
 
 
 class _NotOnTheConsole(logging.Filter):
