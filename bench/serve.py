@@ -116,7 +116,7 @@ def start(kind: str, uri: str, home: Path) -> tuple[subprocess.Popen, str]:
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     if kind == "prefect-mlops":
         command = [sys.executable, "-m", "prefect_mlops.cli", "serve", "churn", "--port", str(port),
-                   "--tracking-uri", uri, "--workspace", str(home / "workspace"), "--poll-seconds", "1",
+                   "--tracking-uri", uri, "--workspace", str(home / "workspace"), "--poll-seconds", "2",
                    "--log-uri", str(home / "predictions")]
     else:
         # The champion's files by path: with models:/ MLflow writes a `registered_model_meta` file into a local
