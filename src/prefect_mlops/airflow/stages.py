@@ -315,7 +315,10 @@ def _inline(node: Any, definitions: dict[str, Any]) -> Any:
     if "$ref" in node:
         return _inline({**definitions[node["$ref"].rsplit("/", 1)[-1]],
                         **{k: v for k, v in node.items() if k != "$ref"}}, definitions)
-    return {k: _inline(v, definitions) for k, v in node.items() if k not in _BLOCK_KEYS}
+    found = {k: _inline(v, definitions) for k, v in node.items() if k not in _BLOCK_KEYS}
+    if "default" in found and found["default"] is None and isinstance(found.get("type"), str):
+        found["type"] = [found["type"], "null"]  # empty is a value: Airflow validates defaults and nested fields
+    return found
 
 
 def _param(spec: dict[str, Any], definitions: dict[str, Any]) -> dict[str, Any]:
@@ -354,8 +357,6 @@ def form_schema() -> dict[str, Any]:
                 param["description"] += (" Here: its uri, format and time column; the endpoint and keys come "
                                          "from the Airflow Connection prefect_mlops_s3.")
                 param["additionalProperties"] = False
-            if param.get("default", "") is None and isinstance(param.get("type"), str):
-                param["type"] = [param["type"], "null"]  # empty is a value: Airflow validates the default too
             params[name] = param
         forms[key] = params
     return forms
