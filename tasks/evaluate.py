@@ -333,6 +333,21 @@ def render_evaluation(evaluation: Evaluation) -> str:
     return "\n".join(lines)
 
 
+def record_evaluation(trained: TrainedModel, evaluation: Evaluation, *, mlflow_server: MlflowServer,
+                      workspace: Workspace) -> None:
+    """Log the hold-out metrics, the hold-out size and the permutation importance to the challenger's run.
+
+    They are its reference performance and drift weights once it is champion (the monitor reads them).
+    """
+    client = mlflow_server.client(workspace)
+    for name, value in evaluation.challenger.overall.items():
+        if math.isfinite(value):
+            client.log_metric(trained.run_id, f"holdout_{name}", value)
+    client.log_metric(trained.run_id, "holdout_rows", evaluation.holdout_rows)
+    if evaluation.importance:
+        client.log_dict(trained.run_id, evaluation.importance, IMPORTANCE_ARTIFACT)
+
+
 @task(name="evaluate", task_run_name="evaluate-{trained.run_id}")
 def evaluate(
     trained: TrainedModel,
@@ -355,13 +370,7 @@ def evaluate(
     plot = ws.folder("plots", trained.run_id) / PLOT_ARTIFACT.rsplit("/", 1)[-1]
     evaluation = evaluate_models(trained, features, champion=champion, policy=policy, mlflow_server=server,
                                  workspace=ws, champion_degraded=champion_degraded, plot_to=plot)
-    client = server.client(ws)
-    for name, value in evaluation.challenger.overall.items():
-        if math.isfinite(value):
-            client.log_metric(trained.run_id, f"holdout_{name}", value)
-    client.log_metric(trained.run_id, "holdout_rows", evaluation.holdout_rows)
-    if evaluation.importance:
-        client.log_dict(trained.run_id, evaluation.importance, IMPORTANCE_ARTIFACT)
+    record_evaluation(trained, evaluation, mlflow_server=server, workspace=ws)
     create_markdown_artifact(render_evaluation(evaluation), key=artifact_key("metrics", evaluation.model_name),
                              description="Challenger against champion on the hold-out")
     run_logger().info("challenger %s=%.4f, champion %s", evaluation.primary_metric,
