@@ -369,7 +369,7 @@ def drift_monitor_dag(
                         f"{model_name}: a retraining event was emitted {age:.0f} s ago, within the {dedupe_seconds} s "
                         "dedupe window: one retraining per burst")
             extra = {"model_name": model_name, "trigger": decision["trigger"], "window": found["window"] or "latest",
-                     "training_window": decision["training_window"], "max_rows": decision["max_rows"],
+                     "training_window": decision["training_window"] or "latest", "max_rows": decision["max_rows"],
                      "champion_degraded": decision["champion_degraded"] or "",
                      "drift_share": drift["drift_share"], "drifted_columns": drift["drifted_columns"],
                      "champion_version": found["champion_version"], "reasons": decision["reasons"]}
