@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Literal
 
 from prefect.blocks.core import Block
 from pydantic import Field, SecretStr, field_validator, model_validator
 
+from prefect_mlops.errors import DataSourceError, StorageError
 from prefect_mlops.log import brief
 from prefect_mlops.refs import reject_unknown_keys
 
@@ -23,6 +26,7 @@ class DataSource(Block):
         saved = DataSource.load("BLOCK_NAME")
         source = DataSource(uri="s3://lake/churn/2024.parquet", s3_endpoint_url="http://127.0.0.1:9000")
         assert source.scheme() == "s3"
+        # Every S3 read and write goes through the Block: source.read_bytes(), source.write_bytes(data, uri).
         ```
     """
 
@@ -105,3 +109,141 @@ class DataSource(Block):
                     "aws_secret_access_key")
         return (f"cannot reach the S3 store at {self.s3_endpoint_url or 'AWS'} ({exc}); "
                 "check DataSource.s3_endpoint_url")
+
+    def read_bytes(self, uri: str | None = None, *, what: str = "data source") -> bytes:
+        """The whole S3 object at `uri` (this source's own `uri` by default), read with this source's store settings.
+
+        Every failure is a `DataSourceError` that starts with `what` and the URI and says what is wrong
+        (credentials, endpoint, bucket, key, permission) and what to do.
+
+        Example:
+            ```python
+            from prefect_mlops.blocks import DataSource
+            from prefect_mlops.errors import DataSourceError
+            source = DataSource(uri="s3://lake/churn.csv", s3_endpoint_url="http://127.0.0.1:9",
+                                aws_access_key_id="key", aws_secret_access_key="secret")
+            try:
+                data = source.read_bytes()
+            except DataSourceError as exc:  # nothing listens on port 9 here
+                assert str(exc).startswith("data source s3://lake/churn.csv: cannot reach the S3 store")
+            ```
+        """
+        uri = uri or self.uri
+        bucket, key = _bucket_and_key(uri, what)
+        with self._s3_errors(uri, what, action="read", bucket=bucket, key=key) as client:
+            data = client().get_object(Bucket=bucket, Key=key)["Body"].read()
+        return data
+
+    def write_bytes(self, data: bytes, uri: str | None = None, *, what: str = "output") -> str:
+        """Put `data` as the S3 object at `uri` (this source's own `uri` by default) and return the URI.
+
+        One PUT carries the whole object, so S3 stores all of it or nothing: a failed write leaves no
+        partial object, and an existing object is replaced only by a complete one. Every failure is a
+        `DataSourceError` (a `StorageError` when the store is full) naming `what`, the URI, the
+        cause and the fix.
+
+        Example:
+            ```python
+            from prefect_mlops.blocks import DataSource
+            from prefect_mlops.errors import DataSourceError
+            store = DataSource(uri="s3://lake/churn.csv", s3_endpoint_url="http://127.0.0.1:9",
+                               aws_access_key_id="key", aws_secret_access_key="secret")
+            try:
+                store.write_bytes(b"id,score\\n1,0.5\\n", "s3://lake/scores.csv", what="batch scoring output")
+            except DataSourceError as exc:  # nothing listens on port 9 here
+                assert "batch scoring output s3://lake/scores.csv: cannot reach the S3 store" in str(exc)
+                assert "nothing was written to s3://lake/scores.csv" in str(exc)
+            ```
+        """
+        uri = uri or self.uri
+        bucket, key = _bucket_and_key(uri, what)
+        with self._s3_errors(uri, what, action="write", bucket=bucket, key=key) as client:
+            client().put_object(Bucket=bucket, Key=key, Body=data)
+        return uri
+
+    def list_uris(self, prefix: str | None = None, *, what: str = "data source") -> list[str]:
+        """The `s3://bucket/key` of every object under `prefix` (`s3://bucket/folder/`), in key order.
+
+        Failures are `DataSourceError`s naming `what` and the prefix, as in `read_bytes`.
+
+        Example:
+            ```python
+            from prefect_mlops.blocks import DataSource
+            from prefect_mlops.errors import DataSourceError
+            try:
+                DataSource(uri="churn.csv").list_uris("/var/log/predictions", what="prediction log")
+            except DataSourceError as exc:
+                assert "prediction log /var/log/predictions: expected s3://<bucket>/<prefix>" in str(exc)
+            ```
+        """
+        prefix = prefix or self.uri
+        head, sep, folder = prefix.partition("://")
+        if head.lower() != "s3" or not sep or not folder.partition("/")[0]:
+            raise DataSourceError(f"{what} {prefix}: expected s3://<bucket>/<prefix>")
+        bucket, _, key_prefix = folder.partition("/")
+        with self._s3_errors(prefix, what, action="list", bucket=bucket, key=key_prefix) as client:
+            pages = client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=key_prefix)
+            found = [f"s3://{bucket}/{item['Key']}" for page in pages for item in page.get("Contents", [])]
+        return found
+
+    @contextmanager
+    def _s3_errors(self, uri: str, what: str, *, action: Literal["read", "write", "list"], bucket: str,
+                   key: str) -> Iterator[Any]:
+        """Run one S3 call; turn every botocore failure into an error naming `what`, the URI, the cause and the fix.
+
+        Yields the client factory: the client is made inside, so incomplete credentials and a
+        malformed endpoint are explained like the store's own answers.
+        """
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        left = f"; nothing was written to {uri}" if action == "write" else ""
+        try:
+            yield self.s3_client
+        except ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            if code in _STORE_FULL:
+                raise StorageError(f"{what} {uri}: the S3 store is full ({code}); free space in the bucket "
+                                   f"{bucket!r} or raise its quota, then retry{left}") from exc
+            hint = _answer_hint(code, exc, action=action, bucket=bucket, key=key)
+            raise DataSourceError(f"{what} {uri}: {hint}{left}") from exc
+        except BotoCoreError as exc:
+            raise DataSourceError(f"{what} {uri}: {self.explain_s3_failure(exc)}{left}") from exc
+        except ValueError as exc:  # boto3's answer to an endpoint that is not a URL
+            if "endpoint" not in str(exc).lower():
+                raise
+            raise DataSourceError(f"{what} {uri}: DataSource.s3_endpoint_url {brief(self.s3_endpoint_url)} is "
+                                  f"not a URL ({exc}); give http(s)://host:port or leave it empty for AWS"
+                                  f"{left}") from exc
+
+
+# What S3-compatible stores answer when their disks (or the bucket's quota) are full:
+# MinIO's own code, Ceph RGW's quota code, and the plain HTTP status.
+_STORE_FULL = frozenset({"XMinioStorageFull", "QuotaExceeded", "InsufficientStorage", "507"})
+
+
+def _bucket_and_key(uri: str, what: str) -> tuple[str, str]:
+    """`s3://bucket/key` split in two, or a `DataSourceError` naming `what` and the URI."""
+    head, sep, rest = uri.partition("://")
+    bucket, _, key = rest.partition("/")
+    if head.lower() != "s3" or not sep or not bucket or not key:
+        raise DataSourceError(f"{what} {uri}: expected s3://<bucket>/<key>")
+    return bucket, key
+
+
+def _answer_hint(code: str, exc: Exception, *, action: str, bucket: str, key: str) -> str:
+    """What the store's error code means for this call, and what to do."""
+    permission = {"read": f"s3:GetObject on the object {key!r}", "write": f"s3:PutObject on the key {key!r}",
+                  "list": f"s3:ListBucket on the bucket {bucket!r}"}[action]
+    missing_bucket = f"bucket {bucket!r} does not exist; check the bucket name or the endpoint"
+    hints = {
+        "NoSuchBucket": missing_bucket + (", or create the bucket" if action == "write" else ""),
+        "NoSuchKey": f"no object {key!r} in bucket {bucket!r}: not found (NoSuchKey); check the key",
+        "InvalidAccessKeyId": "the access key id is not known to the store; fix the credentials",
+        "SignatureDoesNotMatch": "the secret access key is wrong; fix the credentials",
+        "AccessDenied": f"access denied; give these credentials {permission}",
+        "403": f"access denied; check the credentials and their permissions ({permission})",
+        "404": (f"no object {key!r} in bucket {bucket!r}: not found (404); check the key" if action == "read"
+                else missing_bucket),
+        "EntityTooLarge": "the object is larger than one PUT may carry (5 GiB); write a smaller file",
+    }
+    return hints.get(code, f"the store answered {code or exc}")

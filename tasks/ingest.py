@@ -119,7 +119,8 @@ def read_source_table(source: DataSource) -> pa.Table:
             raise DataSourceError(f"data source {source.uri}: the file is empty (0 bytes); re-export it")
         return _parse(path, fmt, source.uri)
     if scheme == "s3":
-        return _parse(io.BytesIO(_read_s3(source)), fmt, source.uri)
+        # The Block owns S3: bucket/key parsing, the client and every failure's message.
+        return _parse(io.BytesIO(source.read_bytes()), fmt, source.uri)
     raise DataSourceError(
         f"data source {source.uri}: unknown URI scheme {scheme!r}; expected a local path, file:// or s3://"
     )
@@ -330,31 +331,6 @@ def _to_pandas(table: pa.Table, uri: str) -> pd.DataFrame:
     except (pa.ArrowException, ValueError, TypeError) as exc:
         raise DataSourceError(f"data source {uri}: the data cannot be read into pandas ({exc}); check the "
                               "column types") from exc
-
-
-def _read_s3(source: DataSource) -> bytes:
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    bucket, _, key = source.uri[len("s3://") :].partition("/")
-    if not bucket or not key:
-        raise DataSourceError(f"data source {source.uri}: expected s3://<bucket>/<key>")
-    try:
-        return source.s3_client().get_object(Bucket=bucket, Key=key)["Body"].read()
-    except ClientError as exc:
-        code = exc.response.get("Error", {}).get("Code", "")
-        hints = {
-            "NoSuchBucket": f"bucket {bucket!r} does not exist; check the bucket name or the endpoint",
-            "NoSuchKey": f"no object {key!r} in bucket {bucket!r}: not found (NoSuchKey); check the key",
-            "InvalidAccessKeyId": "the access key id is not known to the store; fix the credentials",
-            "SignatureDoesNotMatch": "the secret access key is wrong; fix the credentials",
-            "AccessDenied": "access denied; give these credentials s3:GetObject on the object",
-            "403": "access denied; check the credentials and their permissions",
-            "404": f"no object {key!r} in bucket {bucket!r}: not found (404); check the key",
-        }
-        hint = hints.get(code, f"the store answered {code or exc}")
-        raise DataSourceError(f"data source {source.uri}: {hint}") from exc
-    except BotoCoreError as exc:
-        raise DataSourceError(f"data source {source.uri}: {source.explain_s3_failure(exc)}") from exc
 
 
 def _stem(uri: str) -> str:

@@ -38,12 +38,9 @@ def read_prediction_log(root: str, *, output: DataSource | None = None) -> pd.Da
         ```
     """
     if root.startswith("s3://"):
-        bucket, _, prefix = root[5:].partition("/")
-        client = (output or DataSource(uri=root)).s3_client()
-        keys = [item["Key"] for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket,
-                                                                                          Prefix=prefix)
-                for item in page.get("Contents", []) if item["Key"].endswith(".parquet")]
-        parts = [pd.read_parquet(io.BytesIO(client.get_object(Bucket=bucket, Key=k)["Body"].read())) for k in keys]
+        store = output or DataSource(uri=root)
+        parts = [pd.read_parquet(io.BytesIO(store.read_bytes(uri, what="prediction log")))
+                 for uri in store.list_uris(root, what="prediction log") if uri.endswith(".parquet")]
     else:
         folder = Path(root.removeprefix("file://"))
         parts = [pd.read_parquet(p) for p in sorted(folder.rglob("*.parquet"))]  # not *.tmp: half-written

@@ -99,10 +99,10 @@ def score_dataset(
 
 def _write(frame: Any, uri: str, output: DataSource | None) -> None:
     if uri.startswith("s3://"):
-        bucket, _, key = uri[5:].partition("/")
         buffer = io.BytesIO()
         frame.to_parquet(buffer, index=False)
-        (output or DataSource(uri=uri)).s3_client().put_object(Bucket=bucket, Key=key, Body=buffer.getvalue())
+        # One PUT of the whole file: S3 keeps all of it or nothing. The Block names every failure.
+        (output or DataSource(uri=uri)).write_bytes(buffer.getvalue(), uri, what="batch scoring output")
         return
     if "://" in uri and not uri.startswith("file://"):
         raise ConfigError(f"output {uri}: expected a local path, file:// or s3://")

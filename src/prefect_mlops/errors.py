@@ -65,7 +65,7 @@ class ConfigError(MlopsError, ValueError):
 
 
 class DataSourceError(MlopsError):
-    """The data could not be read from its source."""
+    """The data could not be read from its source, or written to an S3 store (see `DataSource.write_bytes`)."""
 
 
 class DataValidationError(MlopsError):
