@@ -9,7 +9,8 @@ one worker: `prefect-mlops serve churn` and `mlflow models serve -m <the champio
 client process, bounded: it stops after `--seconds`) sends one-row requests in the same
 `dataframe_records` body both servers take (a raw asyncio HTTP/1.1 keep-alive client: httpx
 cost more CPU per request than the servers), and records requests per second, p50 and p99
-latency and failures. The floor is a bare `model.predict` of one row in this process. Last, 8
+latency and failures. The floor is a bare `model.predict` of one row in this process; the
+service's own share is also read from its /metrics (handler time minus predict time). Last, 8
 clients run while `@champion` moves to a second version: every request must succeed and the
 new version must be served. Results: bench/results/<date>-serve.json and .md.
 """
@@ -145,6 +146,20 @@ def start(kind: str, uri: str, home: Path) -> tuple[subprocess.Popen, str]:
     raise SystemExit(f"{kind} did not answer within 180 s:\n{(home / f'{kind}.log').read_text()[-3000:]}")
 
 
+def own_times(url: str) -> tuple[float, float, float, float]:
+    """The service's request-seconds sum and count and predict-seconds sum and count, from its /metrics."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    found = dict.fromkeys(("request_sum", "request_count", "predict_sum", "predict_count"), 0.0)
+    for family in text_string_to_metric_families(httpx.get(f"{url}/metrics", timeout=30).text):
+        for sample in family.samples:
+            for kind in ("request", "predict"):
+                for part in ("sum", "count"):
+                    if sample.name == f"prefect_mlops_serve_{kind}_seconds_{part}":
+                        found[f"{kind}_{part}"] += sample.value
+    return found["request_sum"], found["request_count"], found["predict_sum"], found["predict_count"]
+
+
 def stop(process: subprocess.Popen) -> None:
     process.terminate()
     try:
@@ -231,7 +246,12 @@ def main() -> int:
                 rows[kind] = []
                 for n in clients:
                     path = "/predict" if kind == "prefect-mlops" else "/invocations"
+                    before = own_times(url) if kind == "prefect-mlops" else None
                     result = asyncio.run(load(url, path, n, args.seconds))
+                    if before is not None:  # inside the service: handler time minus predict time, same moment
+                        after = own_times(url)
+                        result["service_ms"] = (after[0] - before[0]) / max(1, after[1] - before[1]) * 1000
+                        result["predict_ms"] = (after[2] - before[2]) / max(1, after[3] - before[3]) * 1000
                     rows[kind].append(result)
                     print(f"{kind:14s} {n:3d} clients: {result['rps']:8.1f} req/s  p50 {result['p50_ms']:7.2f} ms  "
                           f"p99 {result['p99_ms']:7.2f} ms  failed {result['failed']}", flush=True)
@@ -254,9 +274,13 @@ def main() -> int:
                      f"{ours['p50_ms']:.2f} / {ours['p99_ms']:.2f} |")
     floor = floors["prefect-mlops"]
     added = rows["prefect-mlops"][0]["p50_ms"] - floor
+    one = rows["prefect-mlops"][0]
+    inside = one["service_ms"] - one["predict_ms"]
     notes = [f"Bare `model.predict` of one row, measured just before the service's runs: {floor:.2f} ms (before "
              f"MLflow's: {floors['mlflow']:.2f} ms); the service's p50 at 1 client adds {added:.2f} ms (HTTP, JSON, "
              "validation, batching, logging, and the client's own share of the CPU).",
+             f"Inside the service at 1 client (its /metrics, same moment): {one['service_ms']:.2f} ms per request "
+             f"from handler to answer, of which predict {one['predict_ms']:.2f} ms: {inside:.2f} ms added.",
              f"Alias swap under 8 clients: {swap_result['requests']} requests, {swap_result['failed']} failed; "
              f"versions served {', '.join(swap_result['versions'])}, the last v{swap_result['last_version']}."]
     markdown = "\n".join([*table, "", *notes])
@@ -264,8 +288,8 @@ def main() -> int:
     RESULTS.mkdir(parents=True, exist_ok=True)
     stamp = dt.date.today().isoformat()
     (RESULTS / f"{stamp}-serve.json").write_text(json.dumps(
-        {"floor_predict_ms": floors, "added_ms": added, "load_average": os.getloadavg(), "rows": rows,
-         "swap": swap_result, "cpus": os.cpu_count(), "seconds": args.seconds}, indent=2))
+        {"floor_predict_ms": floors, "added_ms": added, "added_inside_ms": inside, "load_average": os.getloadavg(),
+         "rows": rows, "swap": swap_result, "cpus": os.cpu_count(), "seconds": args.seconds}, indent=2))
     (RESULTS / f"{stamp}-serve.md").write_text(markdown + "\n")
     failed = swap_result["failed"] or swap_result["last_version"] != second
     return 1 if failed else 0
