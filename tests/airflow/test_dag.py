@@ -87,5 +87,5 @@ def test_dag_matches_the_flow_on_the_same_data_and_undoes_a_failed_deploy(churn_
     champion = find_model("churn", mlflow_server=mlflow, workspace=Workspace(folder / "workspace"))
     assert champion.model.version == flow[2]["champion_version"]
     versions = mlflow.client().search_model_versions("name='churn'")
-    live = [v.version for v in versions if v.tags.get("prefect_mlops.status") != "failed"]
+    live = [str(v.version) for v in versions if v.tags.get("prefect_mlops.status") != "failed"]
     assert sorted(live) == sorted({flow[0]["champion_version"], flow[2]["champion_version"]})
