@@ -18,6 +18,7 @@ from typing import Any
 
 from prefect_mlops.blocks.mlflow_server import MlflowServer
 from prefect_mlops.errors import shorten
+from prefect_mlops.integrity import DIGEST_TAG
 from prefect_mlops.serving.schema import InputSchema
 from prefect_mlops.tasks.reconcile import CANARY, CHAMPION, SHADOW
 from prefect_mlops.tasks.rollout import SHARE_TAG, on_trial_allowed, parse_share
@@ -136,7 +137,8 @@ class ModelHolder:
                 if refused:
                     raise ValueError(refused)
             started = time.perf_counter()
-            model = self.server.load_model(details.source, self.workspace, flavor="sklearn", what=what)
+            model = self.server.load_model(details.source, self.workspace, flavor="sklearn", what=what,
+                                           sha256=(details.tags or {}).get(DIGEST_TAG))
             seconds = time.perf_counter() - started
             schema = InputSchema.from_signature(_signature(self.server, self.workspace, details.source))
         except Exception as exc:
