@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from mlflow import MlflowClient
 
 TRACKING_ENV = "MLFLOW_TRACKING_URI"  # read at call time, so a worker image can set it once
+ALLOW_UNVERIFIED_ENV = "PREFECT_MLOPS_ALLOW_UNVERIFIED_MODELS"  # "1": load models without a checksum (warned)
 _DOCS = "https://github.com/prefect-mlops/prefect-mlops#blocks"
 
 
@@ -66,6 +67,13 @@ class MlflowServer(Block):
         description="Where a new experiment stores model files (e.g. s3://bucket/mlflow). "
         "Empty: the server's default, or the workspace's mlartifacts folder for a local store.",
     )
+    allow_unverified_models: bool = Field(
+        default=False,
+        description="Load a model whose version and run record no checksum (tag prefect_mlops.sha256), with a "
+        "warning, instead of refusing it. Loading a model can run code from its files: allow this only for "
+        "models saved before checksums were recorded, whose artifact store you trust. Also "
+        "$PREFECT_MLOPS_ALLOW_UNVERIFIED_MODELS=1.",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -88,12 +96,15 @@ class MlflowServer(Block):
         return MlflowClient(tracking_uri=uri, registry_uri=registry)
 
     def _authorize(self, address: str) -> None:
-        """Send this Block's credentials with every MLflow request to `address`'s server, and only there."""
+        """Send this Block's credentials with every MLflow request to `address`'s server, and only there.
+
+        Without credentials in this block, MLflow's own (environment, ~/.mlflow) apply there.
+        """
+        from prefect_mlops.mlflow_auth import set_header
+
         header = self._auth_header().get("Authorization")
-        if header is not None and address.startswith(("http://", "https://")):
-            _request_auth.add(address, header)
-        elif header is None:  # no credentials in this block: MLflow's own (environment, ~/.mlflow) apply
-            _request_auth.headers.pop(_request_auth.origin(address), None)
+        if header is None or address.startswith(("http://", "https://")):
+            set_header(address, header)
 
     def _auth_header(self) -> dict[str, str]:
         """The Authorization header of this Block's credentials; empty without any."""
@@ -172,26 +183,30 @@ class MlflowServer(Block):
 
         Every file is checked against the checksums recorded when the model was saved before
         MLflow's loader opens any of them (`prefect_mlops.integrity`): `sha256` is the digest of the
-        model's manifest; when not given, it is read from the registered versions of `source`. A
-        mismatch raises `IntegrityError` naming the version, the file and both hashes. A version
-        saved before checksums were recorded loads with a warning.
+        model's manifest (a caller holding the version's tags passes its `prefect_mlops.sha256`);
+        when not given, it is read from the registered versions of `source`, else from the tag of
+        the run that logged it. A mismatch raises `IntegrityError` naming the version, the file and
+        both hashes. A model with no recorded digest at all is refused too, unless
+        `allow_unverified_models` (or $PREFECT_MLOPS_ALLOW_UNVERIFIED_MODELS=1) lets it load with a
+        warning. A remote model is downloaded into a temporary folder, removed once it is loaded.
         """
+        import tempfile
+
         import mlflow.artifacts
-        import mlflow.pyfunc
-        import mlflow.sklearn
         from mlflow.exceptions import MlflowException
 
         label = what or "model"
         try:
-            local = source.removeprefix("file://") if source.startswith(("file://", "/")) else None
-            if local is None:
-                self._authorize(self.uri(workspace))  # the download goes through the tracking server too
-                local = mlflow.artifacts.download_artifacts(artifact_uri=source, tracking_uri=self.uri(workspace))
-            if not os.path.exists(local):
-                raise FileNotFoundError(errno.ENOENT, "No such file or directory", local)
-            self._verify(source, local, label, sha256, workspace)  # before the loader unpickles anything
-            loader = mlflow.sklearn.load_model if flavor == "sklearn" else mlflow.pyfunc.load_model
-            return loader(local)
+            if source.startswith(("file://", "/")):
+                return self._load_verified(source, source.removeprefix("file://"), label, sha256, flavor, workspace)
+            self._authorize(self.uri(workspace))  # the download goes through the tracking server too
+            # The sklearn and pyfunc loaders read every file before they return (the sklearn flavor
+            # deserializes its one model file; pyfunc wraps that and the MLmodel it read), so the copy
+            # is not needed after the load; left behind, every load of a remote model would keep one.
+            with tempfile.TemporaryDirectory(prefix="prefect-mlops-model-") as folder:
+                local = mlflow.artifacts.download_artifacts(artifact_uri=source, tracking_uri=self.uri(workspace),
+                                                            dst_path=folder)
+                return self._load_verified(source, local, label, sha256, flavor, workspace)
         except (OSError, MlflowException) as exc:
             full = disk_full_error(exc, getattr(exc, "filename", None) or source, stage=f"loading {label}",
                                    advice="free space there (or set TMPDIR to a folder with room), then retry",
@@ -206,84 +221,105 @@ class MlflowServer(Block):
             raise RegistryError(f"{label}: the model at {source} could not be loaded ({shorten(str(exc), 1000)}); "
                                 "check that its artifacts exist and are readable") from exc
 
+    def _load_verified(self, source: str, local: str, label: str, sha256: str | None, flavor: str,
+                       workspace: Workspace | None) -> object:
+        import mlflow.pyfunc
+        import mlflow.sklearn
+
+        if not os.path.exists(local):
+            raise FileNotFoundError(errno.ENOENT, "No such file or directory", local)
+        self._verify(source, local, label, sha256, workspace)  # before the loader unpickles anything
+        loader = mlflow.sklearn.load_model if flavor == "sklearn" else mlflow.pyfunc.load_model
+        return loader(local)
+
     def _verify(self, source: str, local: str, label: str, sha256: str | None, workspace: Workspace | None) -> None:
         """Raise `IntegrityError` unless the files at `local` are those recorded for `source`."""
-        from prefect_mlops.integrity import DIGEST_TAG, verify_folder
+        from prefect_mlops.integrity import verify_folder
 
         if sha256 is None:
-            versions = self.client(workspace).search_model_versions("source_path = '{}'".format(
-                source.replace("'", "\\'")))
-            recorded = {v.tags[DIGEST_TAG] for v in versions if v.tags.get(DIGEST_TAG)}
-            if len(recorded) > 1:  # one source registered twice holds the same files: the tags must agree
-                raise IntegrityError(f"{label}: the versions registered from {source} record different checksums "
-                                     f"({sorted(recorded)}); the registry was changed. The model was not loaded")
-            if not recorded:
-                names = ", ".join(f"{v.name!r} v{v.version}" for v in versions) or "an unregistered model"
-                run_logger().warning("%s (%s at %s) has no recorded checksums (saved before they were recorded); "
-                                     "loading it unverified. Retrain to record them", label, names, source)
-                return
-            sha256 = recorded.pop()
-            if label == "model" and versions:
-                label = f"model {versions[0].name!r} v{versions[0].version}"
+            sha256, label = self._recorded_digest(source, local, label, workspace)
+            if sha256 is None:
+                return  # allowed to load unverified; warned
         verify_folder(local, sha256, what=label if label != "model" else f"model at {source}")
 
+    def _recorded_digest(self, source: str, local: str, label: str,
+                         workspace: Workspace | None) -> tuple[str | None, str]:
+        """The digest the registry records for `source` (its versions' tag, else its run's), and the label.
 
-class _RequestAuth:
-    """MLflow request auth that adds a Block's header to requests for its server only.
+        The manifest inside the artifact cannot vouch for itself (whoever swaps a file can rewrite
+        it too): with no tag anywhere the model is refused, or loads with a warning when allowed.
+        """
+        import hashlib
 
-    MLflow takes credentials from process-wide environment variables (MLFLOW_TRACKING_PASSWORD...),
-    which every thread and child process would then share and show. Instead a request auth
-    provider (MLflow's plugin hook, chosen by the non-secret MLFLOW_TRACKING_AUTH) looks up the
-    header by the request's server; other servers get none.
+        from mlflow.exceptions import MlflowException
+
+        from prefect_mlops.integrity import DIGEST_TAG, MANIFEST, verify_folder
+
+        client = self.client(workspace)
+        versions = client.search_model_versions("source_path = '{}'".format(source.replace("'", "\\'")))
+        if label == "model" and versions:
+            label = f"model {versions[0].name!r} v{versions[0].version}"
+        recorded = {v.tags[DIGEST_TAG] for v in versions if v.tags.get(DIGEST_TAG)}
+        if len(recorded) > 1:  # one source registered twice holds the same files: the tags must agree
+            raise IntegrityError(f"{label}: the versions registered from {source} record different checksums "
+                                 f"({sorted(recorded)}); the registry was changed. The model was not loaded")
+        if recorded:
+            return recorded.pop(), label
+        run_id, path = _run_artifact(source)
+        run_ids = sorted({v.run_id for v in versions if v.run_id} or ({run_id} if run_id else set()))
+        key = DIGEST_TAG if path in (None, "model") else f"{DIGEST_TAG}.{path}"
+        for run in run_ids:
+            try:
+                found = client.get_run(run).data.tags.get(key)
+            except MlflowException as exc:  # the run is gone: no tag of it can vouch for anything
+                if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+                    raise
+                found = None
+            if found:
+                return found, label
+        names = ", ".join(f"{v.name!r} v{v.version}" for v in versions) or "not a registered version"
+        where = (f"neither its model version nor its run ({', '.join(run_ids)}) carries tag {key}" if run_ids
+                 else f"no model version or run records tag {key} for it")
+        if not self.unverified_allowed():
+            raise IntegrityError(
+                f"{label} ({names}, at {source}) has no recorded checksum: {where}, and the artifact's own "
+                f"{MANIFEST} cannot vouch for itself. It was not loaded, because loading a model can run code "
+                "from its files and these cannot be checked. Either it was saved before checksums were recorded, "
+                "or the tag was removed: train and register a new version (or roll back to one that has the "
+                f"tag). To load it anyway, if you trust its files, set allow_unverified_models on the MLflow "
+                f"Server block (or {ALLOW_UNVERIFIED_ENV}=1)")
+        manifest = os.path.join(local, MANIFEST)
+        if os.path.exists(manifest):  # catches a damaged file, not a swapped one: the manifest came with them
+            with open(manifest, "rb") as handle:
+                verify_folder(local, hashlib.sha256(handle.read()).hexdigest(), what=label)
+        run_logger().warning("%s (%s, at %s) has no recorded checksum (%s); loading it UNVERIFIED because "
+                             "unverified models are allowed (%s). Train and register a new version to record one",
+                             label, names, source, where, "checked against its own manifest only" if
+                             os.path.exists(manifest) else "no manifest either")
+        return None, label
+
+    def unverified_allowed(self) -> bool:
+        """Whether a model without a recorded checksum may load (with a warning): the field or the variable."""
+        return self.allow_unverified_models or os.environ.get(ALLOW_UNVERIFIED_ENV, "").strip().lower() in (
+            "1", "true", "yes")
+
+
+def _run_artifact(source: str) -> tuple[str | None, str | None]:
+    """The run id and artifact path in a model's source URI (`runs:/<id>/<path>` or `.../<id>/artifacts/<path>`).
+
+    Example:
+        ```python
+        from prefect_mlops.blocks.mlflow_server import _run_artifact
+        run = "0123456789abcdef" * 2
+        assert _run_artifact(f"file:///m/1/{run}/artifacts/refit-model") == (run, "refit-model")
+        assert _run_artifact(f"runs:/{run}/model") == (run, "model")
+        assert _run_artifact("file:///copies/of-v1") == (None, None)
+        ```
     """
+    import re
 
-    NAME = "prefect-mlops"
-
-    def __init__(self) -> None:
-        self.headers: dict[str, str] = {}
-        self.installed = False
-
-    @staticmethod
-    def origin(url: str) -> str:
-        from urllib.parse import urlsplit
-
-        parts = urlsplit(url)
-        return f"{parts.scheme}://{parts.netloc}".lower()
-
-    def add(self, address: str, header: str) -> None:
-        self.headers[self.origin(address)] = header
-        if self.installed:
-            return
-        chosen = os.environ.get("MLFLOW_TRACKING_AUTH")
-        if chosen and chosen != self.NAME:
-            raise ConfigError(f"MLFLOW_TRACKING_AUTH is {chosen!r}, another MLflow auth plugin; unset it to use the "
-                              "MLflow Server block's credentials, or leave them empty in the block")
-        import requests.auth
-        from mlflow.tracking.request_auth.abstract_request_auth_provider import RequestAuthProvider
-        from mlflow.tracking.request_auth.registry import _request_auth_provider_registry
-
-        owner = self
-
-        class Auth(requests.auth.AuthBase):
-            def __call__(self, request: Any) -> Any:
-                header = owner.headers.get(owner.origin(request.url))
-                if header is not None:
-                    request.headers["Authorization"] = header
-                return request
-
-        class Provider(RequestAuthProvider):
-            def get_name(self) -> str:
-                return owner.NAME
-
-            def get_auth(self) -> Any:
-                return Auth()
-
-        _request_auth_provider_registry.register(Provider)
-        os.environ["MLFLOW_TRACKING_AUTH"] = self.NAME  # the plugin's name, not a secret
-        self.installed = True
-
-
-_request_auth = _RequestAuth()
+    found = re.match(r"runs:/([0-9a-f]{32})/(.+)$", source) or re.search(r"/([0-9a-f]{32})/artifacts/(.+)$", source)
+    return (found.group(1), found.group(2).strip("/")) if found else (None, None)
 
 
 def _not_found(exc: BaseException) -> bool:

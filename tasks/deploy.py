@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict
 
 from prefect_mlops.blocks.mlflow_server import MlflowServer
 from prefect_mlops.errors import ChampionMovedError, DeployError, RegistryError, disk_full_hint
+from prefect_mlops.integrity import DIGEST_TAG
 from prefect_mlops.log import run_logger
 from prefect_mlops.refs import ModelRef, artifact_key
 from prefect_mlops.tasks.evaluate import Evaluation
@@ -100,7 +101,8 @@ def smoke_test(model: ModelRef, evaluation: Evaluation, *, server: MlflowServer,
         raise DeployError(f"model {model.name!r}: @{CHALLENGER} points to version {aliased.version}, "
                           f"not {model.version}; another run registered meanwhile. Re-run the flow")
     try:
-        pyfunc = server.load_model(aliased.source, workspace, flavor="pyfunc")
+        pyfunc = server.load_model(aliased.source, workspace, flavor="pyfunc", sha256=(aliased.tags or {}).get(
+            DIGEST_TAG), what=f"model {model.name!r} v{model.version} (@{CHALLENGER})")
     except Exception as exc:
         full = disk_full_hint(exc, getattr(exc, "filename", None) or aliased.source)
         raise DeployError(
@@ -126,6 +128,25 @@ def smoke_test(model: ModelRef, evaluation: Evaluation, *, server: MlflowServer,
                           "the model was not promoted")
 
 
+def checked_challenger(model: ModelRef, evaluation: Evaluation, verdict: GateVerdict, *, stage: str, cannot: str,
+                       left: str, mlflow_server: MlflowServer | None,
+                       workspace: Workspace | None) -> tuple[MlflowServer, Workspace]:
+    """What every promotion or trial checks first: a passed verdict, a reachable registry, a passed smoke test.
+
+    A registry that cannot be used raises `DeployError` with its own reason (unreachable, or a
+    refused user, named): "`cannot`: <reason>; `left`". Returns the server and workspace in force.
+    """
+    require_passed(verdict, model.run_id, stage)
+    server = mlflow_server or MlflowServer()
+    workspace = workspace or Workspace()
+    try:
+        server.check_reachable(workspace)
+    except RegistryError as exc:
+        raise DeployError(f"{cannot}: {exc}; {left}") from exc
+    smoke_test(model, evaluation, server=server, workspace=workspace)
+    return server, workspace
+
+
 def promote(
     model: ModelRef,
     evaluation: Evaluation,
@@ -138,15 +159,9 @@ def promote(
 
     The plain function behind `deploy`; call it holding `model_lock(model.name)`.
     """
-    require_passed(verdict, model.run_id, "deploy")
-    server = mlflow_server or MlflowServer()
-    workspace = workspace or Workspace()
-    try:
-        server.check_reachable(workspace)
-    except RegistryError as exc:
-        raise DeployError(f"cannot promote {model.name!r} version {model.version}: MLflow server "
-                          f"{server.uri(workspace)} is unreachable; @{CHAMPION} was not moved") from exc
-    smoke_test(model, evaluation, server=server, workspace=workspace)
+    server, workspace = checked_challenger(
+        model, evaluation, verdict, stage="deploy", cannot=f"cannot promote {model.name!r} version {model.version}",
+        left=f"@{CHAMPION} was not moved", mlflow_server=mlflow_server, workspace=workspace)
     client = server.client(workspace)
     before = read_aliases(client, model.name)
     current = before.get(CHAMPION)

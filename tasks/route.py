@@ -54,7 +54,7 @@ def block_parameter(block: Any) -> Any:
     block_id = getattr(block, "_block_document_id", None)
     if block_id is not None:
         return {"$ref": {"block_document_id": str(block_id)}}
-    if any(isinstance(getattr(block, name, None), (SecretStr, SecretBytes)) for name in type(block).model_fields):
+    if holds_secret(block):
         raise ConfigError(
             f"{type(block).__name__} holds a secret and is not saved: save the block (block.save('name')) "
             "so that the training run receives a reference, not the secret"
@@ -62,14 +62,20 @@ def block_parameter(block: Any) -> Any:
     return block.model_dump(mode="json")
 
 
+def holds_secret(block: Any) -> bool:
+    """Whether any field of `block` holds a secret (`SecretStr`/`SecretBytes`, e.g. a token or a password)."""
+    return any(isinstance(getattr(block, name, None), (SecretStr, SecretBytes)) for name in type(block).model_fields)
+
+
 def pinned_server(server: MlflowServer, workspace: str) -> MlflowServer:
     """The server as this process resolves it, so another process (with another environment) agrees.
 
     A block without a tracking URI means "$MLFLOW_TRACKING_URI, else the workspace's SQLite store",
     which the training run could resolve differently; it is sent by value with the URI filled in.
-    A saved block holding a token stays a reference (the token must not travel as a parameter).
+    A saved block holding any secret (a token or a password) stays a reference: a secret must not
+    travel as a parameter.
     """
-    if server.tracking_uri or (server.token is not None and server._block_document_id is not None):
+    if server.tracking_uri or (holds_secret(server) and server._block_document_id is not None):
         return server
     ws = Workspace(workspace)
     pinned = server.model_copy(update={"tracking_uri": server.uri(ws),

@@ -73,3 +73,20 @@ def test_each_block_sends_its_credentials_to_its_own_server_only(recorders):
 def test_a_username_without_a_password_is_a_config_error(recorders):
     with pytest.raises(ConfigError, match="basic auth needs both username and password"):
         MlflowServer(tracking_uri=recorders[0].url, username="admin").client()
+
+
+def test_a_child_process_started_after_a_client_call_inherits_a_working_auth_setting(recorders, tmp_path):
+    import subprocess
+    import sys
+
+    mine, other = recorders
+    MlflowServer(tracking_uri=mine.url, username="admin", password="p4ss-parent").client().get_experiment_by_name("x")
+    assert os.environ["MLFLOW_TRACKING_AUTH"] == "prefect-mlops"  # the plugin's name, the one thing a child inherits
+    script = ("import sys; from mlflow import MlflowClient\n"
+              "for url in sys.argv[1:]: MlflowClient(tracking_uri=url).get_experiment_by_name('x')\n")
+    done = subprocess.run([sys.executable, "-c", script, mine.url, other.url], capture_output=True, text=True,
+                          timeout=120, check=False, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    # The name resolves there (the entry point), and the parent's credentials stay in the parent.
+    assert "Could not find any registered plugin" not in done.stderr, done.stderr[-2000:]
+    assert mine.seen[1:] == [None] and other.seen == [None]

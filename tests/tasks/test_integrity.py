@@ -116,31 +116,107 @@ class _Bomb:
         return (Path.write_text, (self.marker, "code ran"))
 
 
-def test_a_tampered_pickle_never_reaches_the_unpickler(churn_source, churn_features, mlflow_server, workspace,
-                                                      tmp_path, window0):
+def test_a_version_whose_tag_was_deleted_is_checked_against_its_runs_tag(first, mlflow_server, workspace):
+    mlflow_server.client(workspace).delete_model_version_tag("churn", "1", DIGEST_TAG)
+    assert hasattr(mlflow_server.load_model(first.trained.model_source, workspace), "predict_proba")
+    before, after = flip_one_byte(model_folder(mlflow_server, workspace, "1") / "model.skops")
+    with pytest.raises(IntegrityError, match=rf"'churn' v1: file model.skops .*{after}, but sha256 {before}"):
+        mlflow_server.load_model(first.trained.model_source, workspace)
+
+
+def forge(folder: Path, name: str, data: bytes) -> None:
+    """What someone who can write the artifact store does: swap a file and rewrite the manifest to match."""
+    import hashlib
+    import json
+
+    (folder / name).write_bytes(data)
+    manifest = json.loads((folder / MANIFEST).read_text())
+    manifest["files"][name] = hashlib.sha256(data).hexdigest()
+    (folder / MANIFEST).write_text(json.dumps(manifest))
+
+
+@pytest.fixture
+def pickled(churn_source, churn_features, mlflow_server, workspace, window0):
+    """A registered cloudpickle model (k-nearest neighbours needs types outside the skops list)."""
     from prefect_mlops.tasks.train import TrainerSpec
 
-    # k-nearest neighbours needs types outside the skops list: this model is saved with cloudpickle.
     knn = TrainerSpec(estimator="sklearn.neighbors.KNeighborsClassifier")
     cycle = train_and_judge(churn_source, churn_features, knn, server=mlflow_server, workspace=workspace,
                             window=window0, policy=ModelPolicy(floors={}, max_drop=1.0))
     register_version(cycle.trained, cycle.verdict, mlflow_server=mlflow_server, workspace=workspace)
+    return cycle
+
+
+def test_a_tampered_pickle_never_reaches_the_unpickler(pickled, mlflow_server, workspace, tmp_path):
     folder = model_folder(mlflow_server, workspace, "1")
     marker = tmp_path / "pwned"
     (folder / "model.pkl").write_bytes(pickle.dumps(_Bomb(marker)))
     with pytest.raises(IntegrityError, match=r"'churn' v1: file model.pkl .* has sha256"):
-        mlflow_server.load_model(cycle.trained.model_source, workspace)
+        mlflow_server.load_model(pickled.trained.model_source, workspace)
     assert not marker.exists()
 
 
-def test_a_version_registered_before_checksums_loads_with_a_warning(first, mlflow_server, workspace, caplog):
+def test_a_pickle_swapped_after_its_checksum_tags_were_deleted_never_reaches_the_unpickler(
+        pickled, mlflow_server, workspace, tmp_path, monkeypatch):
+    from prefect_mlops.blocks.mlflow_server import ALLOW_UNVERIFIED_ENV
+
+    monkeypatch.delenv(ALLOW_UNVERIFIED_ENV, raising=False)
     client = mlflow_server.client(workspace)
     client.delete_model_version_tag("churn", "1", DIGEST_TAG)
-    (model_folder(mlflow_server, workspace, "1") / MANIFEST).unlink()
+    client.delete_tag(pickled.trained.run_id, DIGEST_TAG)
+    folder = model_folder(mlflow_server, workspace, "1")
+    marker = tmp_path / "pwned"
+    forge(folder, "model.pkl", pickle.dumps(_Bomb(marker)))
+    with pytest.raises(IntegrityError, match=rf"model 'churn' v1 \('churn' v1, at .*\) has no recorded checksum: "
+                                             rf"neither its model version nor its run \({pickled.trained.run_id}\) "
+                                             rf"carries tag {DIGEST_TAG}.*was not loaded.*train and register a new "
+                                             rf"version.*allow_unverified_models.*{ALLOW_UNVERIFIED_ENV}=1"):
+        mlflow_server.load_model(pickled.trained.model_source, workspace)
+    assert not marker.exists()
+
+
+def test_a_model_without_any_checksum_loads_only_when_allowed_and_with_a_warning(first, mlflow_server, workspace,
+                                                                                 caplog, monkeypatch):
+    from prefect_mlops.blocks.mlflow_server import ALLOW_UNVERIFIED_ENV
+
+    monkeypatch.delenv(ALLOW_UNVERIFIED_ENV, raising=False)
+    client = mlflow_server.client(workspace)
+    client.delete_model_version_tag("churn", "1", DIGEST_TAG)
+    client.delete_tag(first.trained.run_id, DIGEST_TAG)
+    source = first.trained.model_source
+    with pytest.raises(IntegrityError, match="has no recorded checksum"):
+        mlflow_server.load_model(source, workspace, what="champion 'churn' v1")
+    allowed = mlflow_server.model_copy(update={"allow_unverified_models": True})
     with caplog.at_level(logging.WARNING):
-        pipeline = mlflow_server.load_model(first.trained.model_source, workspace, what="champion 'churn' v1")
-    assert hasattr(pipeline, "predict_proba")
-    assert "champion 'churn' v1 ('churn' v1 at" in caplog.text and "no recorded checksums" in caplog.text
+        assert hasattr(allowed.load_model(source, workspace, what="champion 'churn' v1"), "predict_proba")
+    assert "champion 'churn' v1 ('churn' v1, at" in caplog.text and "loading it UNVERIFIED" in caplog.text
+    # Allowed, a file that differs from the artifact's own manifest is still refused: damage, if not forgery.
+    folder = model_folder(mlflow_server, workspace, "1")
+    before, after = flip_one_byte(folder / "model.skops")
+    with pytest.raises(IntegrityError, match=rf"file model.skops .*{after}, but sha256 {before}"):
+        allowed.load_model(source, workspace)
+    (folder / MANIFEST).unlink()  # saved before checksums were recorded: the variable allows it as well
+    monkeypatch.setenv(ALLOW_UNVERIFIED_ENV, "1")
+    flip_one_byte(folder / "model.skops")
+    assert hasattr(mlflow_server.load_model(source, workspace), "predict_proba")
+
+
+def test_a_remote_load_leaves_no_copy_of_the_model_behind(first, mlflow_server, workspace, tmp_path, monkeypatch,
+                                                          churn_features):
+    import tempfile
+
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    remote = f"runs:/{first.trained.run_id}/model"  # downloaded, and checked against the run's tag
+    pyfunc = mlflow_server.load_model(remote, workspace, flavor="pyfunc")
+    assert list(scratch.iterdir()) == []
+    rows = pd.read_parquet(first.features.dataset.uri)[churn_features.feature_columns].head(5)
+    assert len(pyfunc.predict(rows)) == 5  # loaded whole: nothing was read from the removed copy
+    flip_one_byte(model_folder(mlflow_server, workspace, "1") / "model.skops")
+    with pytest.raises(IntegrityError, match="file model.skops"):
+        mlflow_server.load_model(remote, workspace)
+    assert list(scratch.iterdir()) == []
 
 
 def test_evaluate_checks_the_challenger_it_just_trained(churn_source, churn_features, fast_trainer, mlflow_server,

@@ -7,7 +7,7 @@ import json
 import pytest
 from mlflow import MlflowClient
 
-from prefect_mlops.blocks import ModelPolicy
+from prefect_mlops.blocks import MlflowServer, ModelPolicy
 from prefect_mlops.errors import ChampionMovedError, DeployError, GateNotPassedError, RegistryError
 from prefect_mlops.tasks.deploy import CHAMPION, PREVIOUS, promote, read_aliases, roll_back
 from prefect_mlops.tasks.reconcile import STATUS_REASON_TAG, STATUS_TAG, read_record, reconcile_model
@@ -282,3 +282,44 @@ def test_a_full_disk_while_loading_the_challenger_names_the_path(first, churn_so
                                           r"/tmp/spool/model.pkl: free space there and retry"):
         promote(model, second.evaluation, second.verdict, mlflow_server=mlflow_server, workspace=workspace)
     assert aliases(mlflow_server, workspace)[CHAMPION] == "1"
+
+
+@pytest.fixture
+def refusing_server():
+    """A tracking server whose /health answers and whose API refuses every credential (HTTP 401)."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200 if self.path == "/health" else 401)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"OK")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_refused_password_at_deploy_is_said_as_such_not_as_unreachable(refusing_server, workspace):
+    from prefect_mlops.refs import ModelRef
+    from prefect_mlops.tasks.gate import GateVerdict
+    from prefect_mlops.tasks.rollout import start_trial
+
+    model = ModelRef(name="churn", version="2", run_id="r2", source="file:///nowhere")
+    verdict = GateVerdict(passed=True, model_name="churn", challenger_run_id="r2", champion_version="1",
+                          primary_metric="roc_auc", rules=[])
+    wrong = MlflowServer(tracking_uri=refusing_server, username="admin", password="wr0ng-password")
+    said = rf"MLflow server {refusing_server} refused the credentials of user 'admin' \(HTTP 401\): the password is"
+    with pytest.raises(DeployError, match=rf"cannot promote 'churn' version 2: {said}.*; @champion was not moved"):
+        promote(model, None, verdict, mlflow_server=wrong, workspace=workspace)
+    with pytest.raises(DeployError, match=rf"cannot put 'churn' version 2 on trial as @canary: {said}.*no alias "
+                                          "was moved") as caught:
+        start_trial(model, None, verdict, strategy="canary", mlflow_server=wrong, workspace=workspace)
+    assert "unreachable" not in str(caught.value) and "wr0ng-password" not in str(caught.value)
