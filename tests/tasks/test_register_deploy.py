@@ -275,7 +275,7 @@ def test_a_full_disk_while_loading_the_challenger_names_the_path(first, churn_so
                              window="2024-02-01/2024-04-01", policy=ModelPolicy(max_drop=1.0))
     model = register_version(second.trained, second.verdict, mlflow_server=mlflow_server, workspace=workspace)
 
-    def full(self, source, workspace=None, *, flavor="sklearn"):  # a full disk cannot be made safely in a test
+    def full(self, source, workspace=None, **options):  # a full disk cannot be made safely in a test
         raise OSError(errno.ENOSPC, "No space left on device", "/tmp/spool/model.pkl")
     monkeypatch.setattr(MlflowServer, "load_model", full)
     with pytest.raises(DeployError, match=r"version 2 \(@challenger\): no space left on the device holding "
