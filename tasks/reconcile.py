@@ -39,6 +39,7 @@ ALIASES = (CHAMPION, PREVIOUS, CHALLENGER)
 # A gated version on trial beside the champion (see prefect_mlops.tasks.rollout): serving, never "left over".
 CANARY = "canary"
 SHADOW = "shadow"
+SHARE_TAG = "prefect_mlops.canary.share"  # registered-model tag: the canary's share of traffic
 
 RECORD_TAG = "prefect_mlops.promotion"
 STATUS_TAG = "prefect_mlops.status"
@@ -170,10 +171,24 @@ def discard_version(client: Any, name: str, version: str, reason: str) -> str:
         why = _short(delete_exc)
     try:
         mark_version(client, name, version, FAILED, reason)
-        return f"version {version} could not be deleted ({why}): tagged {STATUS_TAG}={FAILED}"
     except Exception as tag_exc:
         return (f"version {version} could not be deleted ({why}) nor tagged failed ({_short(tag_exc)}): "
                 f"it is left without a status; the next run or `prefect-mlops repair {name}` tags it failed")
+    left = f"version {version} could not be deleted ({why}): tagged {STATUS_TAG}={FAILED}"
+    # A version that stays must not stay on trial: the scoring service would keep sending it traffic.
+    try:
+        aliases = client.get_registered_model(name).aliases or {}
+        held = [alias for alias in (CANARY, SHADOW) if str(aliases.get(alias)) == str(version)]
+        if CANARY in held:
+            client.set_registered_model_tag(name, SHARE_TAG, "0")  # traffic off first
+        for alias in held:
+            client.delete_registered_model_alias(name, alias)
+        if CANARY in held:
+            client.delete_registered_model_tag(name, SHARE_TAG)
+    except Exception as alias_exc:
+        return (f"{left}; taking it off trial failed ({_short(alias_exc)}): the scoring service refuses a failed "
+                "version anyway")
+    return left + (f"; @{' and @'.join(held)} removed" if held else "")
 
 
 def _short(exc: BaseException, limit: int = 300) -> str:

@@ -12,6 +12,7 @@ model's rollout history (tag `prefect_mlops.rollout`) and published as a Prefect
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import time
@@ -37,18 +38,22 @@ from prefect_mlops.tasks.reconcile import (
     PREVIOUS,
     PROMOTED,
     SHADOW,
+    SHARE_TAG,
+    STATUS_REASON_TAG,
+    STATUS_TAG,
     PromotionRecord,
     mark_version,
+    model_lock,
     now,
     read_aliases,
 )
 from prefect_mlops.tasks.register import require_passed
 from prefect_mlops.workspace import Workspace
 
-SHARE_TAG = "prefect_mlops.canary.share"
 HISTORY_TAG = "prefect_mlops.rollout"
 GATE_TAG = "prefect_mlops.gate"
 FIRST_SHARE = 0.05
+TOKEN_ENV = "PREFECT_MLOPS_SERVE_TOKEN"  # noqa: S105 (a variable name) the service's bearer token, as `serve` reads it
 HISTORY_KEEP = 25  # MLflow caps a tag value at 5,000 characters (8,000 on newer servers)
 # Metric names the service exports and the rollout reads (Prometheus adds `_total` to counters).
 METRIC_REQUESTS = "prefect_mlops_serve_requests"
@@ -73,11 +78,77 @@ def parse_share(text: str | None) -> float:
 
 
 def on_trial_allowed(version_tags: dict[str, str]) -> str | None:
-    """Why a version may not hold `@canary` or `@shadow` (it did not pass the gate), or None."""
+    """Why a version may not hold `@canary` or `@shadow` (failed, or did not pass the gate), or None.
+
+    Example:
+        ```python
+        from prefect_mlops.tasks.rollout import on_trial_allowed
+        assert on_trial_allowed({"prefect_mlops.gate": "passed"}) is None
+        assert "failed" in on_trial_allowed({"prefect_mlops.gate": "passed", "prefect_mlops.status": "failed"})
+        assert "gate" in on_trial_allowed({})
+        ```
+    """
+    if version_tags.get(STATUS_TAG) == FAILED:
+        return (f"it is tagged {STATUS_TAG}={FAILED} ({version_tags.get(STATUS_REASON_TAG, 'no reason given')}); a "
+                "failed version takes no traffic")
     if version_tags.get(GATE_TAG) == "passed":
         return None
     return (f"it carries no passed gate verdict (tag {GATE_TAG}={version_tags.get(GATE_TAG)!r}); only a version "
             "that passed the quality gate may take canary or shadow traffic")
+
+
+def check_steps(steps: list[float]) -> list[float]:
+    """The rollout's traffic shares, or a `ConfigError` naming `steps` and what is expected.
+
+    Non-empty, strictly increasing, each in (0, 1], with at least one share below 1.0 (a step that
+    is watched) before the promotion: a rollout never promotes on no evidence.
+
+    Example:
+        ```python
+        import pytest
+        from prefect_mlops.errors import ConfigError
+        from prefect_mlops.tasks.rollout import check_steps
+        assert check_steps([0.05, 0.25, 1.0]) == [0.05, 0.25, 1.0]
+        with pytest.raises(ConfigError, match="steps"):
+            check_steps([1.0])
+        ```
+    """
+    expected = ("expected a non-empty, strictly increasing list of traffic shares in (0, 1] that ends with 1.0 "
+                "(the promotion) after at least one watched share below 1.0, e.g. [0.05, 0.25, 1.0]")
+    shares = [float(s) for s in steps]
+    problem = None
+    if not shares:
+        problem = "is empty"
+    elif any(not math.isfinite(s) or not 0.0 < s <= 1.0 for s in shares):
+        problem = "has a share outside (0, 1]"
+    elif any(b <= a for a, b in itertools.pairwise(shares)):
+        problem = "is not strictly increasing"
+    elif shares[-1] != 1.0:
+        problem = "does not end with 1.0, so the rollout would end without deciding"
+    elif len(shares) < 2:
+        problem = "has no watched share below 1.0, so the canary would be promoted on no evidence"
+    if problem:
+        raise ConfigError(f"progressive-rollout parameter steps={shares} {problem}: {expected}")
+    return shares
+
+
+def service_token(secret_block: str | None = None) -> str | None:
+    """The scoring service's bearer token: from the named Secret block, else ${TOKEN_ENV} on this worker.
+
+    Never a flow parameter: parameters are stored in the Prefect database and shown in the UI.
+    """
+    import os
+
+    if secret_block:
+        from prefect.blocks.system import Secret
+
+        try:
+            return Secret.load(secret_block).get()
+        except ValueError as exc:
+            raise ConfigError(f"progressive-rollout parameter token_secret={secret_block!r}: no Secret block of "
+                              f"that name ({exc}); create it (prefect.blocks.system.Secret) or leave it empty "
+                              f"and set ${TOKEN_ENV} on the worker") from exc
+    return os.environ.get(TOKEN_ENV) or None
 
 
 class RolloutStep(BaseModel):
@@ -163,22 +234,47 @@ def canary_version(client: Any, name: str) -> str:
     return str(aliases[CANARY])
 
 
+def allowed_canary(client: Any, name: str, doing: str) -> str:
+    """The `@canary` version, checked again before it gets more traffic or the champion's place.
+
+    `@canary` is an alias anyone with registry access can set: only a version that passed the gate
+    and is not failed may go on; otherwise a `DeployError` and nothing moves.
+    """
+    version = canary_version(client, name)
+    refused = on_trial_allowed(client.get_model_version(name, version).tags or {})
+    if refused:
+        raise DeployError(f"model {name!r}: refusing to {doing} @{CANARY} v{version}: {refused}. Nothing was "
+                          f"changed; remove the alias (`@{CANARY}`) or deploy a gated version with strategy 'canary'")
+    return version
+
+
 def set_share(name: str, share: float, reason: str, *, mlflow_server: MlflowServer | None = None,
               workspace: Workspace | None = None, stats: dict[str, Any] | None = None) -> RolloutStep:
-    """Route `share` of keys to the canary (the service follows within its poll interval)."""
+    """Route `share` of keys to the canary (the service follows within its poll interval); holds the model's lock."""
     client = (mlflow_server or MlflowServer()).client(workspace)
-    version = canary_version(client, name)
-    client.set_registered_model_tag(name, SHARE_TAG, f"{share:g}")
-    step = RolloutStep(at=now(), action="advance", version=version, share=share, reason=reason, stats=stats or {})
-    record_step(client, name, step)
+    with model_lock(name):  # not while a training run moves the aliases
+        version = allowed_canary(client, name, f"raise the traffic share to {share:.0%} of")
+        client.set_registered_model_tag(name, SHARE_TAG, f"{share:g}")
+        step = RolloutStep(at=now(), action="advance", version=version, share=share, reason=reason,
+                           stats=stats or {})
+        record_step(client, name, step)
     return step
 
 
 def promote_canary(name: str, reason: str, *, mlflow_server: MlflowServer | None = None,
                    workspace: Workspace | None = None, stats: dict[str, Any] | None = None) -> Promotion:
-    """Make the canary the champion (a promotion record, like deploy's), then drop `@canary`."""
+    """Make the canary the champion (a promotion record, like deploy's), then drop `@canary`.
+
+    Holds the model's lock, and refuses a canary that did not pass the gate or is failed.
+    """
+    with model_lock(name):  # not while a training run moves the aliases
+        return _promote_canary(name, reason, mlflow_server=mlflow_server, workspace=workspace, stats=stats)
+
+
+def _promote_canary(name: str, reason: str, *, mlflow_server: MlflowServer | None, workspace: Workspace | None,
+                    stats: dict[str, Any] | None) -> Promotion:
     client = (mlflow_server or MlflowServer()).client(workspace)
-    version = canary_version(client, name)
+    version = allowed_canary(client, name, "promote")
     before = read_aliases(client, name)
     current = before.get(CHAMPION)
     after = {alias: v for alias, v in before.items() if v != version or alias == CHAMPION}
@@ -197,15 +293,17 @@ def promote_canary(name: str, reason: str, *, mlflow_server: MlflowServer | None
 
 def roll_back_canary(name: str, reason: str, *, mlflow_server: MlflowServer | None = None,
                      workspace: Workspace | None = None, stats: dict[str, Any] | None = None) -> RolloutStep:
-    """Take all traffic off the canary, drop `@canary` and mark the version failed, with why."""
+    """Take all traffic off the canary, drop `@canary` and mark the version failed, with why; holds the lock."""
     client = (mlflow_server or MlflowServer()).client(workspace)
-    version = canary_version(client, name)
-    client.set_registered_model_tag(name, SHARE_TAG, "0")  # traffic off first, even if the next write fails
-    client.delete_registered_model_alias(name, CANARY)
-    client.delete_registered_model_tag(name, SHARE_TAG)
-    mark_version(client, name, version, FAILED, f"canary rolled back: {reason}")
-    step = RolloutStep(at=now(), action="rollback", version=version, share=0.0, reason=reason, stats=stats or {})
-    record_step(client, name, step)
+    with model_lock(name):  # not while a training run moves the aliases
+        version = canary_version(client, name)
+        client.set_registered_model_tag(name, SHARE_TAG, "0")  # traffic off first, even if the next write fails
+        client.delete_registered_model_alias(name, CANARY)
+        client.delete_registered_model_tag(name, SHARE_TAG)
+        mark_version(client, name, version, FAILED, f"canary rolled back: {reason}")
+        step = RolloutStep(at=now(), action="rollback", version=version, share=0.0, reason=reason,
+                           stats=stats or {})
+        record_step(client, name, step)
     return step
 
 
@@ -340,7 +438,7 @@ def observe_canary(service_url: str, *, seconds: float, min_requests: int, token
 
 @task(name="canary-step", task_run_name="canary-{model_name}-{share}")
 def canary_step(model_name: str, share: float, service_url: str, *, seconds: float = 60.0, min_requests: int = 100,
-                max_error_rate: float = 0.01, max_latency_ratio: float = 2.0, token: str | None = None,
+                max_error_rate: float = 0.01, max_latency_ratio: float = 2.0, token_secret: str | None = None,
                 labels: Any = None, label_key: str = "request_id", mlflow_server: MlflowServer | None = None,
                 workspace: str | None = None, prediction_log: str | None = None) -> CanaryJudgement:
     """Route `share` of keys to the canary, watch one step, and judge it (see `judge_canary`)."""
@@ -348,7 +446,8 @@ def canary_step(model_name: str, share: float, service_url: str, *, seconds: flo
     if share < 1.0:
         set_share(model_name, share, f"canary share raised to {share:.0%}", mlflow_server=mlflow_server,
                   workspace=ws)
-    champion, canary = observe_canary(service_url, seconds=seconds, min_requests=min_requests, token=token)
+    champion, canary = observe_canary(service_url, seconds=seconds, min_requests=min_requests,
+                                      token=service_token(token_secret))
     labelled = None
     if labels is not None and prediction_log:
         from prefect_mlops.tasks.labels import error_by_alias

@@ -39,6 +39,14 @@ DIGEST_TAG = "prefect_mlops.sha256"
 
 _CHUNK = 1 << 20
 
+MLFLOW_META = "registered_model_meta"
+"""The file MLflow writes into a model's folder on loading it by `models:/name/version` from a local store
+(`mlflow models serve -m models:/churn/3`): YAML holding the model's name and version. MLflow only
+writes it (no loader of MLflow or of this package reads it), so it is data and never code: a change to
+it cannot change what a load runs or predicts. It is ignored when it is extra at the model's root, and
+only there: listed in the manifest it is checked like any file, and a file of that name deeper down, or a
+folder of that name, is still refused."""
+
 
 def file_sha256(path: str | os.PathLike[str]) -> str:
     """Hex SHA-256 of a file's bytes, read in 1 MiB chunks."""
@@ -99,6 +107,8 @@ def verify_folder(folder: str | os.PathLike[str], digest: str, *, what: str) -> 
                              f"{digest}; the checksum manifest was changed. {advice}")
     expected = dict(json.loads(data)["files"])
     actual = folder_digests(root)
+    if MLFLOW_META not in expected and (root / MLFLOW_META).is_file() and not (root / MLFLOW_META).is_symlink():
+        del actual[MLFLOW_META]  # written by MLflow after registration; data, never code (see MLFLOW_META)
     for name, wanted in expected.items():
         if name not in actual:
             raise IntegrityError(f"{what}: file {name} is missing from {root} (recorded sha256 {wanted}). {advice}")

@@ -166,3 +166,26 @@ def test_the_model_lock_is_a_one_slot_global_limit_that_a_second_holder_waits_fo
         raise errors[0]
     with model_lock("lock-test", timeout=10):  # released: the next holder gets it at once
         pass
+
+
+def test_a_version_left_after_a_failed_delete_is_taken_off_trial(client, tmp_path, monkeypatch):
+    from prefect_mlops.tasks.reconcile import CANARY, SHADOW, SHARE_TAG
+    from prefect_mlops.tasks.rollout import on_trial_allowed
+
+    first, second = make_versions(client, tmp_path, 2)
+    client.set_registered_model_alias(NAME, CHAMPION, first)
+    client.set_registered_model_alias(NAME, CANARY, second)
+    client.set_registered_model_alias(NAME, SHADOW, second)
+    client.set_registered_model_tag(NAME, SHARE_TAG, "0.25")
+    client.set_model_version_tag(NAME, second, "prefect_mlops.gate", "passed")
+
+    def refuse(self, name, version):
+        raise RuntimeError("server went away")
+    monkeypatch.setattr(MlflowClient, "delete_model_version", refuse)
+    left = discard_version(client, NAME, second, "deploy rolled back: boom")
+    assert left.endswith("tagged prefect_mlops.status=failed; @canary and @shadow removed"), left
+    model = client.get_registered_model(NAME)
+    assert {alias: str(v) for alias, v in model.aliases.items()} == {CHAMPION: first}
+    assert SHARE_TAG not in (model.tags or {})
+    refused = on_trial_allowed(client.get_model_version(NAME, second).tags)
+    assert refused is not None and "failed" in refused and "deploy rolled back: boom" in refused

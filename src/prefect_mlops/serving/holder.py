@@ -4,7 +4,9 @@ A background thread polls the registered model every `poll_seconds`. A moved ali
 new version through `MlflowServer.load_model` (the one loader, so every integrity check there
 covers serving too) while the old one keeps serving; the swap is one reference assignment, so a
 request sees either the old `Serving` or the new one, never a mix. A version that fails to load
-is not swapped in: the old one keeps serving and `/health` says why.
+is not swapped in: the old one keeps serving and `/health` says why. A version that can never load
+(its files fail the checksum, or it may not take trial traffic) is not tried again; any other
+failure (network, a 401 blip, a full disk) is retried on later polls, waiting longer each time.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from prefect_mlops.blocks.mlflow_server import MlflowServer
-from prefect_mlops.errors import shorten
+from prefect_mlops.errors import GateNotPassedError, IntegrityError, shorten
 from prefect_mlops.integrity import DIGEST_TAG
 from prefect_mlops.serving.schema import InputSchema
 from prefect_mlops.tasks.reconcile import CANARY, CHAMPION, SHADOW
@@ -26,6 +28,7 @@ from prefect_mlops.workspace import Workspace
 
 logger = logging.getLogger("prefect_mlops.serving")
 ALIASES = (CHAMPION, CANARY, SHADOW)
+MAX_RETRY_SECONDS = 60.0  # the longest wait between two tries of a version whose load failed for a passing reason
 
 
 @dataclass(frozen=True)
@@ -76,7 +79,8 @@ class ModelHolder:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._client = None
-        self._failed: dict[str, str] = {}  # version -> why it did not load: not retried every poll
+        self._failed: dict[str, str] = {}  # version -> why it can never load (checksum, gate): never retried
+        self._retry: dict[str, tuple[int, float, str]] = {}  # version -> (failures, next try, why): transient
 
     def refresh(self) -> Serving:
         """Read the aliases once; load what moved; swap in the new state. Never raises."""
@@ -130,12 +134,15 @@ class ModelHolder:
         what = f"model {self.model_name!r} v{version} (@{alias})"
         if version in self._failed:
             return None, self._failed[version]
+        failures, next_try, why = self._retry.get(version, (0, 0.0, ""))
+        if time.monotonic() < next_try:
+            return None, why
         try:
             details = self._client.get_model_version(self.model_name, version)
             if alias != CHAMPION:
                 refused = on_trial_allowed(details.tags or {})
                 if refused:
-                    raise ValueError(refused)
+                    raise GateNotPassedError(refused)
             started = time.perf_counter()
             model = self.server.load_model(details.source, self.workspace, flavor="sklearn", what=what,
                                            sha256=(details.tags or {}).get(DIGEST_TAG))
@@ -146,9 +153,15 @@ class ModelHolder:
             problem = (f"{what} failed to load: {shorten(str(exc), 1000)}; "
                        + (f"still serving v{keeping.version}" if keeping and alias == CHAMPION
                           else "it gets no traffic"))
+            if isinstance(exc, IntegrityError | GateNotPassedError):
+                self._failed[version] = problem  # the same files or tags give the same answer next time
+            else:  # may pass (network, credentials, disk): try again, backing off up to MAX_RETRY_SECONDS
+                wait = min(MAX_RETRY_SECONDS, self.poll_seconds * 2 ** failures)
+                problem += f"; trying again in {wait:.0f} s"
+                self._retry[version] = (failures + 1, time.monotonic() + wait, problem)
             logger.error(problem)
-            self._failed[version] = problem
             return None, problem
+        self._retry.pop(version, None)
         logger.info("%s loaded in %.2f s", what, seconds)
         return Loaded(version=version, model=model, schema=schema, source=details.source, loaded_at=_now(),
                       load_seconds=seconds), None

@@ -117,11 +117,9 @@ class PredictionLog:
             name = f"date={now:%Y-%m-%d}/part-{now:%Y%m%dT%H%M%S%f}-{next(self._counter)}.parquet"
             target = f"{self.root}/{name}"
             if target.startswith("s3://"):
-                bucket, _, key = target[5:].partition("/")
                 buffer = io.BytesIO()
                 frame.to_parquet(buffer, index=False)
-                (self.output or DataSource(uri=target)).s3_client().put_object(Bucket=bucket, Key=key,
-                                                                               Body=buffer.getvalue())
+                (self.output or DataSource(uri=target)).write_bytes(buffer.getvalue(), target, what="prediction log")
             else:
                 path = Path(target)
                 path.parent.mkdir(parents=True, exist_ok=True)
