@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import uuid
+from pathlib import Path
 
 import httpx
+import pandas as pd
 import pytest
 
 from prefect_mlops.errors import GateNotPassedError
@@ -129,3 +132,52 @@ def test_continuous_training_with_the_canary_strategy_leaves_the_champion_and_st
     aliases = registry.client.get_registered_model("churn").aliases
     assert str(aliases[CHAMPION]) == champion and str(aliases[CANARY]) == report.challenger_version
     assert registry.client.get_registered_model("churn").tags["prefect_mlops.canary.share"] == "0.05"
+
+
+class LabelledTraffic(Traffic):
+    """Traffic whose labels arrive as it runs: every champion answer is labelled right, every canary answer wrong.
+
+    The labels file is replaced whole (atomically) as it grows, as a labelling job would publish it.
+    """
+
+    def __init__(self, url: str, labels: Path) -> None:
+        super().__init__(url)
+        self.labels, self.lock, self.rows = labels, threading.Lock(), []
+        pd.DataFrame({"request_id": [], "churned": []}).to_csv(labels, index=False)
+
+    def _run(self) -> None:
+        with httpx.Client(base_url=self.url, timeout=30) as client:
+            while not self.stop.is_set():
+                answer = client.post("/predict", json={"request_id": uuid.uuid4().hex, "records": [RECORD]})
+                self.answers.append(answer)
+                if answer.status_code != 200:
+                    continue
+                body = answer.json()
+                predicted = int(body["predictions"][0])
+                with self.lock:
+                    self.rows.append((body["request_id"], predicted if body["alias"] == CHAMPION else 1 - predicted))
+                    if len(self.rows) % 10 == 0:
+                        part = self.labels.with_suffix(".part")
+                        pd.DataFrame(self.rows, columns=["request_id", "churned"]).to_csv(part, index=False)
+                        os.replace(part, self.labels)
+
+
+def test_progressive_rollout_rolls_back_a_canary_that_is_worse_on_labels(registry, tmp_path):
+    from prefect_mlops.blocks import DataSource
+
+    champion = str(registry.client.get_model_version_by_alias("churn", CHAMPION).version)
+    version = on_canary(registry, 1)
+    labels = tmp_path / "labels.csv"
+    with serve(registry) as svc, LabelledTraffic(svc.url, labels) as traffic:
+        report = progressive_rollout(
+            model_name="churn", service_url=svc.url, steps=[0.25, 0.5, 1.0], step_seconds=60, min_requests=60,
+            labels=DataSource(uri=str(labels)), prediction_log=svc.service.log.root,
+            mlflow_server=registry.server, workspace=str(registry.workspace.root))
+    assert traffic.rows, "no labelled answers"
+    assert report.outcome == "rolled-back" and report.version == version, report
+    assert "on labelled predictions the canary's error" in report.reason, report.reason
+    stats = report.steps[-1].stats
+    assert stats["canary_labelled_error"] > stats["champion_labelled_error"]
+    assert read_aliases(registry.client, "churn")[CHAMPION] == champion
+    assert CANARY not in (registry.client.get_registered_model("churn").aliases or {})
+    assert registry.client.get_model_version("churn", version).tags[STATUS_TAG] == "failed"
