@@ -9,7 +9,8 @@ Copy this file into Airflow's DAGs folder (or point `dags_folder` here). Two DAG
 - `churn_drift_monitor`: every six hours; emits the retrain Asset event when the retrain policy calls
   for a retraining (drift share, drifted columns and window in the event's extra).
 
-Settings: Connection `prefect_mlops_mlflow` (tracking URI in extra `tracking_uri`, token as password),
+Settings: Connection `prefect_mlops_mlflow` (tracking URI in extra `tracking_uri`; login and password for
+basic auth, or the password alone as a bearer token),
 Connection `prefect_mlops_s3` for an S3 source, Variable `prefect_mlops_workspace`, Variable
 `prefect_mlops_python` (the project venv's interpreter). The data: `python -m prefect_mlops.demo`
 writes it to demo-output/data/churn.parquet; $PREFECT_MLOPS_CHURN_DATA points elsewhere.

@@ -1,6 +1,8 @@
 """Airflow's own venv (`.venv-airflow`, made by `make install`) runs the DAGs; this venv runs the stages.
 
-Tests here skip, saying so, only when that venv is absent. Each test gets its own AIRFLOW_HOME
+Tests here skip, saying so, only when that venv is absent; under `make test` (which sets
+PREFECT_MLOPS_REQUIRE_AIRFLOW=1) or in CI ($CI set) they fail instead, so that a broken install is
+never a quiet skip. Each test gets its own AIRFLOW_HOME
 (SQLite metadata database), MLflow SQLite store and workspace; the MLflow store is handed to
 Airflow as the `prefect_mlops_mlflow` Connection and the workspace as a Variable, through
 Airflow's AIRFLOW_CONN_* / AIRFLOW_VAR_* environment variables.
@@ -12,6 +14,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +22,30 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 AIRFLOW_PYTHON = ROOT / ".venv-airflow" / "bin" / "python"
-needs_airflow = pytest.mark.skipif(
-    not AIRFLOW_PYTHON.exists(),
-    reason=f"Airflow's venv is absent ({AIRFLOW_PYTHON}); `make install` creates it (Airflow's pins clash with "
+REQUIRE_ENV = "PREFECT_MLOPS_REQUIRE_AIRFLOW"
+
+
+def check_airflow_venv(python: Path = AIRFLOW_PYTHON, environ: Mapping[str, str] = os.environ) -> None:
+    """Skip the test when Airflow's venv is absent; fail it instead under `make test` or in CI."""
+    if python.exists():
+        return
+    why = (f"Airflow's venv is absent ({python}); run `make install` to create it (Airflow's pins clash with "
            "Prefect's, so it has a venv of its own)")
+    required = [name for name in ("CI", REQUIRE_ENV)
+                if environ.get(name, "").strip().lower() not in ("", "0", "false", "no")]
+    if required:
+        pytest.fail(f"{why}; ${' and $'.join(required)} set: the Airflow tests must run here, not be skipped",
+                    pytrace=False)
+    pytest.skip(why)
+
+
+@pytest.fixture
+def airflow_venv() -> Path:
+    check_airflow_venv()
+    return AIRFLOW_PYTHON
+
+
+needs_airflow = pytest.mark.usefixtures("airflow_venv")
 
 FEATURES = {"target": "churned", "numeric": ["tenure_months", "monthly_spend", "support_calls", "usage_hours"],
             "categorical": ["plan", "channel"], "slice_column": "region", "time_column": "event_time"}

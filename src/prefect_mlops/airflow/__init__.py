@@ -8,7 +8,8 @@ through the `apache_airflow_provider` entry point, and the DAG factories live in
 Where a Prefect user saves Blocks, an Airflow user sets Connections and Variables:
 
 - MLflow Server block: Connection `prefect_mlops_mlflow`; extra `tracking_uri` (or host, port and
-  schema), password = token; extra `registry_uri`, `experiment`, `artifact_location` optional.
+  schema); login + password = the block's username + password (basic auth), a password without a
+  login = its token; extra `registry_uri`, `experiment`, `artifact_location` optional.
 - Data Source block's endpoint and keys: Connection `prefect_mlops_s3` (type `aws`); login = key id,
   password = secret; extra `endpoint_url`, `region_name`. The DAG's `source` Param keeps uri, format
   and time column.
@@ -27,14 +28,16 @@ Example:
 from __future__ import annotations
 
 MLFLOW_CONN = "prefect_mlops_mlflow"
-"""Connection with the MLflow tracking URI (extra `tracking_uri`, or host/port/schema) and token (password)."""
+"""Connection with the MLflow tracking URI (extra `tracking_uri`, or host/port/schema), login and password
+(basic auth), or a password alone (bearer token)."""
 S3_CONN = "prefect_mlops_s3"
 """Connection with the S3 endpoint (extra `endpoint_url`), key id (login), secret (password) and region."""
 WORKSPACE_VAR = "prefect_mlops_workspace"
 PYTHON_VAR = "prefect_mlops_python"
 PYTHON_ENV = "PREFECT_MLOPS_PYTHON"
 MLFLOW_ENV = "PREFECT_MLOPS_AIRFLOW_MLFLOW"
-"""Environment variable through which a stage's process gets the MLflow Connection (never XCom)."""
+"""Environment variable through which a stage's process gets the MLflow Connection (never XCom); the stage
+removes it from its environment when it reads it."""
 S3_ENV = "PREFECT_MLOPS_AIRFLOW_S3"
 """Environment variable through which a stage's process gets the S3 Connection (never XCom)."""
 DEDUPE_SECONDS = 3600

@@ -76,18 +76,48 @@ def _connection(conn_id: str) -> Any | None:
         return None
 
 
+def mlflow_settings(connection: Any) -> JSON:
+    """The MLflow Connection as the MLflow Server block's fields.
+
+    Login and password are basic auth (`mlflow server --app-name basic-auth`): the block's
+    `username` and `password`. A password without a login is a bearer token (`token`). The
+    credentials are read from login and password only, which Airflow encrypts and masks: a
+    `username`, `password` or `token` in the extra is an error rather than silently unused.
+
+    Example:
+        ```python
+        from types import SimpleNamespace
+        from prefect_mlops.airflow.dags import mlflow_settings
+        conn = SimpleNamespace(host="mlflow", port=5000, schema=None, login="admin", password="pw",
+                               extra_dejson={"experiment": "churn"})
+        found = mlflow_settings(conn)
+        assert found["username"] == "admin" and found["password"] == "pw" and found["token"] is None
+        assert mlflow_settings(SimpleNamespace(**{**vars(conn), "login": None}))["token"] == "pw"
+        assert found["tracking_uri"] == "http://mlflow:5000"
+        ```
+    """
+    extra = connection.extra_dejson or {}
+    misplaced = sorted({"username", "password", "token"} & set(extra))
+    if misplaced:
+        raise ValueError(f"Airflow Connection {MLFLOW_CONN!r}: {', '.join(misplaced)} found in its extra; put the "
+                         "user in the Connection's login and the password (or, without a login, the bearer token) "
+                         "in its password field, where Airflow encrypts and masks it")
+    uri = extra.get("tracking_uri")
+    if not uri and connection.host:
+        uri = f"{connection.schema or 'http'}://{connection.host}" + (f":{connection.port}" if connection.port
+                                                                      else "")
+    login, password = connection.login or None, connection.password or None
+    return {"tracking_uri": uri, "username": login, "password": password if login else None,
+            "token": None if login else password,
+            **{k: extra.get(k) for k in ("registry_uri", "experiment", "artifact_location")}}
+
+
 def connection_env() -> dict[str, str]:
     """The MLflow and S3 Connections as the environment of a stage's process (empty when not set)."""
     env: dict[str, str] = {}
     mlflow = _connection(MLFLOW_CONN)
     if mlflow is not None:
-        extra = mlflow.extra_dejson or {}
-        uri = extra.get("tracking_uri")
-        if not uri and mlflow.host:
-            uri = f"{mlflow.schema or 'http'}://{mlflow.host}" + (f":{mlflow.port}" if mlflow.port else "")
-        env[MLFLOW_ENV] = json.dumps({"tracking_uri": uri, "token": mlflow.password or None,
-                                      **{k: extra.get(k) for k in ("registry_uri", "experiment",
-                                                                   "artifact_location")}})
+        env[MLFLOW_ENV] = json.dumps(mlflow_settings(mlflow))
     s3 = _connection(S3_CONN)
     if s3 is not None:
         extra = s3.extra_dejson or {}
@@ -190,6 +220,33 @@ def _plan(model_name: str, context: Any) -> JSON:
     return plan
 
 
+def _plan_task(model_name: str) -> Any:
+    """The `plan` task of the DAG being defined: its output is every stage's `plan` record."""
+
+    @task(task_id="plan")
+    def plan_run() -> JSON:
+        return _plan(model_name, get_current_context())
+
+    return plan_run()
+
+
+def _model_dag(model_name: str, flow: str, defaults: JSON, *, dag_id: str | None, schedule: Any,
+               start_date: datetime | None, tags: list[str] | None, doc_md: str | None, description: str) -> DAG:
+    """A DAG of one model with `flow`'s manual-run form; one run at a time, no catch-up of missed runs."""
+    return DAG(
+        dag_id=dag_id or f"{model_name}_{flow}",
+        description=description,
+        schedule=schedule,
+        start_date=start_date or datetime(2024, 1, 1, tzinfo=timezone.utc),
+        catchup=False,
+        # One run of a model at a time: never two promotions racing; one retraining per burst of drift events.
+        max_active_runs=1,
+        params=form(flow, defaults),
+        tags=tags or ["prefect-mlops", f"model:{model_name}"],
+        doc_md=doc_md,
+    )
+
+
 def _report(model_name: str, outcome: str, message: str, **facts: Any) -> JSON:
     """The run's outcome in the shape of the flow's `CycleReport`."""
     log.info("%s: %s", outcome, message)
@@ -229,21 +286,10 @@ def continuous_training_dag(
     queue = train_queue or label
     defaults = {"source": source, "features": features, "trainer": trainer, "policy": policy,
                 "retrain_policy": retrain_policy}
-    with DAG(
-        dag_id=dag_id or f"{model_name}_continuous_training",
-        description=f"Continuous training of {model_name}: the quality gate decides on promotion.",
-        schedule=schedule,
-        start_date=start_date or datetime(2024, 1, 1, tzinfo=timezone.utc),
-        catchup=False,
-        max_active_runs=1,  # one run of a model at a time: never two promotions racing
-        params=form("continuous_training", defaults),
-        tags=tags or ["prefect-mlops", f"model:{model_name}"],
-        doc_md=continuous_training_dag.__doc__,
-    ) as dag:
-
-        @task(task_id="plan")
-        def plan_run() -> JSON:
-            return _plan(model_name, get_current_context())
+    with _model_dag(model_name, "continuous_training", defaults, dag_id=dag_id, schedule=schedule,
+                    start_date=start_date, tags=tags, doc_md=continuous_training_dag.__doc__,
+                    description=f"Continuous training of {model_name}: the quality gate decides on promotion.",
+                    ) as dag:
 
         @task.branch(task_id="anything_new")
         def anything_new(prepared: JSON) -> str:
@@ -283,7 +329,7 @@ def continuous_training_dag(
                 options["trigger_rule"] = TriggerRule.ONE_FAILED
             return _stage(name, python, **options)(stage=name, records=records)
 
-        plan = plan_run()
+        plan = _plan_task(model_name)
         prepared = stage("prepare", plan=plan)
         branch = anything_new(prepared)
         branch >> skipped(prepared)
@@ -337,21 +383,9 @@ def drift_monitor_dag(
     """
     asset = retrain_asset(model_name)
     defaults = {"source": source, "policy": policy, "retrain_policy": retrain_policy}
-    with DAG(
-        dag_id=dag_id or f"{model_name}_drift_monitor",
-        description=f"Compares the latest data of {model_name} with its champion's; retrains through an Asset.",
-        schedule=schedule,
-        start_date=start_date or datetime(2024, 1, 1, tzinfo=timezone.utc),
-        catchup=False,
-        max_active_runs=1,
-        params=form("drift_monitor", defaults),
-        tags=tags or ["prefect-mlops", f"model:{model_name}"],
-        doc_md=drift_monitor_dag.__doc__,
-    ) as dag:
-
-        @task(task_id="plan")
-        def plan_run() -> JSON:
-            return _plan(model_name, get_current_context())
+    with _model_dag(model_name, "drift_monitor", defaults, dag_id=dag_id, schedule=schedule, start_date=start_date,
+                    tags=tags, doc_md=drift_monitor_dag.__doc__, description=f"Compares the latest data of "
+                    f"{model_name} with its champion's; retrains through an Asset.") as dag:
 
         @task(task_id="emit", inlets=[asset], outlets=[asset])
         def emit(found: JSON) -> JSON:
@@ -378,7 +412,7 @@ def drift_monitor_dag(
                         decision["training_window"] or "all rows", "; ".join(decision["reasons"]))
             return extra
 
-        plan = plan_run()
+        plan = _plan_task(model_name)
         found = _stage("monitor", python)(stage="monitor", records={"plan": plan})
         emit(found)
     return dag

@@ -4,8 +4,9 @@ Airflow's `@task.external_python` runs each stage here, in the environment that 
 MLflow, GX and Evidently (Airflow's own pins cannot share one; DEVELOPERS.md says why). Each
 function calls the same plain stage functions the Prefect flows call, with the same records,
 and returns them as JSON: references to snapshots and models, never frames. The MLflow tracking
-URI and token and the S3 endpoint and keys come from the Airflow Connections, which the task
-operator hands over as environment variables (`MLFLOW_ENV`, `S3_ENV`): never through XCom.
+URI and credentials and the S3 endpoint and keys come from the Airflow Connections, which the task
+operator hands over as environment variables (`MLFLOW_ENV`, `S3_ENV`): never through XCom. A stage
+takes them out of its environment before it runs (`connection`), so no child process inherits them.
 
 The continuous-training DAG's order is the flow's (`prefect_mlops.flows.continuous_training`):
 prepare (settle, ingest, skip?) -> validate -> feature-build -> train -> evaluate -> gate ->
@@ -32,22 +33,44 @@ from typing import Any
 from prefect_mlops.airflow import MLFLOW_ENV, S3_ENV
 
 JSON = dict[str, Any]
+_CONNECTIONS: dict[str, JSON] = {}  # the Connections handed over, once taken out of the environment
+
+
+def connection(variable: str) -> JSON:
+    """The Connection handed over in environment variable `variable` (`MLFLOW_ENV`, `S3_ENV`); {} when none.
+
+    The variable is removed from the environment when read (its settings are kept in this
+    process): it holds passwords and keys, which no child process of a stage should inherit.
+    Set again, it is read again.
+
+    Example:
+        ```python
+        import os
+        from prefect_mlops.airflow import S3_ENV
+        from prefect_mlops.airflow.stages import connection
+        os.environ[S3_ENV] = '{"region_name": "eu-west-1"}'
+        assert connection(S3_ENV) == {"region_name": "eu-west-1"} and S3_ENV not in os.environ
+        assert connection(S3_ENV) == {"region_name": "eu-west-1"}
+        ```
+    """
+    handed = os.environ.pop(variable, None)
+    if handed is not None:
+        _CONNECTIONS[variable] = {k: v for k, v in json.loads(handed or "{}").items() if v not in (None, "")}
+    return dict(_CONNECTIONS.get(variable, {}))
 
 
 def _server(plan: JSON) -> Any:
     """The MLflow Server in force: the Connection's (from the environment), else the workspace's store."""
     from prefect_mlops.blocks import MlflowServer
 
-    settings = json.loads(os.environ.get(MLFLOW_ENV) or "{}")
-    return MlflowServer(**{k: v for k, v in settings.items() if v not in (None, "")})
+    return MlflowServer(**connection(MLFLOW_ENV))
 
 
 def _source(plan: JSON) -> Any:
     """The Data Source: the plan's uri, format and time column; endpoint and keys from the S3 Connection."""
     from prefect_mlops.blocks import DataSource
 
-    s3 = {k: v for k, v in json.loads(os.environ.get(S3_ENV) or "{}").items() if v not in (None, "")}
-    return DataSource(**{**plan["source"], **s3})
+    return DataSource(**{**plan["source"], **connection(S3_ENV)})
 
 
 def _workspace(plan: JSON) -> Any:
@@ -288,6 +311,8 @@ def run(stage: str, **records: Any) -> Any:
     """Run one stage with its JSON records (what the Airflow task calls in this venv)."""
     if stage not in STAGES:
         raise KeyError(f"unknown stage {stage!r}; expected one of {sorted(STAGES)}")
+    for variable in (MLFLOW_ENV, S3_ENV):  # out of the environment before anything can start a child process
+        connection(variable)
     logging.basicConfig(stream=sys.stdout, level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from prefect_mlops.log import install_line_limit
 
