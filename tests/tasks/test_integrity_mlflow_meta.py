@@ -11,14 +11,12 @@ from tests.tasks.test_integrity import first, model_folder  # noqa: F401 (a fixt
 
 
 def test_a_models_uri_load_by_mlflow_on_the_same_store_leaves_our_loads_working(first, mlflow_server,  # noqa: F811
-                                                                                  workspace):
+                                                                                  workspace, monkeypatch):
     folder = model_folder(mlflow_server, workspace, "1")
     uri = mlflow_server.uri(workspace)
-    mlflow.set_registry_uri(uri)  # what `mlflow models serve -m models:/churn/1` does with this store
-    try:
-        got = mlflow.artifacts.download_artifacts(artifact_uri="models:/churn/1", tracking_uri=uri)
-    finally:
-        mlflow.set_registry_uri("")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # what `mlflow models serve -m models:/churn/1` runs with
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", uri)
+    got = mlflow.artifacts.download_artifacts(artifact_uri="models:/churn/1", tracking_uri=uri)
     assert (folder / MLFLOW_META).is_file(), f"MLflow wrote no {MLFLOW_META} into {folder} (it returned {got})"
     assert hasattr(mlflow_server.load_model(first.trained.model_source, workspace), "predict_proba")
 
