@@ -24,10 +24,10 @@ from prefect.artifacts import create_markdown_artifact
 from pydantic import BaseModel, ConfigDict, Field
 
 from prefect_mlops.blocks.mlflow_server import MlflowServer
-from prefect_mlops.errors import ConfigError, DeployError, RegistryError
+from prefect_mlops.errors import ConfigError, DeployError
 from prefect_mlops.log import run_logger
 from prefect_mlops.refs import ModelRef, artifact_key
-from prefect_mlops.tasks.deploy import Promotion, change_aliases, smoke_test
+from prefect_mlops.tasks.deploy import Promotion, change_aliases, checked_challenger
 from prefect_mlops.tasks.evaluate import Evaluation
 from prefect_mlops.tasks.gate import GateVerdict
 from prefect_mlops.tasks.reconcile import (
@@ -47,7 +47,6 @@ from prefect_mlops.tasks.reconcile import (
     now,
     read_aliases,
 )
-from prefect_mlops.tasks.register import require_passed
 from prefect_mlops.workspace import Workspace
 
 HISTORY_TAG = "prefect_mlops.rollout"
@@ -197,17 +196,12 @@ def start_trial(model: ModelRef, evaluation: Evaluation, verdict: GateVerdict, *
     The plain function behind deploy's `canary` and `shadow` strategies; call it holding
     `model_lock(model.name)`.
     """
-    require_passed(verdict, model.run_id, f"deploy ({strategy})")
     if strategy not in (CANARY, SHADOW):
         raise ConfigError(f"deploy strategy {strategy!r}: expected 'direct', 'canary' or 'shadow'")
-    server = mlflow_server or MlflowServer()
-    workspace = workspace or Workspace()
-    try:
-        server.check_reachable(workspace)
-    except RegistryError as exc:
-        raise DeployError(f"cannot put {model.name!r} version {model.version} on trial: MLflow server "
-                          f"{server.uri(workspace)} is unreachable; no alias was moved") from exc
-    smoke_test(model, evaluation, server=server, workspace=workspace)
+    server, workspace = checked_challenger(
+        model, evaluation, verdict, stage=f"deploy ({strategy})",
+        cannot=f"cannot put {model.name!r} version {model.version} on trial as @{strategy}", left="no alias was moved",
+        mlflow_server=mlflow_server, workspace=workspace)
     client = server.client(workspace)
     champion = read_aliases(client, model.name).get(CHAMPION)
     if champion is None:
