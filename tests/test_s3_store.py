@@ -11,8 +11,6 @@ import inspect
 import io
 import re
 import textwrap
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import boto3
 import pandas as pd
@@ -27,6 +25,7 @@ from prefect_mlops.tasks.lineage import TrainerSpec
 from prefect_mlops.tasks.score import score_dataset
 from prefect_mlops.workspace import Workspace
 from tests.conftest import free_port
+from tests.http_stub import stub_server
 from tests.tasks.stages import promote_cycle, train_and_judge
 
 OUT = "s3://scores/churn/predictions.parquet"
@@ -125,26 +124,11 @@ def test_scoring_to_s3_that_fails_names_the_uri_and_the_fix_and_writes_nothing(
 
 @pytest.fixture
 def full_store():
-    """An S3 endpoint that refuses every PUT as MinIO does when its drives are full (HTTP 507)."""
-    class Handler(BaseHTTPRequestHandler):
-        def do_PUT(self):
-            self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            body = (b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>XMinioStorageFull</Code><Message>Storage "
-                    b"backend has reached its minimum free drive threshold.</Message></Error>")
-            self.send_response(507)
-            self.send_header("Content-Type", "application/xml")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    """An S3 endpoint that refuses every write as MinIO does when its drives are full (HTTP 507)."""
+    body = (b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>XMinioStorageFull</Code><Message>Storage "
+            b"backend has reached its minimum free drive threshold.</Message></Error>")
+    with stub_server(lambda method, path: (507, {"Content-Type": "application/xml"}, body)) as url:
+        yield url
 
 
 def test_a_full_store_is_a_storage_error_naming_the_uri(full_store):

@@ -6,13 +6,12 @@ The live server with basic auth is in tests/system/test_security.py.
 from __future__ import annotations
 
 import stat
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from prefect_mlops.cli.auth import AUTH_ENV, check_credentials, resolve_auth
 from prefect_mlops.errors import ConfigError
+from tests.http_stub import stub_server
 
 
 def test_without_the_option_there_is_no_auth(tmp_path, monkeypatch):
@@ -57,20 +56,8 @@ def test_a_malformed_string_is_named_by_where_it_came_from_not_by_its_value(tmp_
 
 @pytest.fixture
 def refusing_api():
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            self.send_response(401)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_port}/api"
-    server.shutdown()
-    server.server_close()
+    with stub_server(lambda method, path: (401, {}, b"")) as url:
+        yield f"{url}/api"
 
 
 def test_a_refused_password_names_the_api_and_the_user_only(refusing_api):

@@ -17,17 +17,9 @@ from prefect_mlops.tasks.evaluate import evaluate_models
 from prefect_mlops.tasks.lineage import find_model
 from prefect_mlops.tasks.register import register_version
 from prefect_mlops.tasks.score import score_dataset
-from tests.tasks.stages import promote_cycle, train_and_judge
+from tests.tasks.stages import train_and_judge
 
 SECOND_WINDOW = "2024-02-01/2024-04-01"
-
-
-@pytest.fixture
-def first(churn_source, churn_features, fast_trainer, mlflow_server, workspace, window0):
-    cycle = train_and_judge(churn_source, churn_features, fast_trainer, server=mlflow_server, workspace=workspace,
-                            window=window0)
-    promote_cycle(cycle, server=mlflow_server, workspace=workspace)
-    return cycle
 
 
 def model_folder(server, workspace, version: str) -> Path:

@@ -13,15 +13,8 @@ from prefect_mlops.tasks.deploy import CHAMPION, PREVIOUS, promote, read_aliases
 from prefect_mlops.tasks.reconcile import STATUS_REASON_TAG, STATUS_TAG, read_record, reconcile_model
 from prefect_mlops.tasks.register import CHALLENGER, register_version
 from prefect_mlops.tasks.score import score_dataset
+from tests.http_stub import stub_server
 from tests.tasks.stages import promote_cycle, train_and_judge
-
-
-@pytest.fixture
-def first(churn_source, churn_features, fast_trainer, mlflow_server, workspace, window0):
-    cycle = train_and_judge(churn_source, churn_features, fast_trainer, server=mlflow_server, workspace=workspace,
-                            window=window0)
-    promote_cycle(cycle, server=mlflow_server, workspace=workspace)
-    return cycle
 
 
 def aliases(server, workspace):
@@ -287,24 +280,8 @@ def test_a_full_disk_while_loading_the_challenger_names_the_path(first, churn_so
 @pytest.fixture
 def refusing_server():
     """A tracking server whose /health answers and whose API refuses every credential (HTTP 401)."""
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            self.send_response(200 if self.path == "/health" else 401)
-            self.send_header("Content-Length", "2")
-            self.end_headers()
-            self.wfile.write(b"OK")
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
-    server.server_close()
+    with stub_server(lambda method, path: (200 if path == "/health" else 401, {}, b"OK")) as url:
+        yield url
 
 
 def test_a_refused_password_at_deploy_is_said_as_such_not_as_unreachable(refusing_server, workspace):
