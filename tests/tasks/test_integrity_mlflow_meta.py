@@ -7,10 +7,10 @@ import pytest
 
 from prefect_mlops.errors import IntegrityError
 from prefect_mlops.integrity import MLFLOW_META
-from tests.tasks.test_integrity import first, model_folder  # noqa: F401 (a fixture)
+from tests.tasks.test_integrity import model_folder
 
 
-def test_a_models_uri_load_by_mlflow_on_the_same_store_leaves_our_loads_working(first, mlflow_server,  # noqa: F811
+def test_a_models_uri_load_by_mlflow_on_the_same_store_leaves_our_loads_working(first, mlflow_server,
                                                                                   workspace, monkeypatch):
     folder = model_folder(mlflow_server, workspace, "1")
     uri = mlflow_server.uri(workspace)
