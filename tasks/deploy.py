@@ -142,7 +142,8 @@ def checked_challenger(model: ModelRef, evaluation: Evaluation, verdict: GateVer
     try:
         server.check_reachable(workspace)
     except RegistryError as exc:
-        raise DeployError(f"{cannot}: {exc}; {left}") from exc
+        said = str(exc).removesuffix(". Nothing was registered or promoted")  # register already ran
+        raise DeployError(f"{cannot}: {said}; {left}") from exc
     smoke_test(model, evaluation, server=server, workspace=workspace)
     return server, workspace
 
