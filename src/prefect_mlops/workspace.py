@@ -11,7 +11,7 @@ import contextlib
 import hashlib
 import os
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -156,6 +156,29 @@ def read_table(ref: DatasetRef, columns: list[str] | None = None) -> pa.Table:
         return pq.read_table(ref.uri, columns=columns)
     except FileNotFoundError as exc:
         raise _gone(ref) from exc
+
+
+def iter_batches(
+    ref: DatasetRef, columns: list[str] | None = None, batch_rows: int = 65_536
+) -> Iterator[pa.RecordBatch]:
+    """Stream a snapshot as Arrow record batches of at most `batch_rows` rows: memory does not grow with the rows.
+
+    Example:
+        ```python
+        import tempfile, pandas as pd
+        from prefect_mlops.workspace import Workspace, iter_batches
+        ref = Workspace(tempfile.mkdtemp()).write_snapshot(pd.DataFrame({"x": range(10)}), name="d")
+        assert sum(b.num_rows for b in iter_batches(ref, batch_rows=4)) == 10
+        ```
+    """
+    import pyarrow.parquet as pq
+
+    try:
+        handle = pq.ParquetFile(ref.uri)
+    except FileNotFoundError as exc:
+        raise _gone(ref) from exc
+    with handle:
+        yield from handle.iter_batches(batch_size=batch_rows, columns=columns)
 
 
 def _gone(ref: DatasetRef) -> DataSourceError:
