@@ -1,8 +1,10 @@
 """The run workspace: one folder holding data snapshots, suites, reports and the local MLflow store.
 
-Snapshots are content-addressed (`datasets/<name>/<fingerprint>.parquet`), so writing
-the same data twice writes one file, and a reference stays valid for as long as the
-workspace is kept.
+Snapshots are content-addressed Arrow IPC files (`datasets/<name>/<fingerprint>.arrow`), so
+writing the same data twice writes one file, and a reference stays valid for as long as the
+workspace is kept. Stages read them through `read_table` (memory-mapped), `iter_batches`
+(streamed) and `read_frame` (pandas); snapshots written as Parquet by earlier versions read
+the same way.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
 WORKSPACE_ENV = "PREFECT_MLOPS_WORKSPACE"
+SNAPSHOT_SUFFIX = ".arrow"
+_PARQUET_SUFFIXES = (".parquet", ".pq", ".parq")
 
 
 class Workspace:
@@ -64,20 +68,25 @@ class Workspace:
     def write_snapshot(
         self, frame: pd.DataFrame, *, name: str, source_uri: str | None = None, window: str | None = None
     ) -> DatasetRef:
-        """Save `frame` as a content-addressed Parquet snapshot and return its reference."""
-        digest = fingerprint(frame)
-        path = self.folder("datasets", _safe(name)) / f"{digest[:32]}.parquet"
-        if not path.exists():
-            write_atomic(path, lambda tmp: frame.to_parquet(tmp, index=False), stage=f"snapshot of {name!r}")
-        return DatasetRef(
-            name=name,
-            uri=str(path),
-            fingerprint=digest,
-            rows=len(frame),
-            columns={str(c): str(t) for c, t in frame.dtypes.items()},
-            source_uri=source_uri,
-            window=window,
-        )
+        """Save `frame` as a content-addressed Arrow IPC snapshot and return its reference.
+
+        The index is left out; pandas' own metadata is not kept, so the snapshot reads back with
+        NumPy dtypes (see `SnapshotWriter`).
+        """
+        import pyarrow as pa
+
+        table = pa.Table.from_pandas(frame, preserve_index=False)
+        with self.snapshot_writer(table.schema, name=name, source_uri=source_uri, window=window) as writer:
+            for batch in table.to_batches():
+                writer.write(batch)
+        return writer.ref
+
+    def snapshot_writer(self, schema: pa.Schema, *, name: str, source_uri: str | None = None,
+                        window: str | None = None) -> SnapshotWriter:
+        """A `SnapshotWriter` into this workspace's `datasets/<name>/` folder."""
+        return SnapshotWriter(self.folder("datasets", _safe(name)), schema, name=name, source_uri=source_uri,
+                              window=window)
+
 
 
 def write_atomic(path: str | os.PathLike[str], write: Callable[[Path], object], *, stage: str,
@@ -113,8 +122,247 @@ def write_atomic(path: str | os.PathLike[str], write: Callable[[Path], object], 
     return path
 
 
+class SnapshotWriter:
+    """Writes record batches, one at a time, into a content-addressed Arrow IPC (Feather v2) snapshot.
+
+    Memory holds one batch at a time; the fingerprint is computed on the way and does not depend on
+    where the batches start and end. The file is written under a temporary name and renamed to
+    `<fingerprint>.arrow` by `finish` (a reader never sees half a file; the same data twice is one
+    file). Uncompressed, so `read_table` memory-maps it instead of decoding it. Stored types are the
+    source's, normalised: no pandas metadata (nullable extension dtypes read back as NumPy ones, as
+    `plain_dtypes` makes them), large and view strings as strings, one growing dictionary per
+    categorical column.
+
+    Example:
+        ```python
+        import tempfile, pyarrow as pa
+        from prefect_mlops.workspace import Workspace, read_frame
+        batch = pa.record_batch({"x": [1, 2, 3]})
+        with Workspace(tempfile.mkdtemp()).snapshot_writer(batch.schema, name="d") as writer:
+            writer.write(batch.slice(0, 2))
+            writer.write(batch.slice(2))
+        assert writer.ref.rows == 3 and read_frame(writer.ref)["x"].tolist() == [1, 2, 3]
+        ```
+    """
+
+    def __init__(self, folder: Path, schema: pa.Schema, *, name: str, source_uri: str | None = None,
+                 window: str | None = None) -> None:
+        import pyarrow as pa
+
+        self.folder, self.name, self.source_uri, self.window = folder, name, source_uri, window
+        self.schema = stored_schema(schema)
+        self.hasher = _Hasher(self.schema)
+        self.ref: DatasetRef | None = None
+        self._dictionaries: dict[int, pa.Array] = {}
+        self._tmp = folder / f".snapshot.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+        self._sink = None
+        self._writer = None
+        try:
+            self._sink = pa.OSFile(str(self._tmp), "wb")
+            self._writer = pa.ipc.new_file(self._sink, self.schema,
+                                           options=pa.ipc.IpcWriteOptions(emit_dictionary_deltas=True))
+        except BaseException as exc:
+            self._fail(exc)
+
+    def __enter__(self) -> SnapshotWriter:
+        return self
+
+    def __exit__(self, kind: object, exc: BaseException | None, tb: object) -> None:
+        if exc is None:
+            self.finish()
+        else:
+            self._discard()
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        """Append `batch` (the columns of the schema given, in its order) to the snapshot."""
+        import pyarrow as pa
+
+        if not batch.num_rows:
+            return
+        arrays = [self._conform(i, batch.column(i)) for i in range(batch.num_columns)]
+        batch = pa.RecordBatch.from_arrays(arrays, schema=self.schema)
+        self.hasher.update(batch)
+        try:
+            self._writer.write_batch(batch)
+        except BaseException as exc:
+            self._fail(exc)
+
+    def finish(self) -> DatasetRef:
+        """Close the file, name it by its fingerprint and return the snapshot's reference."""
+        try:
+            self._writer.close()
+            self._sink.close()
+        except BaseException as exc:
+            self._fail(exc)
+        digest = self.hasher.hexdigest()
+        path = self.folder / f"{digest[:32]}{SNAPSHOT_SUFFIX}"
+        if path.exists():
+            self._tmp.unlink(missing_ok=True)
+        else:
+            os.replace(self._tmp, path)
+        self.ref = DatasetRef(name=self.name, uri=str(path), fingerprint=digest, rows=self.hasher.rows,
+                              columns=pandas_dtypes(self.schema, self.hasher.null_counts),
+                              source_uri=self.source_uri, window=self.window)
+        return self.ref
+
+    def _conform(self, index: int, array: pa.Array) -> pa.Array:
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        if isinstance(array, pa.ChunkedArray):
+            array = array.combine_chunks()
+        kind = self.schema.field(index).type
+        if not pa.types.is_dictionary(kind):
+            return array if array.type == kind else array.cast(kind)
+        if not pa.types.is_dictionary(array.type):
+            array = array.dictionary_encode()
+        values = array.dictionary.cast(kind.value_type)
+        known = self._dictionaries.get(index)
+        if known is None:
+            known = values.unique()
+        else:
+            new = values.filter(pc.is_null(pc.index_in(values, value_set=known)))
+            if len(new):
+                known = pa.concat_arrays([known, new.unique()])
+        self._dictionaries[index] = known
+        # The file format keeps one dictionary per column: it only grows (written as deltas).
+        where = pc.index_in(values, value_set=known).cast(pa.int32())
+        indices = pc.take(where, array.indices)
+        return pa.DictionaryArray.from_arrays(indices, known, ordered=kind.ordered)
+
+    def _fail(self, exc: BaseException) -> None:
+        self._discard()
+        error = disk_full_error(exc, self._tmp, stage=f"snapshot of {self.name!r}", advice=WORKSPACE_ADVICE)
+        if error is not None:
+            raise error from exc
+        raise exc
+
+    def _discard(self) -> None:
+        for closing in (self._writer, self._sink):
+            with contextlib.suppress(Exception):
+                if closing is not None:
+                    closing.close()
+        with contextlib.suppress(OSError):  # the first failure is the one to report
+            self._tmp.unlink(missing_ok=True)
+
+
+def stored_schema(schema: pa.Schema) -> pa.Schema:
+    """The schema a snapshot stores `schema`'s columns in: no metadata, plain strings, int32 dictionaries."""
+    import pyarrow as pa
+
+    def stored(kind: pa.DataType) -> pa.DataType:
+        if pa.types.is_dictionary(kind):
+            return pa.dictionary(pa.int32(), stored(kind.value_type), kind.ordered)
+        if pa.types.is_large_string(kind) or pa.types.is_string_view(kind):
+            return pa.string()
+        if pa.types.is_large_binary(kind) or pa.types.is_binary_view(kind):
+            return pa.binary()
+        return kind
+
+    return pa.schema([pa.field(f.name, stored(f.type)) for f in schema])
+
+
+def pandas_dtypes(schema: pa.Schema, null_counts: list[int] | None = None) -> dict[str, str]:
+    """The pandas dtype of each column as `read_frame` gives it (integers with nulls: float64; booleans: object)."""
+    import numpy as np
+
+    dtypes = {}
+    for i, (name, dtype) in enumerate(schema.empty_table().to_pandas().dtypes.items()):
+        if null_counts and null_counts[i] and isinstance(dtype, np.dtype) and dtype.kind in "iub":
+            dtype = np.dtype(object) if dtype.kind == "b" else np.dtype("float64")
+        dtypes[str(name)] = str(dtype)
+    return dtypes
+
+
+class _Hasher:
+    """SHA-256 of a table's column names, stored types and values, fed batch by batch.
+
+    Each column has its own digest of canonical bytes (fixed-width values with nulls zeroed, strings
+    as lengths then bytes, categories as their values) and of its null positions, so the result
+    does not depend on how the rows were cut into batches.
+    """
+
+    def __init__(self, schema: pa.Schema) -> None:
+        self.schema = schema
+        self.rows = 0
+        self.values = [hashlib.sha256() for _ in schema]
+        self.lengths = [hashlib.sha256() for _ in schema]
+        self.nulls = [hashlib.sha256() for _ in schema]
+        self.null_counts = [0] * len(schema)
+
+    def update(self, batch: pa.RecordBatch) -> None:
+        import numpy as np
+        import pyarrow.compute as pc
+
+        for i, array in enumerate(batch.columns):
+            if array.null_count:
+                self.null_counts[i] += array.null_count
+                where = np.flatnonzero(pc.is_null(array).to_numpy(zero_copy_only=False)) + self.rows
+                self.nulls[i].update(where.astype("<i8").tobytes())
+            for lengths, chunk in _canonical(array):
+                (self.lengths if lengths else self.values)[i].update(chunk)
+        self.rows += batch.num_rows
+
+    def hexdigest(self) -> str:
+        digest = hashlib.sha256(f"rows\x1f{self.rows}\x1e".encode())
+        for field, values, lengths, nulls in zip(self.schema, self.values, self.lengths, self.nulls, strict=True):
+            digest.update(f"{field.name}\x1f{field.type}\x1e".encode())
+            digest.update(values.digest() + lengths.digest() + nulls.digest())
+        return digest.hexdigest()
+
+
+def _canonical(array: pa.Array) -> Iterator[tuple[bool, bytes]]:
+    """Bytes standing for `array`'s values whatever its offset and buffers (null slots read as zero/empty).
+
+    Each piece comes with whether it is lengths (of strings) or values: the two go to separate digests,
+    so that how the rows are cut into batches does not change what either digest sees.
+    """
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    kind = array.type
+    if pa.types.is_dictionary(kind):
+        yield from _canonical(array.dictionary_decode())
+        return
+    if pa.types.is_string(kind) or pa.types.is_binary(kind):
+        if array.null_count:
+            array = pc.fill_null(array, pa.scalar(b"" if pa.types.is_binary(kind) else "", kind))
+        offsets = np.frombuffer(array.buffers()[1], dtype="<i4")[array.offset:array.offset + len(array) + 1]
+        yield True, np.diff(offsets).astype("<i8").tobytes()
+        data = array.buffers()[2]
+        if data is not None:
+            yield False, memoryview(data)[int(offsets[0]):int(offsets[-1])]
+        return
+    if pa.types.is_boolean(kind):
+        yield False, pc.fill_null(array, False).to_numpy(zero_copy_only=False).astype(np.uint8).tobytes()
+        return
+    if pa.types.is_temporal(kind) and kind.bit_width in (32, 64):
+        array, kind = _as_integers(array, kind), pa.int32() if kind.bit_width == 32 else pa.int64()
+    if pa.types.is_integer(kind) or pa.types.is_floating(kind):
+        if array.null_count:
+            array = pc.fill_null(array, pa.scalar(0, kind))
+        width = kind.bit_width // 8
+        yield False, memoryview(array.buffers()[1])[array.offset * width:(array.offset + len(array)) * width]
+        return
+    try:
+        yield from _canonical(array.cast(pa.string()))
+    except (pa.ArrowNotImplementedError, pa.ArrowInvalid):
+        for value in array.to_pylist():  # one piece per value: batch boundaries do not show
+            yield False, f"{value!r}\x1f".encode()
+
+
+def _as_integers(array: pa.Array, kind: pa.DataType) -> pa.Array:
+    """A date, time, timestamp or duration array's values as the integers they are stored as."""
+    import pyarrow as pa
+
+    return array.view(pa.int32() if kind.bit_width == 32 else pa.int64())
+
+
 def fingerprint(frame: pd.DataFrame) -> str:
-    """SHA-256 of a frame's values, column names and dtypes (independent of file encoding).
+    """SHA-256 of a frame's values, column names and stored types: the fingerprint its snapshot gets.
+
+    Independent of file encoding and of how the rows are cut into batches.
 
     Example:
         ```python
@@ -125,37 +373,68 @@ def fingerprint(frame: pd.DataFrame) -> str:
         assert fingerprint(a) != fingerprint(a.assign(x=[2, 1]))
         ```
     """
-    import pandas as pd
+    import pyarrow as pa
 
-    digest = hashlib.sha256()
-    for name, dtype in frame.dtypes.items():
-        digest.update(f"{name}\x1f{dtype}\x1e".encode())
-    digest.update(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
-    return digest.hexdigest()
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    hasher = _Hasher(stored_schema(table.schema))
+    table = table.cast(hasher.schema) if not any(pa.types.is_dictionary(f.type) for f in table.schema) else table
+    for batch in table.to_batches():
+        hasher.update(batch)
+    return hasher.hexdigest()
+
+
+def is_parquet(ref: DatasetRef) -> bool:
+    """Whether `ref` names a Parquet snapshot (written before snapshots became Arrow IPC files)."""
+    return ref.uri.lower().endswith(_PARQUET_SUFFIXES)
 
 
 def read_frame(ref: DatasetRef, columns: list[str] | None = None) -> pd.DataFrame:
-    """Load a snapshot back into pandas, saying which dataset is missing when it is."""
-    import pandas as pd
+    """Load a snapshot (or its `columns`) into pandas, saying which dataset is missing when it is.
 
-    try:
-        return pd.read_parquet(ref.uri, columns=columns)
-    except FileNotFoundError as exc:
-        raise _gone(ref) from exc
+    Example:
+        ```python
+        import tempfile, pandas as pd
+        from prefect_mlops.workspace import Workspace, read_frame
+        ref = Workspace(tempfile.mkdtemp()).write_snapshot(pd.DataFrame({"x": [1, 2], "y": ["a", None]}), name="d")
+        assert read_frame(ref, ["y"]).to_dict("list") == {"y": ["a", None]}
+        ```
+    """
+    if is_parquet(ref):
+        import pandas as pd
+
+        try:
+            return pd.read_parquet(ref.uri, columns=columns)
+        except FileNotFoundError as exc:
+            raise _gone(ref) from exc
+    return read_table(ref, columns).to_pandas()
 
 
 def read_table(ref: DatasetRef, columns: list[str] | None = None) -> pa.Table:
     """Load a snapshot as an Arrow table (no pandas conversion), saying which dataset is missing when it is.
 
-    `table.to_pandas()` gives the frame that `read_frame` gives; strings stay compact Arrow
-    buffers until then, so selecting rows before converting saves most of the memory.
+    An Arrow IPC snapshot is memory-mapped: nothing is decoded or copied, and the pages are read
+    when a column is used. `table.to_pandas()` gives the frame that `read_frame` gives; strings stay
+    compact Arrow buffers until then, so selecting rows before converting saves most of the memory.
+
+    Example:
+        ```python
+        import tempfile, pandas as pd
+        from prefect_mlops.workspace import Workspace, read_table
+        ref = Workspace(tempfile.mkdtemp()).write_snapshot(pd.DataFrame({"x": [1, 2], "y": [3, 4]}), name="d")
+        assert read_table(ref, ["y"]).column_names == ["y"]
+        ```
     """
-    import pyarrow.parquet as pq
+    import pyarrow as pa
 
     try:
-        return pq.read_table(ref.uri, columns=columns)
+        if is_parquet(ref):
+            import pyarrow.parquet as pq
+
+            return pq.read_table(ref.uri, columns=columns)
+        table = pa.ipc.open_file(pa.memory_map(ref.uri)).read_all()
     except FileNotFoundError as exc:
         raise _gone(ref) from exc
+    return table if columns is None else table.select(columns)
 
 
 def iter_batches(
@@ -171,14 +450,28 @@ def iter_batches(
         assert sum(b.num_rows for b in iter_batches(ref, batch_rows=4)) == 10
         ```
     """
-    import pyarrow.parquet as pq
+    import pyarrow as pa
 
+    if is_parquet(ref):
+        import pyarrow.parquet as pq
+
+        try:
+            handle = pq.ParquetFile(ref.uri)
+        except FileNotFoundError as exc:
+            raise _gone(ref) from exc
+        with handle:
+            yield from handle.iter_batches(batch_size=batch_rows, columns=columns)
+        return
     try:
-        handle = pq.ParquetFile(ref.uri)
+        reader = pa.ipc.open_file(pa.memory_map(ref.uri))
     except FileNotFoundError as exc:
         raise _gone(ref) from exc
-    with handle:
-        yield from handle.iter_batches(batch_size=batch_rows, columns=columns)
+    for i in range(reader.num_record_batches):
+        batch = reader.get_batch(i)
+        if columns is not None:
+            batch = batch.select(columns)
+        for start in range(0, batch.num_rows, batch_rows):
+            yield batch.slice(start, batch_rows)
 
 
 def _gone(ref: DatasetRef) -> DataSourceError:
