@@ -1,8 +1,12 @@
-"""Ingest: read Parquet or CSV from a path or S3, cut a time window, snapshot it into the workspace."""
+"""Ingest: stream Parquet or CSV from a path, a folder or S3, cut a time window, snapshot it into the workspace."""
 
 from __future__ import annotations
 
+import contextlib
 import io
+import os
+import secrets
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -12,14 +16,15 @@ from prefect_mlops.blocks.data_source import DataSource
 from prefect_mlops.errors import ConfigError, DataSourceError
 from prefect_mlops.log import brief, run_logger
 from prefect_mlops.refs import DatasetRef, Window
-from prefect_mlops.tasks.features import plain_dtypes
-from prefect_mlops.workspace import Workspace
+from prefect_mlops.workspace import Workspace, write_atomic
 
 if TYPE_CHECKING:
+    import numpy as np
     import pandas as pd
     import pyarrow as pa
 
 _PARQUET_SUFFIXES = (".parquet", ".pq", ".parq")
+BATCH_ROWS = 65_536  # rows per batch read from the source: memory holds about one batch of each column
 _CSV_SUFFIXES = (".csv", ".csv.gz", ".csv.bz2", ".csv.zst")
 
 
@@ -31,12 +36,14 @@ def ingest_dataset(
     workspace: Workspace | None = None,
     max_rows: int | None = None,
 ) -> DatasetRef:
-    """Read `source`, keep the rows inside `window` (at most the latest `max_rows`), and snapshot them as Parquet.
+    """Read `source`, keep the rows inside `window` (at most the latest `max_rows`), and snapshot them.
 
-    Nested columns (struct, list, map) are left out of the snapshot and listed in
-    `DatasetRef.dropped_columns`: a model cannot take them as they are, and feature-build
-    names them when the feature spec asks for one. Pandas' nullable dtypes (`string`,
-    `Int64`, `boolean`...) become NumPy ones, so `pd.NA` never reaches scikit-learn.
+    The source is streamed batch by batch into an Arrow IPC snapshot, its fingerprint computed on
+    the way: memory does not grow with the rows. With `max_rows`, a first pass reads only the time
+    column to find the cut. Nested columns (struct, list, map) are left out of the snapshot and
+    listed in `DatasetRef.dropped_columns`: a model cannot take them as they are, and feature-build
+    names them when the feature spec asks for one. Pandas' nullable dtypes (`string`, `Int64`,
+    `boolean`...) read back as NumPy ones, so `pd.NA` never reaches scikit-learn.
 
     Example:
         ```python
@@ -53,36 +60,168 @@ def ingest_dataset(
     workspace = workspace or Workspace()
     window = Window.parse(window)
     name = name or _stem(source.uri)
-    table = read_source_table(source)
-    dropped = nested_columns(table)
-    if source.time_column in dropped:
-        raise DataSourceError(f"data source {source.uri}: time column {source.time_column!r} is nested "
-                              f"({dropped[source.time_column][:120]}), not timestamps; point DataSource.time_column "
-                              "at a timestamp column")
-    if dropped:
-        table = table.drop_columns(list(dropped))
-        run_logger().warning(
-            "dataset %r: left out nested columns %s (a model takes one value per column); flatten them "
-            "into plain columns to use them as features", name, brief(sorted(dropped), 1000))
-    frame = plain_dtypes(_to_pandas(table, source.uri))
-    del table
-    if window is not None:
-        frame = cut_window(frame, window, source=source)
-    if max_rows is not None and len(frame) > max_rows:
-        frame = latest_rows(frame, max_rows, source=source)
-    if frame.empty:
-        where = f" inside window {window}" if window else ""
-        raise DataSourceError(
-            f"dataset {name!r} ({source.uri}) has no rows{where}; check the source or the window"
-        )
-    ref = workspace.write_snapshot(
-        frame, name=name, source_uri=source.uri, window=str(window) if window else None
-    )
+    with _open(source, workspace) as opened:
+        schema = opened.dataset.schema
+        dropped = nested_columns(schema)
+        if source.time_column in dropped:
+            raise DataSourceError(f"data source {source.uri}: time column {source.time_column!r} is nested "
+                                  f"({dropped[source.time_column][:120]}), not timestamps; point "
+                                  "DataSource.time_column at a timestamp column")
+        if dropped:
+            run_logger().warning(
+                "dataset %r: left out nested columns %s (a model takes one value per column); flatten them "
+                "into plain columns to use them as features", name, brief(sorted(dropped), 1000))
+        index = _index_columns(schema)  # a pandas index saved with the data: left out, as before
+        columns = [c for c in schema.names if c not in dropped and c not in index]
+        if window is not None and not source.time_column:
+            raise ConfigError(
+                f"data source {source.uri}: a window ({window}) was asked for but the source has no "
+                "time_column; set DataSource.time_column"
+            )
+        if window is not None and source.time_column not in columns:
+            raise DataSourceError(
+                f"data source {source.uri}: time column {source.time_column!r} is missing; columns are {columns}"
+            )
+        cut = _Cut(source, window, columns)
+        if max_rows is not None:
+            cut.find_latest(opened, max_rows)
+        with workspace.snapshot_writer(schema_of(schema, columns), name=name, source_uri=source.uri,
+                                       window=str(window) if window else None) as writer:
+            offset = 0
+            for batch in opened.batches(columns):
+                writer.write(cut(batch, offset))
+                offset += batch.num_rows
+            if not writer.hasher.rows:
+                where = f" inside window {window}" if window else ""
+                raise DataSourceError(
+                    f"dataset {name!r} ({source.uri}) has no rows{where}; check the source or the window"
+                )
+    ref = writer.ref
     return ref.model_copy(update={"dropped_columns": dropped}) if dropped else ref
 
 
-def nested_columns(table: pa.Table) -> dict[str, str]:
-    """Columns of `table` whose values are structs, lists, maps or unions, with their Arrow types.
+def schema_of(schema: pa.Schema, columns: list[str]) -> pa.Schema:
+    """`schema` restricted to `columns`, in that order."""
+    import pyarrow as pa
+
+    return pa.schema([schema.field(c) for c in columns])
+
+
+class _Cut:
+    """Which rows of each batch to keep: inside the window, and among the latest `max_rows` if asked.
+
+    The latest rows are found in a first pass over the time column alone (`find_latest`): the
+    `max_rows`-th latest time, how many rows carry it, and how many of those to skip (the earliest
+    in file order, as a stable sort keeps the later ones).
+    """
+
+    def __init__(self, source: DataSource, window: Window | None, columns: list[str]) -> None:
+        self.source, self.window = source, window
+        self.column = source.time_column if source.time_column in columns else None
+        self.skip_rows = 0  # without a time column: the first rows in file order
+        self.threshold: int | None = None
+        self.skip_ties = 0
+        self.ties_seen = 0
+        self.offsets: dict[bool, tuple[int, str]] = {}  # first value with / without a UTC offset
+
+    def _keys(self, batch: pa.RecordBatch, offset: int) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """(window mask, sort keys) of `batch`; NaT sorts last, as numpy sorts it."""
+        import numpy as np
+        import pandas as pd
+
+        if self.column is None:
+            return None, None
+        values = batch.column(self.column).to_pandas()
+        values.index = pd.RangeIndex(offset, offset + len(values))
+        times = as_timestamps(values, column=self.column, uri=self.source.uri)
+        self._check_offsets(values)
+        mask = None
+        if self.window is not None:
+            mask = np.ones(len(times), dtype=bool)
+            if self.window.start is not None:
+                mask &= (times >= _naive_utc(self.window.start)).to_numpy()
+            if self.window.end is not None:
+                mask &= (times < _naive_utc(self.window.end)).to_numpy()
+        keys = times.to_numpy().view("i8").copy()
+        keys[np.isnat(times.to_numpy())] = np.iinfo(np.int64).max
+        return mask, keys
+
+    def _check_offsets(self, values: pd.Series) -> None:
+        """Text timestamps with a UTC offset in one batch and without one in another: as in one batch, refused."""
+        import pandas as pd
+
+        if pd.api.types.is_datetime64_any_dtype(values) or values.dtype != object:
+            return
+        text = values.dropna().astype(str)
+        if not len(text):
+            return
+        offset = text.str.contains(_OFFSET, regex=True)
+        for kind in (True, False):
+            if kind not in self.offsets and (offset == kind).any():
+                first = (offset == kind).idxmax()
+                self.offsets[kind] = (first, text[first])
+        if len(self.offsets) == 2:
+            (with_at, with_text), (without_at, without_text) = self.offsets[True], self.offsets[False]
+            raise DataSourceError(
+                f"data source {self.source.uri}: time column {self.column!r} mixes timestamps with a UTC offset "
+                f"(row index {with_at}: {brief(with_text)}) and without one (row index {without_at}: "
+                f"{brief(without_text)}); a value without an offset has no time zone. Give every value an "
+                "offset, or none"
+            )
+
+    def find_latest(self, opened: _Opened, rows: int) -> None:
+        """First pass: the time (or file position) from which on the latest `rows` rows lie."""
+        import numpy as np
+
+        if self.column is None:
+            total = opened.count_rows()
+            self.skip_rows = max(0, total - rows)
+            return
+        best = np.empty(0, dtype=np.int64)
+        threshold, dropped_ties, offset = None, 0, 0
+        for batch in opened.batches([self.column]):
+            mask, keys = self._keys(batch, offset)
+            offset += batch.num_rows
+            pool = np.concatenate([best, keys if mask is None else keys[mask]])
+            if len(pool) <= rows:
+                best = pool
+                continue
+            cut = len(pool) - rows
+            pool = np.partition(pool, cut)
+            # The threshold only rises: ties dropped under an earlier, lower threshold are not ties of this one.
+            dropped_ties = (dropped_ties if pool[cut] == threshold else 0) + int((pool[:cut] == pool[cut]).sum())
+            threshold, best = pool[cut], pool[cut:]
+        self.offsets.clear()
+        if threshold is None:
+            return  # no more rows than asked for: keep them all
+        self.threshold = int(threshold)
+        needed = rows - int((best > threshold).sum())
+        self.skip_ties = dropped_ties + int((best == threshold).sum()) - needed
+
+    def __call__(self, batch: pa.RecordBatch, offset: int) -> pa.RecordBatch:
+        import numpy as np
+        import pyarrow as pa
+
+        if (self.column is None and not self.skip_rows) or (self.window is None and self.threshold is None):
+            return batch
+        if self.column is None:
+            keep = np.arange(offset, offset + batch.num_rows) >= self.skip_rows
+            return batch.filter(pa.array(keep))
+        mask, keys = self._keys(batch, offset)
+        keep = np.ones(batch.num_rows, dtype=bool) if mask is None else mask
+        if self.threshold is not None:
+            ties = keep & (keys == self.threshold)
+            order = np.cumsum(ties) + self.ties_seen  # 1-based rank of each tie in file order
+            self.ties_seen += int(ties.sum())
+            keep &= (keys > self.threshold) | (ties & (order > self.skip_ties))
+        return batch if keep.all() else batch.filter(pa.array(keep))
+
+
+_OFFSET = r"(?:[+-]\d{2}:?\d{2}|Z)$"
+
+
+def nested_columns(table: pa.Table | pa.Schema) -> dict[str, str]:
+    """Columns of `table` (or of a schema) whose values are structs, lists, maps or unions, with their Arrow types.
 
     Example:
         ```python
@@ -99,7 +238,8 @@ def nested_columns(table: pa.Table) -> dict[str, str]:
             return nested(kind.value_type)
         return pa.types.is_nested(kind) or pa.types.is_union(kind)
 
-    return {field.name: str(field.type) for field in table.schema if nested(field.type)}
+    schema = table if isinstance(table, pa.Schema) else table.schema
+    return {field.name: str(field.type) for field in schema if nested(field.type)}
 
 
 def read_source(source: DataSource) -> pd.DataFrame:
@@ -183,7 +323,7 @@ def as_timestamps(values: pd.Series, *, column: str, uri: str) -> pd.Series:
             "2024-01-31T12:00:00Z"
         )
     text = present.astype(str)
-    offset = text.str.contains(r"(?:[+-]\d{2}:?\d{2}|Z)$", regex=True)
+    offset = text.str.contains(_OFFSET, regex=True)
     if offset.any() and not offset.all():
         with_at, without_at = offset.idxmax(), (~offset).idxmax()
         raise DataSourceError(
@@ -331,6 +471,115 @@ def _to_pandas(table: pa.Table, uri: str) -> pd.DataFrame:
     except (pa.ArrowException, ValueError, TypeError) as exc:
         raise DataSourceError(f"data source {uri}: the data cannot be read into pandas ({exc}); check the "
                               "column types") from exc
+
+
+class _Opened:
+    """A source opened as a `pyarrow.dataset` (a file or a folder of files), with its failures explained."""
+
+    def __init__(self, path: Path, fmt: str, uri: str) -> None:
+        import pyarrow as pa
+        import pyarrow.dataset as ds
+
+        self.path, self.fmt, self.uri = path, fmt, uri
+        try:
+            self.dataset = ds.dataset(str(path), partitioning="hive",
+                                      format=ds.ParquetFileFormat() if fmt == "parquet" else ds.CsvFileFormat())
+        except (pa.ArrowException, OSError) as exc:
+            repeated = _repeated(_csv_header(path)) if fmt == "csv" else []
+            if repeated:  # Arrow's CSV reader refuses them: say so as plainly as for Parquet
+                raise DataSourceError(f"data source {uri}: column names {brief(repeated, 1000)} appear more than "
+                                      "once; give every column its own name") from exc
+            raise self.unreadable(exc) from exc
+        names = self.dataset.schema.names
+        if not names:
+            raise DataSourceError(f"data source {uri}: no columns found; the file is empty or has no header")
+        repeated = _repeated(names)
+        if repeated:
+            raise DataSourceError(f"data source {uri}: column names {brief(repeated, 1000)} appear more than once; "
+                                  "give every column its own name")
+
+    def batches(self, columns: list[str]) -> Iterator[pa.RecordBatch]:
+        """The source's rows in file order, `columns` only, one batch at a time."""
+        import pyarrow as pa
+
+        try:
+            found = iter(self.dataset.to_batches(columns=columns, batch_size=BATCH_ROWS))
+        except (pa.ArrowException, OSError) as exc:
+            raise self.unreadable(exc) from exc
+        while True:
+            try:
+                batch = next(found)
+            except StopIteration:
+                return
+            except (pa.ArrowException, OSError) as exc:  # a bad row or page is found when it is read
+                raise self.unreadable(exc) from exc
+            yield batch
+
+    def count_rows(self) -> int:
+        import pyarrow as pa
+
+        try:
+            return self.dataset.count_rows()
+        except (pa.ArrowException, OSError) as exc:
+            raise self.unreadable(exc) from exc
+
+    def unreadable(self, exc: BaseException) -> DataSourceError:
+        kind = "a readable Parquet file" if self.fmt == "parquet" else "parseable CSV"
+        problem = _ragged_row(self.path) if self.fmt == "csv" else _duplicates_in_schema(self.path)
+        return DataSourceError(
+            f"data source {self.uri}: not {kind} ({problem or exc}); check the file or set DataSource.format"
+        )
+
+
+@contextlib.contextmanager
+def _open(source: DataSource, workspace: Workspace) -> Iterator[_Opened]:
+    """Open a local file or folder in place; an S3 object is spooled to a temporary file, removed afterwards."""
+    scheme = source.scheme()
+    fmt = _format(source)
+    if scheme == "file":
+        path = Path(source.uri.removeprefix("file://")).expanduser()
+        if not path.exists():
+            raise DataSourceError(f"data source {source.uri}: no such file or folder; check the path")
+        if path.is_file() and path.stat().st_size == 0:
+            raise DataSourceError(f"data source {source.uri}: the file is empty (0 bytes); re-export it")
+        yield _Opened(path, fmt, source.uri)
+        return
+    if scheme != "s3":
+        raise DataSourceError(
+            f"data source {source.uri}: unknown URI scheme {scheme!r}; expected a local path, file:// or s3://"
+        )
+    # The Block owns S3: bucket/key parsing, the client and every failure's message.
+    data = source.read_bytes()
+    last = source.uri.rsplit("/", 1)[-1].lower()
+    suffix = next((s for s in _CSV_SUFFIXES if last.endswith(s)), ".csv") if fmt == "csv" else ".parquet"
+    # The dataset reader reads a file twice with max_rows and seeks in Parquet: spool to disk, not to memory.
+    spool = workspace.folder("tmp") / f"source-{os.getpid()}-{secrets.token_hex(4)}{suffix}"
+    try:
+        write_atomic(spool, lambda tmp: tmp.write_bytes(data), stage=f"copy of {source.uri}")
+        data = b""  # the bytes are on disk now
+        yield _Opened(spool, fmt, source.uri)
+    finally:
+        spool.unlink(missing_ok=True)
+
+
+def _csv_header(path: Path) -> list[str]:
+    """The names in a CSV file's first line (compressed or not); empty if it cannot be read."""
+    import csv
+
+    import pyarrow as pa
+
+    try:
+        with pa.input_stream(str(path), compression="detect") as stream:
+            first = io.TextIOWrapper(stream, encoding="utf-8", errors="replace").readline()
+    except (pa.ArrowException, OSError, ValueError):
+        return []
+    return next(csv.reader([first]), [])
+
+
+def _index_columns(schema: pa.Schema) -> set[str]:
+    """Columns that hold a pandas index saved with the data (`index=True`): not data, left out as pandas did."""
+    metadata = schema.pandas_metadata or {}
+    return {c for c in metadata.get("index_columns", []) if isinstance(c, str) and c in schema.names}
 
 
 def _stem(uri: str) -> str:
