@@ -23,7 +23,7 @@ from prefect_mlops.tasks.register import register
 from prefect_mlops.tasks.retrain import record_retraining, why_untrainable
 from prefect_mlops.tasks.route import train_on_route
 from prefect_mlops.tasks.train import git_commit, package_versions, refit, train
-from prefect_mlops.tasks.validate import update_suite, validate
+from prefect_mlops.tasks.validate import update_suite, validate, warm_up
 
 
 class CycleReport(BaseModel):
@@ -87,6 +87,7 @@ def continuous_training(
             recorded with `trigger` in the version's `prefect_mlops.trigger` tag.
     """
     logger = get_run_logger()
+    warm_up()  # Great Expectations' import (~2 s) overlaps reconcile and ingest; validate waits for it
     policy = policy or ModelPolicy()
     policy.check_metrics(features.task)  # a bad policy fails before any work starts
     trainer.check(features.task)  # so does an estimator that does not import, fit this task or take its params

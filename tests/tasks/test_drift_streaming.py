@@ -51,15 +51,15 @@ def same(a: stats.ColumnStats, b: stats.ColumnStats) -> bool:
 
 @pytest.mark.parametrize("sample_rows", [None, 2_000])
 def test_streamed_statistics_equal_the_in_memory_ones_exactly(workspace, sample_rows):
-    reference = workspace.write_snapshot(frame(150_000, seed=1), name="ref")  # three batches of 65,536 rows
-    current = workspace.write_snapshot(frame(140_000, shift=0.2, seed=2), name="cur")
+    reference = workspace.write_snapshot(frame(90_000, seed=1), name="ref")  # two batches of 65,536 rows
+    current = workspace.write_snapshot(frame(80_000, shift=0.2, seed=2), name="cur")
     streamed = drift_statistics(current, reference, COLUMNS, sample_rows=sample_rows)
     loaded = in_memory(current, reference, COLUMNS, sample_rows)
     assert all(same(streamed[c], loaded[c]) for c in COLUMNS)
     report = check_drift(current, reference, model_name="m", columns=COLUMNS, workspace=workspace,
                          sample_rows=sample_rows)
-    verdict = stats.decide(loaded, reference_rows=min(150_000, sample_rows or 150_000),
-                           current_rows=min(140_000, sample_rows or 140_000))
+    verdict = stats.decide(loaded, reference_rows=min(90_000, sample_rows or 90_000),
+                           current_rows=min(80_000, sample_rows or 80_000))
     assert report.decision == verdict.decision and report.reason == verdict.reason
     assert report.drifted_columns == verdict.drifted_columns
     assert report.sampled is (sample_rows is not None) and report.numeric_sample_rows is None
