@@ -26,7 +26,7 @@ from prefect_mlops.tasks.lineage import find_model
 from prefect_mlops.tasks.performance import check_performance
 from prefect_mlops.tasks.score import score_dataset
 from prefect_mlops.tasks.validate import validate_dataset
-from prefect_mlops.workspace import write_atomic
+from prefect_mlops.workspace import read_frame, write_atomic
 from tests.tasks.stages import promote_cycle, train_and_judge
 
 
@@ -85,16 +85,22 @@ def test_a_failed_atomic_write_that_is_not_a_full_disk_leaves_no_temp_file_and_k
 
 @pytest.mark.parametrize("code", [errno.ENOSPC, errno.EDQUOT])
 def test_a_full_disk_while_writing_a_snapshot_names_the_path_and_leaves_no_file(workspace, monkeypatch, code):
+    import pyarrow as pa
+
     frame = pd.DataFrame({"x": [1, 2, 3]})
-    monkeypatch.setattr(pd.DataFrame, "to_parquet", lambda self, target, **kw: _fill_then_fail(code)(target))
+
+    def full(self, batch) -> None:  # the file holds its schema already: half a snapshot on disk
+        raise OSError(code, "No space left on device" if code == errno.ENOSPC else "Disk quota exceeded")
+    # Snapshots are Arrow IPC files written batch by batch; the disk fills up on the first batch.
+    monkeypatch.setattr(pa.ipc.RecordBatchFileWriter, "write_batch", full)
     folder = workspace.root / "datasets" / "orders"
-    with pytest.raises(StorageError, match=rf"snapshot of 'orders': .* the device holding {folder}/\w+\.parquet: "
+    with pytest.raises(StorageError, match=rf"snapshot of 'orders': .* the device holding {folder}/\S+\.tmp: "
                                            r"free space there or point PREFECT_MLOPS_WORKSPACE elsewhere"):
         workspace.write_snapshot(frame, name="orders")
     assert _leftovers(folder) == []
     monkeypatch.undo()
     ref = workspace.write_snapshot(frame, name="orders")  # with room again, the same call works
-    assert pd.read_parquet(ref.uri).equals(frame)
+    assert read_frame(ref).equals(frame)
 
 
 def test_a_full_disk_while_saving_a_suite_names_the_path_and_leaves_no_suite(churn_source, workspace, monkeypatch):
