@@ -17,6 +17,7 @@ from prefect_mlops.tasks.evaluate import evaluate_models
 from prefect_mlops.tasks.lineage import find_model
 from prefect_mlops.tasks.register import register_version
 from prefect_mlops.tasks.score import score_dataset
+from prefect_mlops.workspace import read_frame
 from tests.tasks.stages import train_and_judge
 
 SECOND_WINDOW = "2024-02-01/2024-04-01"
@@ -58,7 +59,7 @@ def test_a_tampered_challenger_is_refused_by_deploy_and_batch_scoring(
                                           r"was recorded.*the model was not promoted"):
         promote(model, second.evaluation, second.verdict, mlflow_server=mlflow_server, workspace=workspace)
     assert champion_version(mlflow_server, workspace) == "1"
-    rows = workspace.write_snapshot(pd.read_parquet(first.features.dataset.uri).head(20), name="to-score")
+    rows = workspace.write_snapshot(read_frame(first.features.dataset).head(20), name="to-score")
     out = tmp_path / "scores.parquet"
     with pytest.raises(IntegrityError, match=rf"'churn' v2 \(@challenger\): file model.skops .*{after}.*{before}"):
         score_dataset(rows, model_name="churn", alias="challenger", output_uri=str(out), mlflow_server=mlflow_server,
@@ -75,7 +76,7 @@ def test_a_tampered_champion_is_refused_by_evaluate_and_batch_scoring(
         second = train_and_judge(churn_source, churn_features, fast_trainer, server=mlflow_server,
                                  workspace=workspace, window=SECOND_WINDOW, policy=ModelPolicy(max_drop=1.0))
     assert second is None and champion_version(mlflow_server, workspace) == "1"
-    rows = workspace.write_snapshot(pd.read_parquet(first.features.dataset.uri).head(20), name="to-score")
+    rows = workspace.write_snapshot(read_frame(first.features.dataset).head(20), name="to-score")
     with pytest.raises(IntegrityError, match=r"'churn' v1 \(@champion\): file model.skops"):
         score_dataset(rows, model_name="churn", output_uri=str(tmp_path / "out.parquet"), mlflow_server=mlflow_server,
                       workspace=workspace)
@@ -203,7 +204,7 @@ def test_a_remote_load_leaves_no_copy_of_the_model_behind(first, mlflow_server, 
     remote = f"runs:/{first.trained.run_id}/model"  # downloaded, and checked against the run's tag
     pyfunc = mlflow_server.load_model(remote, workspace, flavor="pyfunc")
     assert list(scratch.iterdir()) == []
-    rows = pd.read_parquet(first.features.dataset.uri)[churn_features.feature_columns].head(5)
+    rows = read_frame(first.features.dataset)[churn_features.feature_columns].head(5)
     assert len(pyfunc.predict(rows)) == 5  # loaded whole: nothing was read from the removed copy
     flip_one_byte(model_folder(mlflow_server, workspace, "1") / "model.skops")
     with pytest.raises(IntegrityError, match="file model.skops"):
