@@ -70,6 +70,70 @@ class TrainingWindow(StrictModel):
         return min(caps) if caps else None
 
 
+class TrainingBudget(StrictModel):
+    """How much of the training window one fit may hold in memory, and what to do with more.
+
+    A fit takes every training row when their estimated footprint (the rows' Arrow size times
+    a measured expansion factor) fits `max_memory` and their count fits `max_rows`. Otherwise
+    `when_over` decides: 'sample' fits on as many rows as fit, drawn stratified over time so every
+    period of the window keeps its share; 'incremental' streams every row through the estimator's
+    `partial_fit` in batches (estimators without one fall back to the sample). Lineage records
+    which it was and why.
+
+    Example:
+        ```python
+        from prefect_mlops.blocks.retrain_policy import TrainingBudget
+        budget = TrainingBudget(max_memory=2 * 2**30, when_over="incremental")
+        assert budget.memory_limit() == 2 * 2**30
+        assert TrainingBudget(memory_share=0.5).memory_limit(available=8 * 2**30) == 4 * 2**30
+        ```
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    max_memory: int | None = Field(
+        default=None, ge=1,
+        description="Bytes one fit may use; empty: memory_share of the memory available when training starts "
+                    "(MemAvailable in /proc/meminfo).",
+    )
+    memory_share: float = Field(
+        default=0.5, gt=0, le=1,
+        description="Share of the available memory a fit may use when max_memory is empty: the rest is for "
+                    "the process's other stages and the machine's other work.",
+    )
+    max_rows: int | None = Field(
+        default=None, ge=2, description="At most this many training rows in one fit, whatever the memory."
+    )
+    when_over: Literal["sample", "incremental"] = Field(
+        default="sample",
+        description="More rows than fit: 'sample' fits on a time-stratified sample of the rows that fit; "
+                    "'incremental' streams every row through partial_fit (for estimators that have it).",
+    )
+    periods: int = Field(
+        default=50, ge=1, le=10_000,
+        description="Equal time spans the sample is stratified over (by the feature spec's time column).",
+    )
+    batch_rows: int = Field(default=65_536, ge=1, description="Rows per partial_fit call (incremental).")
+
+    def memory_limit(self, available: int | None = None) -> int:
+        """Bytes a fit may use: `max_memory`, else `memory_share` of `available` (default: MemAvailable)."""
+        if self.max_memory is not None:
+            return self.max_memory
+        return int(self.memory_share * (available if available is not None else available_memory()))
+
+
+def available_memory() -> int:
+    """MemAvailable from /proc/meminfo in bytes; where there is none, 4 GiB (a cautious guess)."""
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 4 * 2**30
+
+
 class RetrainPolicy(Block):
     """The retrain policy: triggers, training window, minimum evidence and cool-down.
 
@@ -141,6 +205,11 @@ class RetrainPolicy(Block):
         default=None,
         description="With the 'schedule' trigger: retrain when the champion's data ends this long before "
                     "the current window ends.",
+    )
+    training_budget: TrainingBudget = Field(
+        default_factory=TrainingBudget,
+        description="How many rows one fit may hold in memory, and a time-stratified sample or partial_fit "
+                    "beyond that; lineage records which.",
     )
     refit_full_window: bool = Field(
         default=True,

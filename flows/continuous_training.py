@@ -123,8 +123,11 @@ def continuous_training(
                       params_digest=digest, suite_path=validation.suite_path, code_version=__version__,
                       git_commit=git_commit(), packages=package_versions(),
                       trigger=describe_trigger(trigger, trigger_details))
-    trained = (train_on_route if trainer.label else train)(feature_set, trainer, lineage, mlflow_server=server,
-                                                           workspace=workspace)
+    if trainer.label:
+        trained = train_on_route(feature_set, trainer, lineage, mlflow_server=server, workspace=workspace)
+    else:
+        trained = train(feature_set, trainer, lineage, mlflow_server=server, workspace=workspace,
+                        budget=retrain_policy.training_budget)
     if trigger in ("drift", "performance"):  # a signal's retraining starts the cool-down; a schedule's does not
         record_retraining(model_name, window, mlflow_server=server, workspace=workspace)
     with model_lock(model_name):  # one run of this model at a time from evaluate to deploy

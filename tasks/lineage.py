@@ -18,6 +18,7 @@ from prefect import task
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from prefect_mlops.blocks.mlflow_server import MlflowServer
+from prefect_mlops.blocks.retrain_policy import TrainingBudget
 from prefect_mlops.errors import ConfigError, RegistryError
 from prefect_mlops.log import run_logger
 from prefect_mlops.refs import DatasetRef, ModelRef, OptionalText, StrictModel
@@ -160,6 +161,39 @@ def closest_estimator(path: str) -> str | None:
     return found[0] if found else None
 
 
+class TrainingRecord(BaseModel):
+    """Which rows a model learned from and why: all of them, a time-stratified sample, or all through partial_fit.
+
+    Example:
+        ```python
+        from prefect_mlops.tasks.lineage import TrainingRecord
+        record = TrainingRecord(method="sample", rows=1000, available_rows=8000, sample="uniform",
+                                reason="8000 rows need about 64 MB; the budget is 8 MB")
+        assert record.summary() == "sample: 1000 of 8000 rows (uniform)"
+        ```
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    method: Literal["all", "sample", "incremental"] = Field(
+        description="'all': every training row in one fit; 'sample': the rows that fit the budget; "
+                    "'incremental': every training row through partial_fit in batches.")
+    rows: int = Field(description="Rows the model learned from (rows seen once, for 'incremental').")
+    available_rows: int = Field(description="Training rows in the window (hold-out excluded unless refit).")
+    reason: str = Field(description="Why this method: the estimate against the budget, or the fallback.")
+    sample: str | None = Field(default=None, description="How the sample was drawn (method 'sample').")
+    estimated_bytes: int | None = Field(default=None, description="Estimated memory of a fit on every row.")
+    budget_bytes: int | None = Field(default=None, description="The memory budget the estimate was held against.")
+    batches: int | None = Field(default=None, description="partial_fit calls (method 'incremental').")
+    budget: TrainingBudget = Field(default_factory=TrainingBudget,
+                                   description="The policy's budget, so a refit plans the same way.")
+
+    def summary(self) -> str:
+        """One line: method, rows of rows, and how a sample was drawn."""
+        text = f"{self.method}: {self.rows} of {self.available_rows} rows"
+        return f"{text} ({self.sample})" if self.sample else text
+
+
 class Lineage(BaseModel):
     """The data, code and parameters that made a model version."""
 
@@ -176,6 +210,8 @@ class Lineage(BaseModel):
     packages: dict[str, str] = Field(default_factory=dict)
     flow_run_id: str | None = None
     refit: bool = Field(default=False, description="Refit on the whole window, hold-out included, after the gate.")
+    training: TrainingRecord | None = Field(
+        default=None, description="Which rows the fit took and why (set by train; empty before training).")
     created_at: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat())
     trigger: dict[str, Any] = Field(
         default_factory=dict,
@@ -190,7 +226,9 @@ class Lineage(BaseModel):
                 "trainer": self.trainer.estimator if self.trainer.kind == "sklearn" else "torch",
                 "code_version": self.code_version or "", "git_commit": self.git_commit or "",
                 "flow_run_id": self.flow_run_id or "", "suite_path": self.suite_path or "",
-                "created_at": self.created_at}
+                "created_at": self.created_at,
+                **({"training": {"method": self.training.method, "rows": self.training.rows,
+                                 "available_rows": self.training.available_rows}} if self.training else {})}
 
     def tags(self) -> dict[str, str]:
         """The tags of a registered version: the facts as one JSON tag, the key facts, and the trigger.

@@ -9,6 +9,7 @@ import pytest
 from prefect_mlops.errors import ConfigError
 from prefect_mlops.tasks.lineage import TrainerSpec, read_lineage
 from prefect_mlops.tasks.train import build_estimator
+from prefect_mlops.workspace import read_frame
 from tests.tasks.stages import train_and_judge
 
 
@@ -56,10 +57,7 @@ def test_training_logs_a_run_with_lineage_and_a_signed_model(churn_source, churn
     inputs = json.loads(mlmodel.split("inputs: '")[1].split("'\n")[0])
     assert {c["name"] for c in inputs} == set(churn_features.feature_columns)
     pyfunc = mlflow_server.load_model(cycle.trained.model_source, workspace, flavor="pyfunc")
-    sample = cycle.features.dataset
-    import pandas as pd
-
-    rows = pd.read_parquet(sample.uri).head(5)
+    rows = read_frame(cycle.features.dataset).head(5)
     assert len(pyfunc.predict(rows[churn_features.feature_columns])) == 5
 
 

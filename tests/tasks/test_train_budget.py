@@ -1,0 +1,114 @@
+"""train within a budget: all rows when they fit, a time-stratified sample when not, partial_fit over batches."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from prefect_mlops.blocks.retrain_policy import RetrainPolicy, TrainingBudget
+from prefect_mlops.tasks.features import FeatureSpec, build_feature_set
+from prefect_mlops.tasks.lineage import LINEAGE_TAG, Lineage, TrainerSpec, read_lineage, recipe_digest
+from prefect_mlops.tasks.train import fit_within_budget, plan_training, sample_positions, train_model
+
+SPEC = FeatureSpec(target="y", numeric=["x", "z"], categorical=["c"], time_column="t")
+LOGISTIC = TrainerSpec(estimator="sklearn.linear_model.LogisticRegression")
+SGD = TrainerSpec(estimator="sklearn.linear_model.SGDClassifier", params={"loss": "log_loss"})
+
+
+def frame(rows: int = 4000, seed: int = 1) -> pd.DataFrame:
+    """Rows over 40 days, three quarters of them in the first 10 days; y depends on x and c."""
+    rng = np.random.default_rng(seed)
+    days = np.sort(np.concatenate([rng.uniform(0, 10, rows * 3 // 4), rng.uniform(10, 40, rows - rows * 3 // 4)]))
+    x, c = rng.normal(size=rows), rng.choice(["a", "b", "c"], rows)
+    y = ((x + (c == "a") + rng.normal(scale=0.5, size=rows)) > 0.5).astype("int64")
+    return pd.DataFrame({"t": pd.Timestamp("2024-01-01") + pd.to_timedelta(days, unit="D"), "x": x,
+                         "z": rng.uniform(size=rows), "c": c, "y": y})
+
+
+@pytest.fixture
+def features(workspace):
+    ref = workspace.write_snapshot(frame(), name="budget")
+    return build_feature_set(ref, SPEC, workspace=workspace)
+
+
+def test_rows_that_fit_are_all_taken(features):
+    record = plan_training(features, LOGISTIC, TrainingBudget(max_memory=2**30))
+    assert (record.method, record.rows, record.available_rows) == ("all", 3200, 3200)
+    assert record.budget_bytes == 2**30 and 0 < record.estimated_bytes < 2**30
+    # The default budget is a share of MemAvailable, and the policy carries one.
+    assert RetrainPolicy().training_budget.memory_limit(available=1000) == 500
+
+
+def test_a_small_budget_samples_the_rows_that_fit(features):
+    record = plan_training(features, LOGISTIC, TrainingBudget(max_memory=record_bytes(features, 400)))
+    assert record.method == "sample" and 390 <= record.rows <= 400
+    assert "over the budget" in record.reason and "'t'" in record.sample
+    by_rows = plan_training(features, LOGISTIC, TrainingBudget(max_rows=250))
+    assert (by_rows.method, by_rows.rows) == ("sample", 250) and "max_rows=250" in by_rows.reason
+
+
+def record_bytes(features, rows: int) -> int:
+    """The memory budget that holds `rows` rows, by the planner's own estimate."""
+    full = plan_training(features, LOGISTIC, TrainingBudget(max_memory=2**40))
+    return int(full.estimated_bytes / full.available_rows * rows)
+
+
+def test_the_sample_is_stratified_over_time_and_skips_the_hold_out(features, workspace):
+    times = frame()["t"].to_numpy()
+    picked = sample_positions(features, 400, periods=4, seed=7)
+    assert len(picked) == len(set(picked)) == 400
+    holdout = set(np.load(features.holdout_index_uri))
+    assert not holdout & set(picked.tolist())  # the hold-out is never trained on
+    # Each of 4 equal spans of the training rows' time keeps its share of the rows, to the row.
+    train = np.setdiff1d(np.arange(len(times)), list(holdout))
+    t = times.astype("int64")
+    edges = np.linspace(t[train].min(), t[train].max(), 5)
+    share = np.histogram(t[train], edges)[0] / len(train)
+    got = np.histogram(t[picked], edges)[0]
+    assert np.all(np.abs(got - share * 400) <= 1), (got, share * 400)
+    # Seeded: the same seed draws the same sample, another seed another one.
+    assert np.array_equal(picked, sample_positions(features, 400, periods=4, seed=7))
+    assert not np.array_equal(picked, sample_positions(features, 400, periods=4, seed=8))
+
+
+def test_without_a_time_column_the_sample_is_uniform(workspace):
+    spec = SPEC.model_copy(update={"time_column": None})
+    features = build_feature_set(workspace.write_snapshot(frame(), name="untimed"), spec, workspace=workspace)
+    record = plan_training(features, LOGISTIC, TrainingBudget(max_rows=300))
+    assert record.method == "sample" and record.sample.startswith("uniform")
+    assert len(sample_positions(features, 300)) == 300
+
+
+def test_the_sampled_fit_is_logged_with_its_lineage(features, mlflow_server, workspace):
+    lineage = Lineage(model_name="budget", dataset=features.dataset, features=SPEC, trainer=LOGISTIC,
+                      params_digest=recipe_digest(SPEC, LOGISTIC))
+    budget = TrainingBudget(max_rows=500)
+    trained = train_model(features, LOGISTIC, lineage=lineage, mlflow_server=mlflow_server, workspace=workspace,
+                          budget=budget)
+    record = read_lineage(trained.run_id, mlflow_server, workspace).training
+    assert (record.method, record.rows, record.available_rows, record.budget) == ("sample", 500, 3200, budget)
+    run = mlflow_server.client(workspace).get_run(trained.run_id)
+    assert (run.data.params["training.method"], run.data.params["training.rows"]) == ("sample", "500")
+    facts = json.loads(run.data.tags[LINEAGE_TAG])
+    assert facts["training"] == {"method": "sample", "rows": 500, "available_rows": 3200}
+
+
+def test_partial_fit_streams_every_training_row_in_batches(features):
+    budget = TrainingBudget(max_rows=300, when_over="incremental", batch_rows=256)
+    pipeline, example, record = fit_within_budget(features, SGD, budget=budget)
+    assert record.method == "incremental" and "partial_fit" in record.reason
+    # 3200 training rows (the latest 800 are the hold-out) in batches of 256: the hold-out batches are skipped.
+    assert record.rows == 3200 and record.batches == 13
+    model = pipeline.named_steps["model"]
+    assert model.t_ - 1 == 3200  # SGD counts every row partial_fit saw
+    holdout = frame().iloc[np.load(features.holdout_index_uri)]
+    accuracy = (pipeline.predict(holdout[SPEC.feature_columns]) == holdout["y"]).mean()
+    assert accuracy > 0.75 and list(example.columns) == SPEC.feature_columns
+
+
+def test_incremental_without_partial_fit_falls_back_to_the_sample(features):
+    record = plan_training(features, LOGISTIC, TrainingBudget(max_rows=300, when_over="incremental"))
+    assert record.method == "sample" and "has no partial_fit" in record.reason
