@@ -70,64 +70,98 @@ class Evaluation(BaseModel):
                     "(drop of the primary metric when the column is shuffled); drift-check weighs columns by it.")
 
 
+CLASSIFICATION_METRICS = ("accuracy", "f1", "roc_auc", "log_loss")
+REGRESSION_METRICS = ("rmse", "mae", "r2")
+
+
 def classification_metrics(y: np.ndarray, labels: np.ndarray, proba: np.ndarray | None,
-                           classes: np.ndarray) -> dict[str, float]:
-    """Accuracy, F1, ROC AUC and log loss; a metric that cannot be computed is NaN."""
+                           classes: np.ndarray, only: tuple[str, ...] = CLASSIFICATION_METRICS) -> dict[str, float]:
+    """Accuracy, F1, ROC AUC and log loss (or the `only` ones); a metric that cannot be computed is NaN."""
     from sklearn import metrics
 
     binary = len(classes) == 2
-    result = {"accuracy": float(metrics.accuracy_score(y, labels)),
-              "f1": float(metrics.f1_score(y, labels, average="binary" if binary else "macro",
-                                           pos_label=classes[-1] if binary else 1, zero_division=0))}
-    result["roc_auc"] = result["log_loss"] = math.nan
-    if proba is not None and len(np.unique(y)) > 1:
-        try:
-            result["roc_auc"] = float(metrics.roc_auc_score(y, proba[:, 1]) if binary else
-                                      metrics.roc_auc_score(y, proba, multi_class="ovr", labels=classes))
-        except ValueError:
-            pass
-    if proba is not None:
-        try:
-            result["log_loss"] = float(metrics.log_loss(y, proba, labels=classes))
-        except ValueError:
-            pass
+    result = {}
+    if "accuracy" in only:
+        result["accuracy"] = float(metrics.accuracy_score(y, labels))
+    if "f1" in only:
+        result["f1"] = float(metrics.f1_score(y, labels, average="binary" if binary else "macro",
+                                              pos_label=classes[-1] if binary else 1, zero_division=0))
+    if "roc_auc" in only:
+        result["roc_auc"] = math.nan
+        if proba is not None and len(np.unique(y)) > 1:
+            try:
+                result["roc_auc"] = float(metrics.roc_auc_score(y, proba[:, 1]) if binary else
+                                          metrics.roc_auc_score(y, proba, multi_class="ovr", labels=classes))
+            except ValueError:
+                pass
+    if "log_loss" in only:
+        result["log_loss"] = math.nan
+        if proba is not None:
+            try:
+                result["log_loss"] = float(metrics.log_loss(y, proba, labels=classes))
+            except ValueError:
+                pass
     return result
 
 
-def regression_metrics(y: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
-    """RMSE, MAE and R²."""
+def regression_metrics(y: np.ndarray, predicted: np.ndarray,
+                       only: tuple[str, ...] = REGRESSION_METRICS) -> dict[str, float]:
+    """RMSE, MAE and R² (or the `only` ones)."""
     from sklearn import metrics
 
-    return {"rmse": float(np.sqrt(metrics.mean_squared_error(y, predicted))),
-            "mae": float(metrics.mean_absolute_error(y, predicted)),
-            "r2": float(metrics.r2_score(y, predicted)) if len(y) > 1 else math.nan}
+    found = {"rmse": lambda: float(np.sqrt(metrics.mean_squared_error(y, predicted))),
+             "mae": lambda: float(metrics.mean_absolute_error(y, predicted)),
+             "r2": lambda: float(metrics.r2_score(y, predicted)) if len(y) > 1 else math.nan}
+    return {name: compute() for name, compute in found.items() if name in only}
+
+
+# scikit-learn classifiers whose `predict` is `classes_[argmax(predict_proba)]`: their labels come from the
+# probabilities already computed instead of a second pass over the trees.
+_ARGMAX_PREDICT = {"HistGradientBoostingClassifier", "RandomForestClassifier", "ExtraTreesClassifier",
+                   "DecisionTreeClassifier", "ExtraTreeClassifier"}
 
 
 class _Outputs:
     """One model's predictions on the hold-out, enough to compute any metric on any subset."""
 
-    def __init__(self, model: Any, x: pd.DataFrame, task: str) -> None:
+    def __init__(self, model: Any, x: pd.DataFrame | None, task: str) -> None:
         from sklearn.pipeline import Pipeline
 
         self.proba = None
         self.classes = None
+        if x is None:  # filled in by `subset`
+            return
         wants_proba = task == "classification" and hasattr(model, "predict_proba")
         if isinstance(model, Pipeline) and len(model.steps) > 1 and wants_proba:
             # What Pipeline.predict and .predict_proba each do, with the feature transform run once, not twice.
             final, xt = model.steps[-1][1], model[:-1].transform(x)
         else:
             final, xt = model, x
-        self.labels = np.asarray(final.predict(xt))
         if wants_proba:
             self.proba = np.asarray(final.predict_proba(xt))
             self.classes = np.asarray(model.classes_)
+        kind = type(final)
+        if wants_proba and kind.__name__ in _ARGMAX_PREDICT and kind.__module__.startswith("sklearn.") \
+                and self.proba.ndim == 2:
+            self.labels = np.asarray(final.classes_).take(np.argmax(self.proba, axis=1), axis=0)
+        else:
+            self.labels = np.asarray(final.predict(xt))
 
-    def metrics(self, y: np.ndarray, task: str, rows: np.ndarray | slice = slice(None)) -> dict[str, float]:
+    def subset(self, rows: np.ndarray | slice) -> _Outputs:
+        """These outputs on some rows only."""
+        part = _Outputs(None, None, "")
+        part.labels, part.classes = self.labels[rows], self.classes
+        part.proba = None if self.proba is None else self.proba[rows]
+        return part
+
+    def metrics(self, y: np.ndarray, task: str, rows: np.ndarray | slice = slice(None),
+                only: tuple[str, ...] | None = None) -> dict[str, float]:
         if task == "regression":
-            return regression_metrics(y[rows], self.labels[rows])
+            return regression_metrics(y[rows], self.labels[rows], only or REGRESSION_METRICS)
         classes = self.classes if self.classes is not None else np.unique(y)
         return classification_metrics(y[rows], self.labels[rows],
-                                      None if self.proba is None else self.proba[rows], classes)
+                                      None if self.proba is None else self.proba[rows], classes,
+                                      only or CLASSIFICATION_METRICS)
 
 
 def score(outputs: _Outputs, holdout: pd.DataFrame, features: FeatureSet, *, role: str, run_id: str,
@@ -155,7 +189,8 @@ def bootstrap_interval(y: np.ndarray, challenger: _Outputs, champion: _Outputs, 
     diffs = []
     for _ in range(samples):
         pick = base[rng.integers(0, len(base), len(base))]
-        diff = challenger.metrics(y, task, pick)[metric] - champion.metrics(y, task, pick)[metric]
+        # Only the metric compared: the others would be computed 2 x `samples` times for nothing.
+        diff = challenger.metrics(y, task, pick, (metric,))[metric] - champion.metrics(y, task, pick, (metric,))[metric]
         if math.isfinite(diff):
             diffs.append(diff)
     if not diffs:
@@ -169,12 +204,17 @@ _SCORERS = {"accuracy": "accuracy", "f1": "f1_macro", "roc_auc": "roc_auc_ovr", 
 
 
 def feature_importance(model: Any, x: pd.DataFrame, y: np.ndarray, *, metric: str, seed: int = 0,
-                       max_rows: int = 2000, repeats: int = 3) -> dict[str, float]:
+                       max_rows: int = 2000, repeats: int = 3, outputs: _Outputs | None = None,
+                       task: str | None = None) -> dict[str, float]:
     """Permutation importance of each raw feature column on (a sample of) the hold-out.
 
     Measured on raw columns, the ones drift-check compares, not on the transform's outputs.
     Negative values (noise) are kept; drift-check treats them as 0. Empty when the metric
     cannot be computed on these rows (one class in the hold-out, say).
+
+    The numbers are scikit-learn's `permutation_importance` (same scorer, same shuffles), computed
+    in one pass: every shuffled copy of the sample is stacked into one frame the model predicts
+    once, and the unshuffled score comes from `outputs` (the model's predictions on `x`) when given.
 
     Example:
         ```python
@@ -187,17 +227,82 @@ def feature_importance(model: Any, x: pd.DataFrame, y: np.ndarray, *, metric: st
         assert found["a"] > 0 and found["b"] == 0
         ```
     """
-    from sklearn.inspection import permutation_importance
+    import pandas as pd
+    from sklearn.metrics import get_scorer
 
+    task = task or ("regression" if metric in REGRESSION_METRICS else "classification")
     if len(x) > max_rows:
         rows = np.sort(np.random.default_rng(seed).choice(len(x), size=max_rows, replace=False))
         x, y = x.iloc[rows], y[rows]
+        outputs = outputs.subset(rows) if outputs is not None else None
+    # permutation_importance's shuffles: one seed drawn from `seed`, the same for every column, and each
+    # repeat shuffles the column as the previous repeat left it.
+    state = np.random.RandomState(np.random.RandomState(seed).randint(np.iinfo(np.int32).max + 1))
+    size, shuffle, order = len(x), np.arange(len(x)), np.arange(len(x))
+    orders = []
+    for _ in range(repeats):
+        state.shuffle(shuffle)
+        order = order[shuffle]
+        orders.append(order)
+    base = x.reset_index(drop=True)
+    columns = list(base.columns)
+    blocks = len(columns) * repeats
+    stacked = {}
+    for j, column in enumerate(columns):
+        take = np.tile(np.arange(size), blocks)
+        for r, shuffled in enumerate(orders):
+            block = j * repeats + r
+            take[block * size:(block + 1) * size] = shuffled
+        stacked[column] = base[column].take(take).reset_index(drop=True)
+    scorer = get_scorer(_SCORERS[metric])
     try:
-        found = permutation_importance(model, x, y, scoring=_SCORERS[metric], n_repeats=repeats,
-                                       random_state=seed)
+        every = _Outputs(model, pd.DataFrame(stacked, columns=columns), task)
+        plain = outputs if outputs is not None else _Outputs(model, x, task)
+        baseline = scorer(_replay(plain, task), None, y)
+        shuffled = np.array([scorer(_replay(every.subset(slice(b * size, (b + 1) * size)), task), None, y)
+                             for b in range(blocks)]).reshape(len(columns), repeats)
     except (ValueError, IndexError):  # e.g. one class in the sample: importance is unknown, not an error
         return {}
-    return {str(c): float(v) for c, v in zip(x.columns, found.importances_mean, strict=True)}
+    return {str(c): float(v) for c, v in zip(columns, baseline - shuffled.mean(axis=1), strict=True)}
+
+
+def _replay(outputs: _Outputs, task: str) -> Any:
+    """A fitted-looking estimator that answers with `outputs`: a scikit-learn scorer scores it as the model."""
+    global _REPLAY
+    if _REPLAY is None:
+        from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
+
+        class Classifier(ClassifierMixin, BaseEstimator):
+            def __init__(self, outputs: Any = None) -> None:
+                self.outputs = outputs
+
+            def fit(self, x: Any, y: Any) -> Any:
+                return self
+
+            def predict(self, x: Any) -> np.ndarray:
+                return self.outputs.labels
+
+            def predict_proba(self, x: Any) -> np.ndarray:
+                return self.outputs.proba
+
+        class Regressor(RegressorMixin, BaseEstimator):
+            def __init__(self, outputs: Any = None) -> None:
+                self.outputs = outputs
+
+            def fit(self, x: Any, y: Any) -> Any:
+                return self
+
+            def predict(self, x: Any) -> np.ndarray:
+                return self.outputs.labels
+
+        _REPLAY = {"classification": Classifier, "regression": Regressor}
+    replay = _REPLAY[task](outputs)
+    if task == "classification":
+        replay.classes_ = outputs.classes
+    return replay
+
+
+_REPLAY: dict[str, type] | None = None
 
 
 def evaluate_models(
@@ -253,7 +358,8 @@ def evaluate_models(
         except Exception as exc:  # the figure illustrates; it never decides, so it never fails the evaluation
             run_logger().warning("could not draw the evaluation figure of run %s (%s: %s); the metrics stand",
                                  trained.run_id, type(exc).__name__, exc)
-    importance = feature_importance(challenger_model, x, y, metric=metric, seed=spec.seed)
+    importance = feature_importance(challenger_model, x, y, metric=metric, seed=spec.seed, outputs=challenger_out,
+                                    task=spec.task)
     sample = x.head(20).copy()
     sample["__prediction__"] = challenger_out.labels[:20]
     path = write_atomic(workspace.folder("samples") / f"{trained.run_id}.parquet",
