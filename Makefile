@@ -9,7 +9,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR ?= false
 export GX_ANALYTICS_ENABLED ?= false
 
-.PHONY: install demo demo-server test test-fast lint browser bench bench-quick bench-serve backtest backtest-quick clean
+.PHONY: install demo demo-server test test-fast lint browser bench bench-quick bench-serve bench-scale backtest backtest-quick clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -71,6 +71,11 @@ bench: $(STAMP)
 # The scoring service against `mlflow models serve` on the same model: req/s, p50/p99 at 1, 8, 32 clients.
 bench-serve: $(STAMP)
 	$(PY) bench/serve.py
+
+# The scale curve: every stage's time and peak RSS at 100k, 1M, 5M and 20M rows, each size in a fresh process
+# (about 20 minutes; 20M rows need about 12 GB of memory and 15 GB of disk). Writes bench/README.md's scale table.
+bench-scale: $(STAMP)
+	$(PY) bench/scale.py --sizes 100000,1000000,5000000,20000000 --readme
 
 bench-quick: $(STAMP)
 	$(PY) bench/run.py --sizes 100000
