@@ -260,8 +260,8 @@ def build_feature_set(dataset: DatasetRef, spec: FeatureSpec, *, workspace: Work
     columns = list(dict.fromkeys([*spec.feature_columns, spec.target, *(c for c in (spec.time_column,
                                   spec.slice_column) if c)]))
     check_columns(dataset, spec)
-    frame = plain_dtypes(read_frame(dataset, columns=columns))
-    check_features(frame, spec, dataset=dataset.name)
+    frame, spec_left = _checked_frame(dataset, spec, columns)
+    check_features(frame, spec_left, dataset=dataset.name)
     holdout = holdout_positions(frame, spec)
     if len(holdout) >= len(frame):
         raise FeatureError(f"dataset {dataset.name!r}: {len(frame)} rows are too few to hold any out")
@@ -270,6 +270,30 @@ def build_feature_set(dataset: DatasetRef, spec: FeatureSpec, *, workspace: Work
         np.save(path, holdout)
     return FeatureSet(dataset=dataset, spec=spec, holdout_index_uri=str(path),
                       train_rows=len(frame) - len(holdout), holdout_rows=len(holdout))
+
+
+def _checked_frame(dataset: DatasetRef, spec: FeatureSpec, columns: list[str]) -> tuple[pd.DataFrame, FeatureSpec]:
+    """The columns feature-build needs in pandas, and the spec `check_features` is left to check on them.
+
+    Categorical features held as text stay in Arrow: the one check they need (not entirely empty)
+    is their null count, and turning millions of strings into Python objects is most of the cost.
+    """
+    import pyarrow as pa
+
+    table = read_table(dataset, columns=columns)
+    text = [c for c in spec.categorical if c not in (spec.target, spec.time_column, spec.slice_column)
+            and (pa.types.is_string(kind := table.schema.field(c).type) or pa.types.is_large_string(kind)
+                 or pa.types.is_dictionary(kind))]
+    for column in text:
+        if table.column(column).null_count == table.num_rows:
+            raise FeatureError(
+                f"dataset {dataset.name!r}: column {column!r} is entirely empty (all NaN); fix the source "
+                "or drop it from the feature spec"
+            )
+    frame = plain_dtypes(table.drop_columns(text).to_pandas())
+    categorical = [c for c in spec.categorical if c not in text]
+    # model_copy: the spec was validated already; without its text columns it may list no feature at all.
+    return frame, spec.model_copy(update={"categorical": categorical})
 
 
 def load_split(features: FeatureSet) -> tuple[pd.DataFrame, pd.DataFrame]:
