@@ -1,9 +1,12 @@
 """Fleet: many models -> one drift monitor per model, fanned out on a Dask cluster -> one report per model.
 
+Wide data: columns -> drift statistics per column group, fanned out on a Dask cluster -> one drift report.
+
 Each model's monitor is the `drift-monitor` flow, unchanged, run as one task on a Dask worker:
 the same decisions as running the models one after another, and a retraining it starts holds the
 model's lock (`model_lock`, a Prefect global concurrency limit) wherever it runs. A model that
-fails is reported as failed; the others' reports are kept.
+fails is reported as failed; the others' reports are kept. `drift-check-columns` fans out one
+model's drift statistics by column group and decides once, as `check_drift` does.
 
 Dask is imported only when the flow runs: importing this module stays light.
 """
@@ -20,7 +23,10 @@ from pydantic import BaseModel, Field
 from prefect_mlops.blocks import DataSource, MlflowServer, ModelPolicy, RetrainPolicy
 from prefect_mlops.errors import ConfigError, shorten
 from prefect_mlops.flows.drift_monitor import MonitorReport, drift_monitor
-from prefect_mlops.refs import ModelName, OptionalFloat, OptionalText
+from prefect_mlops.refs import DatasetRef, ModelName, OptionalFloat, OptionalInt, OptionalText
+from prefect_mlops.tasks.drift import DriftReport, drift_report
+from prefect_mlops.tasks.drift_columns import column_groups, drift_statistics_of
+from prefect_mlops.workspace import Workspace
 
 if TYPE_CHECKING:
     from prefect_dask import DaskTaskRunner
@@ -230,4 +236,55 @@ def monitor_models(
     create_markdown_artifact(render_fleet(report), key="fleet", description="Each model's drift monitor")
     logger.info("%d models monitored on %s: %d drifted %s, %d failed %s", len(outcomes), report.cluster,
                 len(report.drifted), report.drifted, len(report.failed), report.failed)
+    return report
+
+
+@flow(name="drift-check-columns", log_prints=True, validate_parameters=True)
+def drift_check_columns(
+    current: DatasetRef,
+    reference: DatasetRef,
+    model_name: ModelName,
+    columns: list[str],
+    columns_per_task: int = 50,
+    address: OptionalText = None,
+    n_workers: int = 2,
+    drift_share: float = 0.5,
+    importance: dict[str, float] | None = None,
+    min_rows: int = 100,
+    alpha: float = 0.05,
+    sample_rows: OptionalInt = None,
+    workspace: OptionalText = None,
+) -> DriftReport:
+    """Drift of wide data: each group of `columns_per_task` columns on a Dask worker, then one decision.
+
+    The report equals `check_drift`'s on the same snapshots (the statistics of column groups, merged,
+    are those of all the columns at once; Holm correction, weights and decision are computed here).
+
+    Args:
+        current: Snapshot of the current window (from ingest).
+        reference: Snapshot the model was trained on (its lineage's dataset).
+        model_name: The model the check is for (names the report).
+        columns: The columns to compare.
+        columns_per_task: Columns per Dask task; each task streams only its own columns.
+        address: Address of a running Dask scheduler; empty: a temporary LocalCluster of `n_workers` processes.
+        n_workers: Worker processes of the temporary LocalCluster (ignored with an address).
+        drift_share: Importance-weighted share of drifted columns at which the data counts as drifted (0-1).
+        importance: Column -> weight (e.g. permutation importance); empty: equal weights.
+        min_rows: Rows a side below which nothing is decided.
+        alpha: Level of the Holm-corrected tests.
+        sample_rows: Statistics on a seeded sample of at most this many rows a side; empty: every row.
+        workspace: Folder for the HTML report, seen by every worker.
+    """
+    groups = column_groups(columns, columns_per_task)
+    with dask_task_runner(address, n_workers) as runner:
+        futures = [runner.submit(drift_statistics_of, {"current": current, "reference": reference, "columns": group,
+                                                       "model_name": model_name, "group": index,
+                                                       "sample_rows": sample_rows})
+                   for index, group in enumerate(groups)]
+        per_column = {column: values for future in futures for column, values in future.result().items()}
+    report = drift_report(per_column, current, reference, model_name=model_name, columns=columns,
+                          drift_share=drift_share, importance=importance, min_rows=min_rows, alpha=alpha,
+                          workspace=Workspace(workspace), sample_rows=sample_rows)
+    get_run_logger().info("drift of %s over %d columns in %d groups: %s", model_name, len(columns), len(groups),
+                          report.reason)
     return report

@@ -1,13 +1,31 @@
-"""The fleet's fan-out on a real 2-worker Dask LocalCluster: same decisions as one after another,
-work on both workers, a failed model reported as failed beside the others' reports."""
+"""The fan-out on real 2-worker Dask LocalClusters: the fleet decides as the models run one after another,
+on both workers, with a failed model reported beside the others; the model lock holds across workers; wide
+data's column groups give the same report as one drift check."""
 
 from __future__ import annotations
 
 import os
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+from prefect import flow, task
 
 from prefect_mlops.demo import period_window
 from prefect_mlops.flows import continuous_training, drift_monitor
-from prefect_mlops.flows.fleet import FleetModel, monitor_models
+from prefect_mlops.flows.fleet import FleetModel, dask_task_runner, drift_check_columns, monitor_models
+from prefect_mlops.tasks.drift import check_drift
+from prefect_mlops.tasks.reconcile import model_lock
+
+
+@pytest.fixture(scope="module")
+def cluster_address():
+    """A running 2-process cluster reached by its address, as a real one would be."""
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=2, processes=True, threads_per_worker=1, dashboard_address=None) as cluster:
+        yield cluster.scheduler_address
 
 
 def decisions(report):
@@ -20,7 +38,7 @@ def decisions(report):
 
 
 def test_fleet_on_two_workers_decides_as_the_sequential_run_and_reports_a_failed_model(
-        churn_source, churn_features, fast_trainer, policy, mlflow_server, workspace):
+        cluster_address, churn_source, churn_features, fast_trainer, policy, mlflow_server, workspace):
     common = {"mlflow_server": mlflow_server, "workspace": str(workspace.root)}
     for name in ("churn-a", "churn-b"):
         first = continuous_training(name, churn_source, churn_features, fast_trainer, policy=policy,
@@ -30,7 +48,7 @@ def test_fleet_on_two_workers_decides_as_the_sequential_run_and_reports_a_failed
              FleetModel(model_name="churn-b", source=churn_source, window=period_window(2)),
              FleetModel(model_name="no-champion", source=churn_source, window=period_window(2))]
 
-    report = monitor_models(fleet, n_workers=2, **common)
+    report = monitor_models(fleet, address=cluster_address, **common)
 
     sequential = {m.model_name: drift_monitor(m.model_name, m.source, window=m.window, **common)
                   for m in fleet[:2]}
@@ -41,7 +59,7 @@ def test_fleet_on_two_workers_decides_as_the_sequential_run_and_reports_a_failed
         assert decisions(outcomes[name].monitor) == decisions(alone)
     assert not outcomes["churn-a"].monitor.drift.detected and outcomes["churn-b"].monitor.drift.detected
     assert report.drifted == ["churn-b"] and report.failed == ["no-champion"]
-    assert report.cluster == "LocalCluster(2 workers)"
+    assert report.cluster == cluster_address
     # The two monitors ran at once, one on each worker process, neither in this process.
     workers = {outcomes[n].worker for n in sequential}
     pids = {outcomes[n].pid for n in sequential}
@@ -49,3 +67,47 @@ def test_fleet_on_two_workers_decides_as_the_sequential_run_and_reports_a_failed
     assert len(pids) == 2 and os.getpid() not in pids
     failed = outcomes["no-champion"]
     assert failed.monitor is None and "DriftCheckError" in failed.error and "no-champion" in failed.error
+
+
+@task
+def hold_the_lock(model_name: str, seconds: float) -> tuple[int, float, float]:
+    with model_lock(model_name, timeout=120):
+        start = time.monotonic()
+        time.sleep(seconds)
+        return os.getpid(), start, time.monotonic()
+
+
+@flow
+def two_holders(address: str) -> list[tuple[int, float, float]]:
+    with dask_task_runner(address) as runner:
+        futures = [runner.submit(hold_the_lock, {"model_name": "fleet-lock", "seconds": 1.0}) for _ in range(2)]
+        return [future.result() for future in futures]
+
+
+def test_the_model_lock_serialises_holders_on_different_workers(cluster_address):
+    (pid_a, _, end_a), (pid_b, start_b, _) = sorted(two_holders(cluster_address), key=lambda h: h[1])
+    assert pid_a != pid_b  # one holder per worker process
+    assert start_b >= end_a  # CLOCK_MONOTONIC is one clock for every process on the machine
+
+
+def test_column_groups_on_a_local_cluster_give_the_report_of_one_drift_check(workspace):
+    rng = np.random.default_rng(7)
+    n, width = 2000, 24
+    reference = pd.DataFrame({f"x{i}": rng.normal(size=n) for i in range(width)} | {"plan": rng.choice(
+        ["a", "b", "c"], n)})
+    current = reference.copy()
+    for i in range(0, width, 3):  # every third column shifts by half a standard deviation
+        current[f"x{i}"] = rng.normal(0.5, 1, n)
+    current["plan"] = rng.choice(["a", "b", "c"], n, p=[0.6, 0.3, 0.1])
+    ref = workspace.write_snapshot(reference, name="wide-ref")
+    cur = workspace.write_snapshot(current, name="wide-cur")
+    columns = list(reference.columns)
+
+    fanned = drift_check_columns(cur, ref, "wide", columns, columns_per_task=5, n_workers=2,
+                                 workspace=str(workspace.root))
+    alone = check_drift(cur, ref, model_name="wide", columns=columns, workspace=workspace)
+
+    assert fanned.decision == alone.decision == "stable"  # 9 of 25 columns, equal weights: below half
+    assert fanned.drifted_columns == alone.drifted_columns == [f"x{i}" for i in range(0, width, 3)] + ["plan"]
+    assert [c.model_dump() for c in fanned.columns] == [c.model_dump() for c in alone.columns]
+    assert fanned.drift_share == alone.drift_share
