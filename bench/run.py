@@ -16,6 +16,11 @@ reports its wall time and peak RSS (`ru_maxrss`; per step, a thread sampling RSS
 - once per run: MLflow's pip-requirements inference, the store's schema creation, Prefect's
   API start-up, the `@task` wrapper overhead per stage, and import times (median of 5).
 
+`--only cycle` runs the cycle alone (the plain script and the flow on the local server,
+interleaved) at the sizes given, and writes `bench/results/<date>-cycle.json` and `.md`:
+
+    python bench/run.py --sizes 100000,1000000 --only cycle
+
 Medians of 3 runs up to 1M rows, 1 run above; a quick run (no size above 100k, `make
 bench-quick`, about 3 minutes) runs each configuration once. `--repeat` overrides both.
 Results go to `bench/results/<date>.json`; the markdown tables are printed and written
@@ -56,6 +61,7 @@ SAMPLE_ROWS = 100_000  # the drift check's sampled variant
 WRAPPER_ROWS = 10_000  # the wrapper overhead does not depend on the data: measure it on little data
 LIBRARIES = ["prefect", "mlflow", "great-expectations", "evidently", "scikit-learn", "pandas", "pyarrow",
              "numpy", "scipy", "fastapi", "sqlalchemy"]
+CYCLE_TARGETS = {100_000: 1.25, 1_000_000: 1.10}  # flow (local server) / plain script, by rows
 TARGETS = {"cycle_vs_plain": 1.10, "validation_vs_floor": 3.0, "drift_vs_floor": 3.0, "rss_vs_plain": 1.2,
            "import_vs_prefect": 1.2, "wrapper_seconds": 0.050}
 
@@ -222,6 +228,91 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
     results["seconds"] = time.perf_counter() - started
     results["targets"] = targets(results)
     return results
+
+
+def bench_cycle(args: argparse.Namespace) -> dict[str, Any]:
+    """The cycle alone: the plain script and the flow on a local server, interleaved, at each size."""
+    sizes = [int(s) for s in args.sizes.split(",")]
+    started = time.perf_counter()
+    results: dict[str, Any] = {"date": dt.date.today().isoformat(), "machine": machine(), "only": "cycle",
+                               "sizes": {}, "settings": {"sizes": sizes, "repeat": args.repeat}}
+    tmp = Path(tempfile.mkdtemp(prefix="prefect-mlops-bench-"))
+    runner = Runner(tmp, verbose=not args.quiet)
+    server = PrefectServer(tmp).start()
+    try:
+        for rows in sizes:
+            data.ensure(rows)
+            data.ensure_suite(rows)
+        store = tmp / "mlflow-template.db"
+        runner.run("store", {"path": str(store)})
+        runner.env["BENCH_MLFLOW_TEMPLATE"] = str(store)
+        server.wait()
+        runner.server_pgid = server.proc.pid
+        for rows in sizes:
+            repeat = args.repeat or (1 if rows > 1_000_000 else 3)
+            print(f"{rows:,} rows: {repeat} run(s) of the plain script and the flow", flush=True)
+            out: dict[str, Any] = {"rows": rows, "arrow_bytes": arrow_bytes(rows), "repeat": repeat,
+                                   "cycle": {"plain": [], "flow_server": []}}
+            for _ in range(repeat):  # interleaved: a busy spell on the shared machine hits both alike
+                out["cycle"]["plain"].append(runner.run("plain", {"rows": rows}))
+                out["cycle"]["flow_server"].append(runner.run("flow", {"rows": rows}, api_url=server.url))
+            results["sizes"][str(rows)] = out
+    finally:
+        server.stop()
+        if not args.keep:
+            shutil.rmtree(tmp, ignore_errors=True)
+    results["machine"]["load_average_end"] = os.getloadavg()
+    results["seconds"] = time.perf_counter() - started
+    results["targets"] = cycle_targets(results)
+    return results
+
+
+def cycle_summary(results: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for key, size in results["sizes"].items():
+        s: dict[str, Any] = {"rows": size["rows"], "repeat": size["repeat"], "arrow_bytes": size["arrow_bytes"]}
+        for name, runs in size["cycle"].items():
+            s[name] = {"seconds": median([r["cycle_seconds"] for r in runs]),
+                       "peak_rss": median([r["peak_rss"] for r in runs]),
+                       "fit_seconds": median([r.get("fit_seconds", float("nan")) for r in runs]),
+                       "rest_seconds": median([r["cycle_seconds"] - r.get("fit_seconds", float("nan"))
+                                               for r in runs]),
+                       "all_seconds": [r["cycle_seconds"] for r in runs]}
+        out[key] = s
+    return out
+
+
+def cycle_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = []
+    for key, s in cycle_summary(results).items():
+        limit = CYCLE_TARGETS.get(int(key))
+        ratio = s["flow_server"]["seconds"] / s["plain"]["seconds"]
+        rows.append({"target": "CT cycle / plain script (local server)", "where": f"{int(key):,} rows",
+                     "value": ratio, "equalised": equalised(s["flow_server"], s["plain"]), "limit": limit,
+                     "holds": None if limit is None else bool(ratio <= limit)})
+    return rows
+
+
+def cycle_markdown(results: dict[str, Any]) -> str:
+    m = results["machine"]
+    lines = [f"### The CT cycle against the plain script ({results['date']}, `bench/run.py --only cycle`)", "",
+             f"Machine: {m['cores']} cores ({m['cpu']}), Python {m['python']}, OMP_NUM_THREADS=1; load average "
+             f"{m['load_average_start'][0]:.1f} at the start, {m['load_average_end'][0]:.1f} at the end. Each run "
+             "in a fresh process, the plain script and the flow (local Prefect server) interleaved; medians. "
+             "Cycle times exclude imports and Prefect's start-up.", "",
+             "| rows | runs | flow / plain | same, training time equalised | limit | holds | plain script | "
+             "flow | all but training: plain, flow | peak RSS plain, flow |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    targets_ = {t["where"]: t for t in results["targets"]}
+    for key, s in cycle_summary(results).items():
+        plain, flow = s["plain"], s["flow_server"]
+        t = targets_[f"{int(key):,} rows"]
+        holds = "-" if t["holds"] is None else ("yes" if t["holds"] else "**no**")
+        limit = "-" if t["limit"] is None else x(t["limit"])
+        lines.append(f"| {int(key):,} | {s['repeat']} | {x(t['value'])} | {x(t['equalised'])} | {limit} | {holds} | "
+                     f"{s_(plain['seconds'])} | {s_(flow['seconds'])} | {s_(plain['rest_seconds'])}, "
+                     f"{s_(flow['rest_seconds'])} | {mb(plain['peak_rss'])}, {mb(flow['peak_rss'])} |")
+    return "\n".join(lines) + "\n"
 
 
 def one_size(runner: Runner, api_url: str, rows: int, repeat: int, *, first: bool,
@@ -556,8 +647,21 @@ def main(argv: list[str] | None = None) -> int:
                         help="file with the bench markers (default: bench/README.md, except for a quick run)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (workspaces, logs)")
     parser.add_argument("--quiet", action="store_true", help="do not print each child's wall time")
+    parser.add_argument("--only", choices=["cycle"], default=None,
+                        help="cycle: only the plain script and the flow on a local server, to <date>-cycle.json/.md")
     args = parser.parse_args(argv)
     os.environ["OMP_NUM_THREADS"] = "1"
+    if args.only == "cycle":
+        results = bench_cycle(args)
+        folder = Path(args.results)
+        folder.mkdir(parents=True, exist_ok=True)
+        stem = f"{results['date']}-cycle"
+        (folder / f"{stem}.json").write_text(json.dumps(results, indent=1, default=str))
+        table = cycle_markdown(results)
+        (folder / f"{stem}.md").write_text(table)
+        print("\n" + table)
+        print(f"results: {folder / (stem + '.json')}, {folder / (stem + '.md')}; bench took {results['seconds']:.0f} s")
+        return 0
     results = bench(args)
     folder = Path(args.results)
     folder.mkdir(parents=True, exist_ok=True)
