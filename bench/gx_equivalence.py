@@ -3,7 +3,9 @@
 For a set of frames (clean, and broken in the ways the learned suite catches) and suites
 (learned, hand-edited, with expectations that only GX runs), compare
 `run_suite_on_table(table)` with `run_suite(frame)` (every expectation in GX): the rows,
-their order, and for every pushed-down expectation GX's whole result dict.
+their order, and for every pushed-down expectation GX's whole result dict; and the same for the
+streamed push-down (`run_suite_on_batches`) over batches of 700 rows, so that a column's nulls,
+unexpected values and extremes fall in different batches.
 
     python bench/gx_equivalence.py          # exits 1 on the first difference
 """
@@ -119,7 +121,7 @@ def check() -> list[str]:
     from prefect_mlops.tasks import _gx_arrow as engine
     from prefect_mlops.tasks import validate as v
 
-    problems, pushed_count, cases = [], 0, 0
+    problems, pushed_count, cases, streamed_count = [], 0, 0, 0
     base = reference()
     folder = Path(tempfile.mkdtemp(prefix="gx-equivalence-"))
     for suite_name, suite in suites(base).items():
@@ -143,6 +145,16 @@ def check() -> list[str]:
                 continue
             # The result dicts of the pushed-down expectations, against GX's for the same expectation.
             gx_results = engine.gx_validate(read_back, suite)
+            streamed, by_gx = engine.run_suite_on_batches(table.to_batches(max_chunksize=700), suite,
+                                                          load_frame=lambda p=path: pd.read_parquet(p))
+            streamed_count += len(streamed) - len(by_gx)
+            if len(streamed) != len(gx_results) or any(
+                    m.success != t.success or m.expectation_config.type != t.expectation_config.type
+                    or not same(_plain(m.result), _plain(t.result))
+                    for m, t in zip(streamed, gx_results, strict=False)):
+                diff = [(m.expectation_config.type, m.result, t.result) for m, t in
+                        zip(streamed, gx_results, strict=False) if not same(_plain(m.result), _plain(t.result))][:2]
+                problems.append(f"{suite_name}/{case}: streamed results differ from GX's: {diff}")
             facts = engine._ArrowFacts(table)
             by_config = {}
             for result in gx_results:
@@ -162,7 +174,8 @@ def check() -> list[str]:
                         _plain(mine.result), _plain(theirs.result)):
                     problems.append(f"{suite_name}/{case}: {key}: pushed-down {mine.success} {mine.result} vs "
                                     f"GX {theirs and theirs.success} {theirs and theirs.result}")
-    print(f"{cases} suite x data cases, {pushed_count} pushed-down results compared with GX's: "
+    print(f"{cases} suite x data cases, {pushed_count} pushed-down and {streamed_count} streamed pushed-down "
+          "results compared with GX's: "
           f"{'all equal' if not problems else f'{len(problems)} differences'}")
     return problems
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from prefect_mlops.errors import ConfigError
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterable
 
     import pandas as pd
     import pyarrow as pa
@@ -73,34 +73,62 @@ def run_suite_on_table(
     `table.to_pandas()`), which is only built when some expectation needs it.
     """
     expectations = suite_expectations(suite_json)
-    frame: pd.DataFrame | None = None
-
-    def pandas_frame() -> pd.DataFrame:
-        nonlocal frame
-        if frame is None:
-            frame = load_frame() if load_frame is not None else table.to_pandas()
-        return frame
-
     try:
         facts = _ArrowFacts(table)
         pushed = {i: _pushed_down(e, facts) for i, e in enumerate(expectations)}
     except Exception:  # anything unforeseen in the fast path: GX does it all, as before
         pushed = {}
+    return _assemble(expectations, suite_json, pushed,
+                     load_frame if load_frame is not None else table.to_pandas)[0]
+
+
+def run_suite_on_batches(
+    batches: Iterable[pa.RecordBatch],
+    suite_json: dict[str, Any],
+    *,
+    load_frame: Callable[[], pd.DataFrame],
+) -> tuple[list[Any], set[int]]:
+    """GX's results of a suite on a stream of record batches, and the positions of those GX computed itself.
+
+    The push-down metrics (row and null counts, unexpected counts, the first unexpected values
+    and their row numbers, a timestamp column's min and max) are summed, concatenated or reduced
+    batch by batch, so memory does not grow with the rows, and GX's expectation classes judge the
+    totals: the same results as `run_suite_on_table` on the whole table. Expectations that cannot be
+    pushed down (or whose column turns out, once every batch is seen, to be of a kind not handled
+    here) run in GX on `load_frame()`, built only when one needs it.
+    """
+    expectations = suite_expectations(suite_json)
+    streamed = _Streamed(expectations)
+    try:
+        for batch in batches:
+            streamed.add(batch)
+        pushed = streamed.finish()
+    except Exception:  # anything unforeseen in the fast path: GX does it all, as before
+        pushed = {}
+    return _assemble(expectations, suite_json, pushed, load_frame)
+
+
+def _assemble(expectations: list[Any], suite_json: dict[str, Any], pushed: dict[int, Any],
+              load_frame: Callable[[], pd.DataFrame]) -> tuple[list[Any], set[int]]:
+    """The pushed-down results and GX's for the rest, in GX's order; and the positions GX computed."""
     rest = [i for i in range(len(expectations)) if pushed.get(i) is None]
     if not rest:
         by_index = pushed
     else:
+        frame = load_frame()
         rest_json = {**suite_json, "expectations": [suite_json["expectations"][i] for i in rest]}
-        rest_results = gx_validate(pandas_frame(), rest_json)
+        rest_results = gx_validate(frame, rest_json)
         order = _gx_order(expectations, rest)
         if len(rest_results) != len(rest) or any(_raised(r) for r in rest_results) or any(
                 r.expectation_config.type != expectations[i].configuration.type
                 or r.expectation_config.kwargs.get("column") != expectations[i].configuration.kwargs.get("column")
                 for i, r in zip(order, rest_results, strict=True)):
             # GX lists errors first: let it validate and order the whole suite.
-            return gx_validate(pandas_frame(), suite_json)
+            results = gx_validate(frame, suite_json)
+            return results, set(range(len(results)))
         by_index = {**pushed, **dict(zip(order, rest_results, strict=True))}
-    return [by_index[i] for i in _gx_order(expectations, range(len(expectations)))]
+    ordered = _gx_order(expectations, range(len(expectations)))
+    return [by_index[i] for i in ordered], {n for n, i in enumerate(ordered) if i in rest}
 
 
 def _gx_order(expectations: list[Any], indices: Any) -> list[int]:
@@ -134,49 +162,70 @@ _PUSHABLE: dict[str, set[str]] = {
 _PARTIAL = 20  # GX's partial_unexpected_count in the SUMMARY result format
 
 
+def _pandas_dtypes(schema: pa.Schema) -> dict[str, Any] | None:
+    """The dtypes `read_frame` gives, from pandas' own mapping of the schema; None when not handled here.
+
+    The columns whose nulls change the dtype (integers become floats, booleans objects) are
+    corrected by `_kind` once the nulls are counted.
+    """
+    import pandas as pd
+
+    names = list(schema.names)
+    empty = schema.empty_table().to_pandas()
+    if len(set(names)) != len(names) or list(empty.columns) != names or pd.get_option("future.infer_string"):
+        return None
+    return dict(empty.dtypes.items())
+
+
+def _kind(arrow_type: Any, dtype: Any, nulls: int) -> str | None:
+    """'float', 'int', 'string', 'bool' or 'datetime' for the types handled here; None otherwise."""
+    import numpy as np
+    import pyarrow as pa
+
+    if pa.types.is_float64(arrow_type) and dtype == np.float64:
+        return "float"
+    if pa.types.is_int64(arrow_type) and dtype == np.int64:
+        return "float" if nulls else "int"
+    if (pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type)) and isinstance(dtype, np.dtype) \
+            and dtype.kind == "O":
+        return "string"
+    if pa.types.is_boolean(arrow_type) and dtype == np.bool_ and not nulls:
+        return "bool"
+    if pa.types.is_timestamp(arrow_type) and arrow_type.tz is None and str(dtype).startswith("datetime64["):
+        return "datetime"
+    return None
+
+
+def _final_dtype(kind: str | None, dtype: Any) -> Any:
+    import numpy as np
+
+    return np.dtype("float64") if kind == "float" else dtype
+
+
 class _ArrowFacts:
-    """What GX's pandas metrics would see of each column, computed from the Arrow table once."""
+    """What GX's pandas metrics would see of each column, computed from the Arrow table once.
 
-    def __init__(self, table: pa.Table) -> None:
-        import pandas as pd
+    `offset`: the table's first row in the data (a record batch of a stream), added to the row
+    numbers; `dtypes`: the data's pandas dtypes, when already known.
+    """
 
+    def __init__(self, table: pa.Table, *, offset: int = 0, dtypes: dict[str, Any] | None = None) -> None:
         self.table = table
         self.rows = table.num_rows
+        self.offset = offset
         self.columns = list(table.column_names)
-        # The dtypes `read_frame` gives: pandas' own mapping of the schema, then the columns whose
-        # nulls change the dtype (integers become floats, booleans objects).
-        empty = table.schema.empty_table().to_pandas()
-        self.supported = (len(set(self.columns)) == len(self.columns) and list(empty.columns) == self.columns
-                          and not pd.get_option("future.infer_string"))
-        self._dtypes = dict(empty.dtypes.items()) if self.supported else {}
+        self._dtypes = dtypes if dtypes is not None else (_pandas_dtypes(table.schema) or {})
+        self.supported = bool(self._dtypes) or not self.columns
         self._missing: dict[str, Any] = {}
 
     def kind(self, column: str) -> str | None:
         """'float', 'int', 'string', 'bool' or 'datetime' for the types handled here; None otherwise."""
-        import numpy as np
-        import pyarrow as pa
-
         if not self.supported or column not in self._dtypes:
             return None
-        kind, dtype = self.table.schema.field(column).type, self._dtypes[column]
-        nulls = self.table.column(column).null_count
-        if pa.types.is_float64(kind) and dtype == np.float64:
-            return "float"
-        if pa.types.is_int64(kind) and dtype == np.int64:
-            return "float" if nulls else "int"
-        if (pa.types.is_string(kind) or pa.types.is_large_string(kind)) and isinstance(dtype, np.dtype) \
-                and dtype.kind == "O":
-            return "string"
-        if pa.types.is_boolean(kind) and dtype == np.bool_ and not nulls:
-            return "bool"
-        if pa.types.is_timestamp(kind) and kind.tz is None and str(dtype).startswith("datetime64["):
-            return "datetime"
-        return None
+        return _kind(self.table.schema.field(column).type, self._dtypes[column], self.table.column(column).null_count)
 
     def dtype(self, column: str) -> Any:
-        import numpy as np
-
-        return np.dtype("float64") if self.kind(column) == "float" else self._dtypes[column]
+        return _final_dtype(self.kind(column), self._dtypes[column])
 
     def missing(self, column: str) -> Any:
         """Boolean mask of the values pandas reads as missing (null, and NaN in float columns)."""
@@ -194,31 +243,143 @@ class _ArrowFacts:
             return self.table.column(column).null_count
         return int(pc.sum(self.missing(column)).as_py() or 0)
 
-    def first(self, column: str, mask: Any) -> tuple[list[Any], list[int]]:
-        """The first unexpected values, boxed as iterating the pandas column boxes them, and their rows."""
+    def first(self, column: str, mask: Any) -> tuple[Any, list[int]]:
+        """The first unexpected values (Arrow; `_boxed` boxes them as pandas would) and their row numbers."""
         import pyarrow as pa
         import pyarrow.compute as pc
 
         positions = pc.indices_nonzero(mask.combine_chunks() if isinstance(mask, pa.ChunkedArray) else mask)
         positions = positions.slice(0, _PARTIAL)
-        values = self.table.column(column).take(positions).to_pandas()
-        if values.dtype != self.dtype(column):
-            values = values.astype(self.dtype(column))
-        return list(values), [int(p) for p in positions.to_pylist()]
+        values = self.table.column(column).take(positions)
+        values = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+        return values, [self.offset + int(p) for p in positions.to_pylist()]
+
+
+def _boxed(metrics: dict[str, Any], dtype: Any) -> dict[str, Any]:
+    """The metrics as GX's pandas engine gives them: unexpected values boxed as iterating the pandas
+    column (of `dtype`) boxes them, a timestamp's min or max as a pandas `Timestamp` (or NaT)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    out = dict(metrics)
+    for key, value in metrics.items():
+        if key.endswith(".unexpected_values") and isinstance(value, pa.Array):
+            values = value.to_pandas()
+            if values.dtype != dtype:
+                values = values.astype(dtype)
+            out[key] = list(values)
+        elif key in ("column.min", "column.max") and isinstance(value, pa.Array):
+            extreme = pc.min_max(value)["min" if key == "column.min" else "max"]
+            out[key] = pa.array([extreme], type=value.type).to_pandas().iloc[0]  # keeps nanoseconds; null: NaT
+    return out
+
+
+def _merge(total: dict[str, Any] | None, part: dict[str, Any]) -> dict[str, Any]:
+    """Two batches' metrics of one expectation as one: counts add, the first unexpected values and
+    rows concatenate (the first `_PARTIAL` kept), a min or max keeps each batch's for the end."""
+    import pyarrow as pa
+
+    if total is None:
+        return dict(part)
+    out = dict(total)
+    for key, value in part.items():
+        if key == "table.row_count" or key.endswith(".unexpected_count"):
+            out[key] = total[key] + value
+        elif key.endswith(".unexpected_values"):
+            out[key] = pa.concat_arrays([total[key], value]).slice(0, _PARTIAL) if len(total[key]) < _PARTIAL \
+                else total[key]
+        elif key.endswith(".unexpected_index_list"):
+            out[key] = (total[key] + value)[:_PARTIAL]
+        elif key in ("column.min", "column.max"):
+            out[key] = pa.concat_arrays([total[key], value])
+    return out
+
+
+class _Streamed:
+    """The push-down metrics of a suite's expectations, merged over the record batches of a stream."""
+
+    def __init__(self, expectations: list[Any]) -> None:
+        self.expectations = expectations
+        self.metrics: dict[int, dict[str, Any] | None] = {}
+        self.dtypes: dict[str, Any] | None = None
+        self.schema: Any = None
+        self.nulls: dict[str, int] = {}
+        self.rows = 0
+
+    def add(self, batch: pa.RecordBatch) -> None:
+        import pyarrow as pa
+
+        if self.schema is None:
+            self.schema, self.dtypes = batch.schema, _pandas_dtypes(batch.schema) or {}
+        facts = _ArrowFacts(pa.Table.from_batches([batch]), offset=self.rows, dtypes=self.dtypes)
+        for column in facts.columns:
+            self.nulls[column] = self.nulls.get(column, 0) + batch.column(column).null_count
+        for i, expectation in enumerate(self.expectations):
+            if i in self.metrics and self.metrics[i] is None:
+                continue  # GX computes it
+            part = _metrics(expectation, facts)
+            self.metrics[i] = None if part is None else _merge(self.metrics.get(i), part)
+        self.rows += batch.num_rows
+
+    def finish(self) -> dict[int, Any]:
+        """GX's results for the expectations pushed down in every batch (None for the others)."""
+        if self.schema is None:
+            return {}  # no batch: GX sees the (empty) frame itself
+        out: dict[int, Any] = {}
+        for i, metrics in self.metrics.items():
+            if metrics is None:
+                continue
+            expectation = self.expectations[i]
+            column = expectation.configuration.kwargs.get("column")
+            metrics = {k: v for k, v in metrics.items() if k != _ENGINE}
+            dtype = None
+            if isinstance(column, str) and column in self.schema.names \
+                    and expectation.configuration.type != "expect_column_to_exist":
+                kind = _kind(self.schema.field(column).type, self.dtypes.get(column), self.nulls[column]) \
+                    if self.dtypes else None
+                if kind is None:
+                    continue  # e.g. booleans that have nulls in some batch: GX judges the column
+                dtype = _final_dtype(kind, self.dtypes[column])
+                if "table.column_types" in metrics:
+                    metrics["table.column_types"] = [{"name": column, "type": dtype}]
+            out[i] = _judge(expectation, _boxed(metrics, dtype), engine=_engine(self.metrics[i]))
+        return out
+
+
+_ENGINE = "_engine"  # a metrics key saying GX's pandas engine must judge (type checks read its dtypes)
+
+
+def _engine(metrics: dict[str, Any] | None) -> Any:
+    if not metrics or not metrics.get(_ENGINE):
+        return None
+    from great_expectations.execution_engine import PandasExecutionEngine
+
+    return PandasExecutionEngine()
 
 
 def _pushed_down(expectation: Any, facts: _ArrowFacts) -> Any:
     """GX's result for one expectation from Arrow metrics, or None when GX must compute it itself."""
+    metrics = _metrics(expectation, facts)
+    if metrics is None:
+        return None
+    column = expectation.configuration.kwargs.get("column")
+    dtype = facts.dtype(column) if isinstance(column, str) and facts.kind(column) else None
+    return _judge(expectation, _boxed({k: v for k, v in metrics.items() if k != _ENGINE}, dtype),
+                  engine=_engine(metrics))
+
+
+def _metrics(expectation: Any, facts: _ArrowFacts) -> dict[str, Any] | None:
+    """The metrics GX needs to judge one expectation, from Arrow, or None when GX must compute it itself."""
     config = expectation.configuration
     kwargs, kind = dict(config.kwargs), config.type
     allowed = _PUSHABLE.get(kind)
     if allowed is None or set(kwargs) - allowed or any(isinstance(v, dict) for v in kwargs.values()):
         return None  # another expectation type, suite parameters, row conditions, result formats...
     if kind == "expect_table_row_count_to_be_between":
-        return _judge(expectation, {"table.row_count": facts.rows})
+        return {"table.row_count": facts.rows}
     column = kwargs.get("column")
     if kind == "expect_column_to_exist":
-        return _judge(expectation, {"table.columns": facts.columns}) if isinstance(column, str) else None
+        return {"table.columns": facts.columns} if isinstance(column, str) else None
     column_kind = facts.kind(column) if isinstance(column, str) else None
     if column_kind is None:
         return None
@@ -228,20 +389,18 @@ def _pushed_down(expectation: Any, facts: _ArrowFacts) -> Any:
 def _not_null(expectation: Any, facts: _ArrowFacts, column: str, _kind: str, _kwargs: dict[str, Any]) -> Any:
     missing = facts.missing(column)
     count = facts.missing_count(column)
-    values, rows = facts.first(column, missing) if count else ([], [])
-    return _judge(expectation, {"table.row_count": facts.rows, **_map("column_values.nonnull", count, values, rows)})
+    values, rows = facts.first(column, missing) if count else (_none(facts, column), [])
+    return {"table.row_count": facts.rows, **_map("column_values.nonnull", count, values, rows)}
 
 
 def _type_list(expectation: Any, facts: _ArrowFacts, column: str, kind: str, kwargs: dict[str, Any]) -> Any:
-    from great_expectations.execution_engine import PandasExecutionEngine
-
-    metrics = {"table.column_types": [{"name": column, "type": facts.dtype(column)}]}
+    metrics: dict[str, Any] = {"table.column_types": [{"name": column, "type": facts.dtype(column)}], _ENGINE: True}
     if kind == "string":  # object dtype: GX checks each value's Python type
         types = kwargs.get("type_list")
         if not isinstance(types, list) or not any(str(t).lower() in ("str", "string_types") for t in types):
             return None  # the values are all str: other type lists need GX's own per-value check
         metrics.update(_column_map(facts, column, "column_values.in_type_list", None))
-    return _judge(expectation, metrics, engine=PandasExecutionEngine())
+    return metrics
 
 
 def _outside(values: Any, kwargs: dict[str, Any], *, kinds: type | tuple[type, ...]) -> Any:
@@ -267,7 +426,7 @@ def _between(expectation: Any, facts: _ArrowFacts, column: str, kind: str, kwarg
     outside = _outside(facts.table.column(column), kwargs, kinds=(int, float))
     if outside is None:
         return None
-    return _judge(expectation, _column_map(facts, column, "column_values.between", outside))
+    return _column_map(facts, column, "column_values.between", outside)
 
 
 def _lengths(expectation: Any, facts: _ArrowFacts, column: str, kind: str, kwargs: dict[str, Any]) -> Any:
@@ -278,7 +437,7 @@ def _lengths(expectation: Any, facts: _ArrowFacts, column: str, kind: str, kwarg
     outside = _outside(pc.utf8_length(facts.table.column(column)), kwargs, kinds=int)
     if outside is None:
         return None
-    return _judge(expectation, _column_map(facts, column, "column_values.value_length.between", outside))
+    return _column_map(facts, column, "column_values.value_length.between", outside)
 
 
 def _in_set(expectation: Any, facts: _ArrowFacts, column: str, kind: str, kwargs: dict[str, Any]) -> Any:
@@ -292,7 +451,7 @@ def _in_set(expectation: Any, facts: _ArrowFacts, column: str, kind: str, kwargs
         return None
     values = facts.table.column(column)
     inside = pc.is_in(values, value_set=pa.array(value_set, type=values.type))
-    return _judge(expectation, _column_map(facts, column, "column_values.in_set", pc.invert(inside)))
+    return _column_map(facts, column, "column_values.in_set", pc.invert(inside))
 
 
 def _extreme(expectation: Any, facts: _ArrowFacts, column: str, kind: str, kwargs: dict[str, Any]) -> Any:
@@ -307,8 +466,7 @@ def _extreme(expectation: Any, facts: _ArrowFacts, column: str, kind: str, kwarg
     metric = "column.min" if expectation.configuration.type == "expect_column_min_to_be_between" else "column.max"
     values = facts.table.column(column)
     extreme = pc.min_max(values)["min" if metric == "column.min" else "max"]
-    value = pa.array([extreme], type=values.type).to_pandas().iloc[0]  # keeps nanoseconds; null gives NaT
-    return _judge(expectation, {metric: value})
+    return {metric: pa.array([extreme], type=values.type)}  # `_boxed` makes it GX's Timestamp
 
 
 _COLUMN_RULES: dict[str, Callable[..., Any]] = {
@@ -327,14 +485,21 @@ def _column_map(facts: _ArrowFacts, column: str, metric: str, unexpected: Any) -
     import pyarrow.compute as pc
 
     if unexpected is None:  # nothing unexpected among the non-null values
-        count, values, rows = 0, [], []
+        count, values, rows = 0, _none(facts, column), []
     else:
         # Nulls compare as null and NaN as False; either way a missing value is not judged.
         unexpected = pc.and_kleene(pc.fill_null(unexpected, False), pc.invert(facts.missing(column)))
         count = int(pc.sum(unexpected).as_py() or 0)
-        values, rows = facts.first(column, unexpected) if count else ([], [])
+        values, rows = facts.first(column, unexpected) if count else (_none(facts, column), [])
     return {"table.row_count": facts.rows, "column_values.nonnull.unexpected_count": facts.missing_count(column),
             **_map(metric, count, values, rows)}
+
+
+def _none(facts: _ArrowFacts, column: str) -> Any:
+    """No values, typed like the column (so batches' values concatenate)."""
+    import pyarrow as pa
+
+    return pa.array([], type=facts.table.schema.field(column).type)
 
 
 def _map(metric: str, count: int, values: list[Any], rows: list[int]) -> dict[str, Any]:

@@ -38,7 +38,7 @@ from prefect_mlops.errors import ConfigError, DataValidationError
 from prefect_mlops.log import run_logger
 from prefect_mlops.refs import DatasetRef, artifact_key
 from prefect_mlops.tasks import _gx_arrow
-from prefect_mlops.workspace import Workspace, read_frame, read_table, write_atomic
+from prefect_mlops.workspace import Workspace, iter_batches, read_frame, write_atomic
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -55,6 +55,12 @@ LENGTH_FACTOR, MIN_MAX_LENGTH = 10, 1000
 FUTURE_YEARS = 10
 """A timestamp may lie this many years past the later of the reference's last year and this year."""
 _INT64 = (-(2**63), 2**63 - 1)
+GX_FRAME_ROWS = 250_000
+"""Expectations the push-down cannot compute run in GX on a pandas frame: the whole data up to this many rows,
+above it a seeded uniform sample of this many rows (their outcomes say `sample_rows`). A sample, not batch by batch:
+GX's other expectations include aggregates (means, quantiles, uniqueness) whose results do not merge across
+batches, and a frame of 250k rows keeps GX's copies of it well under a gigabyte for any column count we ship."""
+SAMPLE_SEED = 0
 _WARM_LOCK = threading.Lock()
 _warm_thread: threading.Thread | None = None
 
@@ -106,6 +112,9 @@ class ExpectationOutcome(BaseModel):
     observed: str = Field(description="What was seen, in words.")
     passed: bool
     role: Role = Field(default="contract", description="contract: a failure blocks; profile: reported only.")
+    sample_rows: int | None = Field(
+        default=None, description="GX ran this expectation on a seeded uniform sample of this many rows (the data "
+                                  "had more than GX_FRAME_ROWS and it could not be pushed down); None: every row.")
 
 
 class ValidationReport(BaseModel):
@@ -266,7 +275,7 @@ def validate_dataset(
         suite_json = learn_suite(read_frame(learn_from), name=dataset.name)
         _write_json(path, suite_json)
     if engine == "arrow":
-        outcomes = run_suite_on_table(read_table(dataset), suite_json, load_frame=lambda: read_frame(dataset))
+        outcomes = run_suite_streamed(dataset, suite_json)
     else:
         outcomes = run_suite(read_frame(dataset), suite_json)
     report = ValidationReport(
@@ -296,6 +305,47 @@ def run_suite_on_table(
     `table.to_pandas()`), which is only built when some expectation needs it.
     """
     return [_outcome(r) for r in _gx_arrow.run_suite_on_table(table, suite_json, load_frame=load_frame)]
+
+
+def run_suite_streamed(dataset: DatasetRef, suite_json: dict[str, Any]) -> list[ExpectationOutcome]:
+    """Run a suite on a snapshot streamed in record batches: GX's table, in memory that does not grow with the rows.
+
+    The push-down expectations are aggregated over the batches (`_gx_arrow.run_suite_on_batches`);
+    the rest run in GX on the whole frame up to `GX_FRAME_ROWS` rows, on a seeded sample of that
+    many rows above it (those outcomes carry `sample_rows`).
+    """
+    frame_rows: list[int | None] = [None]
+
+    def load_frame() -> pd.DataFrame:
+        frame, frame_rows[0] = gx_frame(dataset)
+        return frame
+
+    results, by_gx = _gx_arrow.run_suite_on_batches(iter_batches(dataset), suite_json, load_frame=load_frame)
+    outcomes = [_outcome(r) for r in results]
+    if frame_rows[0] is not None:
+        outcomes = [o.model_copy(update={"sample_rows": frame_rows[0]}) if n in by_gx else o
+                    for n, o in enumerate(outcomes)]
+    return outcomes
+
+
+def gx_frame(dataset: DatasetRef, limit: int = GX_FRAME_ROWS) -> tuple[pd.DataFrame, int | None]:
+    """The pandas frame GX runs on: every row up to `limit` rows, else a seeded uniform sample of `limit` rows
+    (drawn while streaming; its index keeps the rows' numbers in the data). Returns it and the sample's size,
+    None when it is every row."""
+    if dataset.rows <= limit:
+        return read_frame(dataset), None
+    import numpy as np
+    import pyarrow as pa
+
+    picked = np.sort(np.random.default_rng(SAMPLE_SEED).choice(dataset.rows, size=limit, replace=False))
+    batches, offset = [], 0
+    for batch in iter_batches(dataset):
+        low, high = np.searchsorted(picked, [offset, offset + batch.num_rows])
+        batches.append(batch.take(picked[low:high] - offset))
+        offset += batch.num_rows
+    frame = pa.Table.from_batches(batches).to_pandas()
+    frame.index = picked[:len(frame)]
+    return frame, len(frame)
 
 
 def evolve_suite(
