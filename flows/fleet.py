@@ -23,7 +23,7 @@ from pydantic import BaseModel, Field
 from prefect_mlops.blocks import DataSource, MlflowServer, ModelPolicy, RetrainPolicy
 from prefect_mlops.errors import ConfigError, shorten
 from prefect_mlops.flows.drift_monitor import MonitorReport, drift_monitor
-from prefect_mlops.refs import DatasetRef, ModelName, OptionalFloat, OptionalInt, OptionalText
+from prefect_mlops.refs import DatasetRef, ModelName, OptionalFloat, OptionalInt, OptionalObject, OptionalText
 from prefect_mlops.tasks.drift import DriftReport, drift_report
 from prefect_mlops.tasks.drift_columns import column_groups, drift_statistics_of
 from prefect_mlops.workspace import Workspace
@@ -48,8 +48,8 @@ class FleetModel(BaseModel):
         ```
     """
 
-    model_name: ModelName
-    source: DataSource
+    model_name: ModelName = Field(description="Registered model whose champion is watched.")
+    source: DataSource = Field(description="Where this model's current data comes from.")
     window: OptionalText = Field(default=None, description="ISO-8601 'start/end' or 'latest'; empty: the fleet's.")
 
 
@@ -249,7 +249,7 @@ def drift_check_columns(
     address: OptionalText = None,
     n_workers: int = 2,
     drift_share: float = 0.5,
-    importance: dict[str, float] | None = None,
+    importance: OptionalObject = None,
     min_rows: int = 100,
     alpha: float = 0.05,
     sample_rows: OptionalInt = None,

@@ -111,3 +111,16 @@ def test_column_groups_on_a_local_cluster_give_the_report_of_one_drift_check(wor
     assert fanned.drifted_columns == alone.drifted_columns == [f"x{i}" for i in range(0, width, 3)] + ["plan"]
     assert [c.model_dump() for c in fanned.columns] == [c.model_dump() for c in alone.columns]
     assert fanned.drift_share == alone.drift_share
+
+
+@pytest.mark.parametrize("flow_", [monitor_models, drift_check_columns], ids=lambda f: f.name)
+def test_the_fan_out_flows_render_as_described_forms(flow_):
+    from tests.test_parameter_forms import (
+        test_every_parameter_has_a_description_and_a_position,
+        test_nested_models_fields_are_described_too,
+        test_optional_plain_parameters_render_as_inputs_not_as_a_none_branch,
+    )
+
+    for check in (test_every_parameter_has_a_description_and_a_position, test_nested_models_fields_are_described_too,
+                  test_optional_plain_parameters_render_as_inputs_not_as_a_none_branch):
+        check(flow_)
