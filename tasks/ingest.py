@@ -202,11 +202,12 @@ class _Cut:
         import numpy as np
         import pyarrow as pa
 
-        if (self.column is None and not self.skip_rows) or (self.window is None and self.threshold is None):
-            return batch
         if self.column is None:
-            keep = np.arange(offset, offset + batch.num_rows) >= self.skip_rows
-            return batch.filter(pa.array(keep))
+            if not self.skip_rows or offset >= self.skip_rows:
+                return batch
+            return batch.slice(self.skip_rows - offset)
+        if self.window is None and self.threshold is None:
+            return batch  # the time column is read only to cut rows
         mask, keys = self._keys(batch, offset)
         keep = np.ones(batch.num_rows, dtype=bool) if mask is None else mask
         if self.threshold is not None:
@@ -503,7 +504,9 @@ class _Opened:
         import pyarrow as pa
 
         try:
-            found = iter(self.dataset.to_batches(columns=columns, batch_size=BATCH_ROWS))
+            # Little read-ahead: Arrow's default (16 batches, 4 files) would hold a million rows in memory.
+            found = iter(self.dataset.to_batches(columns=columns, batch_size=BATCH_ROWS, batch_readahead=2,
+                                                 fragment_readahead=1))
         except (pa.ArrowException, OSError) as exc:
             raise self.unreadable(exc) from exc
         while True:
