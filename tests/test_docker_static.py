@@ -412,7 +412,7 @@ def test_worker_installs_torch_from_its_index_then_the_project_with_extras(name:
 
     # The builder names the wheel with its extras in requirements.txt ...
     builder_runs = " ".join(i["value"] for i in builder if i["instruction"] == "RUN")
-    assert re.search(r"prefect-mlops\[torch\] @ file://", builder_runs), builder_runs
+    assert re.search(r"prefect-mlops\[torch,dask\] @ file://", builder_runs), builder_runs
     assert "/wheels/requirements.txt" in builder_runs
     # ... and the final stage copies it over and installs torch first, then the project.
     assert any(i["instruction"] == "COPY" and i["value"].startswith("--from=builder /wheels") for i in final)
