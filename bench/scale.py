@@ -241,7 +241,7 @@ def run_size(rows: int, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     prepare = time.perf_counter() - started
     folder = Path(tempfile.mkdtemp(prefix=f"scale-{rows}-", dir=tmp))
     progress = folder / "progress.json"
-    command = [sys.executable, __file__, "--child", str(rows), "--train-memory", str(args.train_memory),
+    command = [sys.executable, __file__, "--child", str(rows), "--train-memory", str(args.train_memory / 2**20),
                "--folder", str(folder)]
     try:
         done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=args.timeout)
