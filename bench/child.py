@@ -352,9 +352,14 @@ def mode_flow(opts: dict[str, Any]) -> dict[str, Any]:
     fits = instrument_fit()
     helpers, cpu = helper_cpu(), time.process_time()
     started = time.perf_counter()
+    from prefect_mlops.blocks import RetrainPolicy
+
+    # The floor fits once, on the train part: so does the flow unless asked (the refit on the whole window
+    # is a second fit, as long again, that the plain script does not do).
+    retrain = RetrainPolicy(refit_full_window=bool(opts.get("refit", False)))
     report = continuous_training(MODEL, cfg["source"], cfg["features"], cfg["trainer"], policy=cfg["policy"],
                                  suite_path=cfg["suite"], mlflow_server=cfg["server"],
-                                 workspace=cfg["workspace"])
+                                 workspace=cfg["workspace"], retrain_policy=retrain)
     cycle = time.perf_counter() - started
     cpu, helpers = time.process_time() - cpu, cpu_delta(helpers, helper_cpu())
     assert report.outcome == "promoted", report

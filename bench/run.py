@@ -82,12 +82,14 @@ class Runner:
         self.server_pgid = 0
 
     def run(self, mode: str, opts: dict[str, Any], *, api_url: str | None = None,
-            timeout: float = 3600) -> dict[str, Any]:
+            timeout: float = 3600, pythonpath: str | None = None) -> dict[str, Any]:
         env = dict(self.env)
+        if pythonpath:  # another version of the plugin, ahead of the installed one
+            env["PYTHONPATH"] = pythonpath
         if api_url:
             env["PREFECT_API_URL"] = api_url
             env["BENCH_SERVER_PGID"] = str(self.server_pgid)
-        label = f"{mode} {json.dumps(opts)}{' (server)' if api_url else ''}"
+        label = f"{mode} {json.dumps(opts)}{' (server)' if api_url else ''}{' (before)' if pythonpath else ''}"
         started = time.perf_counter()
         proc = subprocess.run([sys.executable, str(HERE / "child.py"), mode, json.dumps(opts)], env=env,
                               capture_output=True, text=True, timeout=timeout, cwd=str(self.tmp))
@@ -235,8 +237,10 @@ def bench_cycle(args: argparse.Namespace) -> dict[str, Any]:
     sizes = [int(s) for s in args.sizes.split(",")]
     started = time.perf_counter()
     results: dict[str, Any] = {"date": dt.date.today().isoformat(), "machine": machine(), "only": "cycle",
-                               "sizes": {}, "settings": {"sizes": sizes, "repeat": args.repeat}}
+                               "sizes": {}, "settings": {"sizes": sizes, "repeat": args.repeat,
+                                                         "before": args.before, "refit_full_window": False}}
     tmp = Path(tempfile.mkdtemp(prefix="prefect-mlops-bench-"))
+    before = package_tree(Path(args.before), tmp / "before") if args.before else None
     runner = Runner(tmp, verbose=not args.quiet)
     server = PrefectServer(tmp).start()
     try:
@@ -252,10 +256,13 @@ def bench_cycle(args: argparse.Namespace) -> dict[str, Any]:
             repeat = args.repeat or (1 if rows > 1_000_000 else 3)
             print(f"{rows:,} rows: {repeat} run(s) of the plain script and the flow", flush=True)
             out: dict[str, Any] = {"rows": rows, "arrow_bytes": arrow_bytes(rows), "repeat": repeat,
-                                   "cycle": {"plain": [], "flow_server": []}}
-            for _ in range(repeat):  # interleaved: a busy spell on the shared machine hits both alike
+                                   "cycle": {"plain": [], "flow_server": [], **({"flow_before": []} if before else {})}}
+            for _ in range(repeat):  # interleaved: a busy spell on the shared machine hits all alike
                 out["cycle"]["plain"].append(runner.run("plain", {"rows": rows}))
                 out["cycle"]["flow_server"].append(runner.run("flow", {"rows": rows}, api_url=server.url))
+                if before:
+                    out["cycle"]["flow_before"].append(runner.run("flow", {"rows": rows}, api_url=server.url,
+                                                                  pythonpath=str(before)))
             results["sizes"][str(rows)] = out
     finally:
         server.stop()
@@ -265,6 +272,16 @@ def bench_cycle(args: argparse.Namespace) -> dict[str, Any]:
     results["seconds"] = time.perf_counter() - started
     results["targets"] = cycle_targets(results)
     return results
+
+
+def package_tree(checkout: Path, into: Path) -> Path:
+    """An importable `prefect_mlops` from another checkout (say, an older commit's worktree), laid out as
+    pyproject.toml's package-dir maps it (src/prefect_mlops, with tasks/, flows/ and blocks/ inside)."""
+    package = into / "prefect_mlops"
+    shutil.copytree(checkout / "src" / "prefect_mlops", package)
+    for part in ("tasks", "flows", "blocks"):
+        shutil.copytree(checkout / part, package / part)
+    return into
 
 
 def cycle_summary(results: dict[str, Any]) -> dict[str, Any]:
@@ -287,9 +304,13 @@ def cycle_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     for key, s in cycle_summary(results).items():
         limit = CYCLE_TARGETS.get(int(key))
         ratio = s["flow_server"]["seconds"] / s["plain"]["seconds"]
-        rows.append({"target": "CT cycle / plain script (local server)", "where": f"{int(key):,} rows",
-                     "value": ratio, "equalised": equalised(s["flow_server"], s["plain"]), "limit": limit,
-                     "holds": None if limit is None else bool(ratio <= limit)})
+        row = {"target": "CT cycle / plain script (local server)", "where": f"{int(key):,} rows",
+               "value": ratio, "equalised": equalised(s["flow_server"], s["plain"]), "limit": limit,
+               "holds": None if limit is None else bool(ratio <= limit)}
+        if "flow_before" in s:
+            row["before"] = s["flow_before"]["seconds"] / s["plain"]["seconds"]
+            row["before_equalised"] = equalised(s["flow_before"], s["plain"])
+        rows.append(row)
     return rows
 
 
@@ -303,6 +324,7 @@ def cycle_markdown(results: dict[str, Any]) -> str:
              "| rows | runs | flow / plain | same, training time equalised | limit | holds | plain script | "
              "flow | all but training: plain, flow | peak RSS plain, flow |",
              "|---|---|---|---|---|---|---|---|---|---|"]
+    before = results["settings"].get("before")
     targets_ = {t["where"]: t for t in results["targets"]}
     for key, s in cycle_summary(results).items():
         plain, flow = s["plain"], s["flow_server"]
@@ -312,6 +334,16 @@ def cycle_markdown(results: dict[str, Any]) -> str:
         lines.append(f"| {int(key):,} | {s['repeat']} | {x(t['value'])} | {x(t['equalised'])} | {limit} | {holds} | "
                      f"{s_(plain['seconds'])} | {s_(flow['seconds'])} | {s_(plain['rest_seconds'])}, "
                      f"{s_(flow['rest_seconds'])} | {mb(plain['peak_rss'])}, {mb(flow['peak_rss'])} |")
+        if "flow_before" in s:
+            old = s["flow_before"]
+            lines.append(f"| {int(key):,}, before | {s['repeat']} | {x(t['before'])} | {x(t['before_equalised'])} "
+                         f"| | | (same run) | {s_(old['seconds'])} | {s_(plain['rest_seconds'])}, "
+                         f"{s_(old['rest_seconds'])} | {mb(plain['peak_rss'])}, {mb(old['peak_rss'])} |")
+    lines += ["", "The flow runs with `RetrainPolicy(refit_full_window=False)`: the plain script fits once, on the "
+              "train part, and so does the flow (the default refit on the whole window is a second fit)."]
+    if before:
+        lines.append(f"*before*: the same flow from the checkout at `{before}` (its own code on PYTHONPATH, this "
+                     "benchmark's scripts), interleaved with the others in the same run, against the same floor.")
     return "\n".join(lines) + "\n"
 
 
@@ -647,6 +679,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="file with the bench markers (default: bench/README.md, except for a quick run)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (workspaces, logs)")
     parser.add_argument("--quiet", action="store_true", help="do not print each child's wall time")
+    parser.add_argument("--before", default=None,
+                        help="with --only cycle: a checkout (e.g. a worktree of an older commit) whose flow also "
+                             "runs, interleaved, against the same floor")
     parser.add_argument("--only", choices=["cycle"], default=None,
                         help="cycle: only the plain script and the flow on a local server, to <date>-cycle.json/.md")
     args = parser.parse_args(argv)
