@@ -112,3 +112,21 @@ def test_partial_fit_streams_every_training_row_in_batches(features):
 def test_incremental_without_partial_fit_falls_back_to_the_sample(features):
     record = plan_training(features, LOGISTIC, TrainingBudget(max_rows=300, when_over="incremental"))
     assert record.method == "sample" and "has no partial_fit" in record.reason
+
+
+def test_the_flow_trains_within_the_policy_budget_and_the_refit_plans_the_same_way(
+        churn_source, churn_features, fast_trainer, policy, mlflow_server, workspace):
+    from prefect_mlops.demo import period_window
+    from prefect_mlops.flows import continuous_training
+    from prefect_mlops.tasks.lineage import find_model
+
+    budget = TrainingBudget(max_rows=300)
+    report = continuous_training("churn", churn_source, churn_features, fast_trainer, policy=policy,
+                                 window=period_window(0), retrain_policy=RetrainPolicy(training_budget=budget),
+                                 mlflow_server=mlflow_server, workspace=str(workspace.root))
+    assert report.outcome == "promoted", report.message
+    champion = find_model("churn", mlflow_server=mlflow_server, workspace=workspace)
+    record = champion.lineage.training
+    # The registered model is the refit: its sample is drawn from the whole window, hold-out included.
+    assert champion.lineage.refit and (record.method, record.rows, record.budget) == ("sample", 300, budget)
+    assert record.available_rows == champion.lineage.dataset.rows
