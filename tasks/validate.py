@@ -156,8 +156,15 @@ def learn_suite(
     row_count_band: tuple[float, float] = (0.2, 5.0),
     mostly: float = 0.99,
     version: str | None = None,
+    rows: int | None = None,
+    exact: dict[str, ColumnExtremes] | None = None,
 ) -> dict[str, Any]:
     """Learn a GX expectation suite (as GX's JSON dict) from reference data: a contract and a profile.
+
+    `frame` may be a sample of the data (see `learn_suite_from`): then `rows` is the data's row
+    count and `exact` gives per column what a sample would miss (the missing count, and the values
+    holding the minimum, the maximum, the longest string and the first distinct values), so the suite
+    is the one the whole data gives wherever it does not depend on the sample's type inference.
 
     The profile's numeric ranges widen by `range_tolerance` times the observed span on each
     side; a column with at most `max_categories` distinct values gets a value set. The suite's
@@ -181,18 +188,21 @@ def learn_suite(
     def expect(role: Role, kind: str, **kwargs: Any) -> None:
         expectations.append({"type": kind, "kwargs": kwargs, "meta": {"learned": True, "role": role}})
 
-    rows = len(frame)
+    rows = len(frame) if rows is None else rows
     expect("contract", "expect_table_row_count_to_be_between", min_value=1)
     expect("profile", "expect_table_row_count_to_be_between",
            min_value=max(1, math.floor(rows * row_count_band[0])), max_value=math.ceil(rows * row_count_band[1]))
     for column in frame.columns:
         series = frame[column]
         values = series.dropna()
+        known = (exact or {}).get(column)
+        if known is not None:
+            values = known.joined(values)
         expect("contract", "expect_column_to_exist", column=column)
         kind, kwargs = _type_expectation(series, values)
         if kind:
             expect("contract", kind, column=column, **kwargs)
-        null_share = float(series.isna().mean())
+        null_share = float(series.isna().mean()) if known is None else (known.missing / rows if rows else 0.0)
         if null_share == 0:
             expect("contract", "expect_column_values_to_not_be_null", column=column)
         elif null_share < 1:
@@ -217,6 +227,99 @@ def learn_suite(
     suite["meta"] = {"learned_from_rows": rows, "learned_version": version,
                      "digest": suite_digest(suite["expectations"])}
     return suite
+
+
+class ColumnExtremes(BaseModel):
+    """What a sample of a column misses, counted over every row: its missing values, and the values that
+    hold its minimum, maximum, longest string and its first distinct values (as a pandas Series)."""
+
+    model_config = {"arbitrary_types_allowed": True}
+
+    missing: int
+    values: Any = Field(description="pandas Series of the column's dtype (object for categories), no missing.")
+
+    def joined(self, values: pd.Series) -> pd.Series:
+        """`values` (a sample's, missing values dropped) with these appended."""
+        import pandas as pd
+
+        if not len(self.values):
+            return values
+        if isinstance(values.dtype, pd.CategoricalDtype):  # categories may differ: join as objects
+            return pd.concat([values.astype(object), self.values.astype(object)],
+                             ignore_index=True).astype("category")
+        extra = self.values if self.values.dtype == values.dtype else self.values.astype(values.dtype)
+        return pd.concat([values, extra], ignore_index=True)
+
+
+LEARN_ROWS = GX_FRAME_ROWS
+"""`learn_suite_from` learns from every row up to this many, above it from a seeded sample plus exact aggregates."""
+
+
+def learn_suite_from(reference: DatasetRef, *, name: str, version: str | None = None, limit: int | None = None,
+                     max_categories: int = 50) -> dict[str, Any]:
+    """`learn_suite` of a snapshot in bounded memory: the whole frame up to `limit` (None: `LEARN_ROWS`) rows,
+    the same suite as `learn_suite(read_frame(reference))`; above it a seeded sample of `limit` rows with the
+    missing counts, the extremes, the longest strings and up to `max_categories` + 1 distinct values of every column
+    counted exactly while streaming (so ranges, contracts and category sets are the whole data's).
+
+    Example:
+        ```python
+        import tempfile, numpy as np, pandas as pd
+        from prefect_mlops.tasks.validate import learn_suite, learn_suite_from
+        from prefect_mlops.workspace import Workspace, read_frame
+        frame = pd.DataFrame({"x": np.arange(5000.0), "c": np.resize(["a", "b", "c"], 5000)})
+        ref = Workspace(tempfile.mkdtemp()).write_snapshot(frame, name="d")
+        assert learn_suite_from(ref, name="d", limit=500) == learn_suite(read_frame(ref), name="d")
+        ```
+    """
+    frame, sampled = gx_frame(reference, LEARN_ROWS if limit is None else limit)
+    if sampled is None:
+        return learn_suite(frame, name=name, version=version, max_categories=max_categories)
+    exact = _column_extremes(reference, frame, max_categories)
+    return learn_suite(frame, name=name, version=version, max_categories=max_categories, rows=reference.rows,
+                       exact=exact)
+
+
+def _column_extremes(reference: DatasetRef, frame: pd.DataFrame, max_categories: int) -> dict[str, ColumnExtremes]:
+    """Per column, streamed over every row: the missing count (nulls, NaN in floats) and the extreme values."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    missing = dict.fromkeys(frame.columns, 0)
+    kept: dict[str, list[Any]] = {c: [] for c in frame.columns}  # small Arrow arrays of chosen values
+    distinct: dict[str, set[Any]] = {c: set() for c in frame.columns}
+    for batch in iter_batches(reference):
+        for column in frame.columns:
+            values = batch.column(column)
+            if pa.types.is_dictionary(values.type):
+                values = values.dictionary_decode()
+            floating = pa.types.is_floating(values.type)
+            missing[column] += int(pc.sum(pc.is_null(values, nan_is_null=True)).as_py() or 0) if floating \
+                else values.null_count
+            present = pc.drop_null(pc.if_else(pc.is_nan(values), None, values) if floating else values)
+            if not len(present):
+                continue
+            t = present.type
+            if pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_temporal(t) \
+                    or pa.types.is_decimal(t):
+                low_high = pc.min_max(present)
+                kept[column].append(pa.array([low_high["min"], low_high["max"]], type=t))
+            if pa.types.is_string(t) or pa.types.is_large_string(t):
+                lengths = pc.utf8_length(present)
+                longest = pc.indices_nonzero(pc.equal(lengths, pc.max(lengths)))[0]
+                kept[column].append(present.take(pa.array([longest.as_py()])))
+            if len(distinct[column]) <= max_categories and not pa.types.is_floating(t):
+                unique = pc.unique(present)
+                new = [i for i, v in enumerate(unique.to_pylist()) if v not in distinct[column]]
+                new = new[:max_categories + 1 - len(distinct[column])]
+                distinct[column].update(unique.take(pa.array(new, type=pa.int64())).to_pylist())
+                kept[column].append(unique.take(pa.array(new, type=pa.int64())))
+    out = {}
+    for column in frame.columns:
+        arrays = [a for a in kept[column] if len(a)]
+        series = pa.concat_arrays(arrays).to_pandas() if arrays else frame[column].iloc[:0].dropna()
+        out[column] = ColumnExtremes(missing=missing[column], values=series)
+    return out
 
 
 def suite_digest(expectations: list[dict[str, Any]]) -> str:
@@ -272,7 +375,7 @@ def validate_dataset(
         raise ConfigError(f"suite {suite_path}: expected a .json file written by GX or by learn_suite")
     else:
         learn_from = reference or dataset
-        suite_json = learn_suite(read_frame(learn_from), name=dataset.name)
+        suite_json = learn_suite_from(learn_from, name=dataset.name)
         _write_json(path, suite_json)
     if engine == "arrow":
         outcomes = run_suite_streamed(dataset, suite_json)
@@ -328,22 +431,30 @@ def run_suite_streamed(dataset: DatasetRef, suite_json: dict[str, Any]) -> list[
     return outcomes
 
 
-def gx_frame(dataset: DatasetRef, limit: int = GX_FRAME_ROWS) -> tuple[pd.DataFrame, int | None]:
+def gx_frame(dataset: DatasetRef, limit: int | None = None) -> tuple[pd.DataFrame, int | None]:
     """The pandas frame GX runs on: every row up to `limit` rows, else a seeded uniform sample of `limit` rows
     (drawn while streaming; its index keeps the rows' numbers in the data). Returns it and the sample's size,
-    None when it is every row."""
+    None when it is every row. `limit` None: `GX_FRAME_ROWS`."""
+    limit = GX_FRAME_ROWS if limit is None else limit
     if dataset.rows <= limit:
         return read_frame(dataset), None
     import numpy as np
     import pyarrow as pa
 
     picked = np.sort(np.random.default_rng(SAMPLE_SEED).choice(dataset.rows, size=limit, replace=False))
-    batches, offset = [], 0
+    batches, offset, nulls = [], 0, {}
     for batch in iter_batches(dataset):
         low, high = np.searchsorted(picked, [offset, offset + batch.num_rows])
         batches.append(batch.take(picked[low:high] - offset))
+        for name, column in zip(batch.schema.names, batch.columns, strict=True):
+            nulls[name] = nulls.get(name, 0) + column.null_count
         offset += batch.num_rows
     frame = pa.Table.from_batches(batches).to_pandas()
+    for name, dtype in frame.dtypes.items():
+        # pandas reads integers with a null as floats and booleans as objects: the sample must have the
+        # whole data's dtypes even when it drew none of the nulls.
+        if nulls.get(name) and isinstance(dtype, np.dtype) and dtype.kind in "iub":
+            frame[name] = frame[name].astype("float64" if dtype.kind in "iu" else object)
     frame.index = picked[:len(frame)]
     return frame, len(frame)
 
@@ -379,7 +490,7 @@ def evolve_suite(
     """
     workspace = workspace or Workspace()
     path = Path(suite_path) if suite_path else workspace.folder("suites") / f"{reference.name}.json"
-    learned = learn_suite(read_frame(reference), name=reference.name, version=version)
+    learned = learn_suite_from(reference, name=reference.name, version=version)
     if not path.exists():
         _write_json(path, learned)
         return SuiteUpdate(path=str(path), version=version, updated=True,

@@ -1,0 +1,104 @@
+"""validate streams record batches: GX's own table, a suite learned in bounded memory, a GX frame that is bounded."""
+
+from __future__ import annotations
+
+import tracemalloc
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+from prefect_mlops.tasks import _gx_arrow
+from prefect_mlops.tasks import validate as v
+from prefect_mlops.workspace import iter_batches, read_frame
+
+
+def data(rows, seed=0):
+    rng = np.random.default_rng(seed)
+    usage = rng.normal(40, 12, rows)
+    usage[rng.random(rows) < 0.03] = np.nan
+    frame = pd.DataFrame({
+        "when": pd.date_range("2024-01-01", periods=rows, freq="min"),
+        "amount": rng.uniform(10, 20, rows), "usage": usage, "calls": rng.poisson(2, rows),
+        "plan": rng.choice(["basic", "plus", "pro", "rare"], rows, p=[0.5, 0.3, 0.1999, 0.0001]),
+        "flag": rng.random(rows) < 0.3, "label": rng.integers(0, 2, rows),
+        "region": pd.Series(rng.choice(["n", "s", None], rows, p=[0.5, 0.495, 0.005]), dtype=object),
+        "cat": pd.Categorical(rng.choice(["x", "y"], rows)),
+        "n": pd.array(rng.integers(0, 100, rows), dtype="Int64"),
+    })
+    frame.loc[rows - 3, "n"] = pd.NA  # one null, late: a sample rarely draws it
+    frame.loc[11, "plan"] = "a-very-long-plan-name-indeed"
+    return frame
+
+
+def test_a_suite_learned_from_a_sample_and_exact_aggregates_is_the_whole_datas(workspace):
+    ref = workspace.write_snapshot(data(20_000), name="d")
+    whole = v.learn_suite(read_frame(ref), name="d")
+    assert v.learn_suite_from(ref, name="d") == whole  # below the bound: the whole frame, as before
+    for limit in (500, 5_000):  # above it: a sample, with missing counts, extremes and categories exact
+        assert v.learn_suite_from(ref, name="d", limit=limit) == whole
+
+
+def test_streamed_validation_is_gx_own_table_across_batches(workspace):
+    base = data(70_000)  # two record batches
+    ref = workspace.write_snapshot(base, name="d")
+    suite = v.learn_suite_from(ref, name="d")
+    broken = base.copy()
+    broken.loc[[5, 66_000, 69_000], "amount"] = 1e9  # impossible values in both batches
+    broken.loc[66_500:66_600, "plan"] = "enterprise"
+    broken.loc[68_000:, "calls"] = None  # an integer column whose nulls are all in the last batch
+    broken["calls"] = broken["calls"].astype("Int64")
+    current = workspace.write_snapshot(broken, name="d")
+    assert sum(1 for _ in iter_batches(current)) >= 2
+    streamed = v.run_suite_streamed(current, suite)
+    assert streamed == v.run_suite(read_frame(current), suite)
+    assert not any(o.sample_rows for o in streamed)
+    failed = {(o.column, o.expectation) for o in streamed if not o.passed}
+    assert ("amount", "expect_column_values_to_be_between") in failed
+    assert ("calls", "expect_column_values_to_not_be_null") in failed
+
+
+def test_expectations_gx_must_run_use_a_bounded_sample_and_say_so(workspace, monkeypatch):
+    ref = workspace.write_snapshot(data(3_000), name="d")
+    suite = {"name": "d", "expectations": [
+        {"type": "expect_column_values_to_not_be_null", "kwargs": {"column": "amount"}},
+        {"type": "expect_column_mean_to_be_between", "kwargs": {"column": "amount", "min_value": 0,
+                                                                "max_value": 100}}]}
+    exact = v.run_suite_streamed(ref, suite)
+    assert exact == v.run_suite(read_frame(ref), suite) and not any(o.sample_rows for o in exact)
+    monkeypatch.setattr(v, "GX_FRAME_ROWS", 1_000)
+    sampled = v.run_suite_streamed(ref, suite)
+    by_type = {o.expectation: o for o in sampled}
+    assert by_type["expect_column_mean_to_be_between"].sample_rows == 1_000
+    assert by_type["expect_column_mean_to_be_between"].passed
+    assert by_type["expect_column_values_to_not_be_null"].sample_rows is None  # pushed down: every row
+
+
+@pytest.mark.parametrize("engine", ["arrow"])
+def test_validate_dataset_streams_and_learns_in_bounded_memory(workspace, engine):
+    def peak(rows):
+        # the column types the push-down handles (categories and nullable Int64 go to GX)
+        ref = workspace.write_snapshot(data(rows, seed=rows).drop(columns=["cat", "n"]), name=f"d{rows}")
+        suite = v.learn_suite_from(ref, name="d", limit=2_000)
+        pool, top = pa.default_memory_pool(), [0]
+        start = pool.bytes_allocated()
+
+        def watched():
+            for batch in iter_batches(ref):
+                top[0] = max(top[0], pool.bytes_allocated() - start)
+                yield batch
+
+        tracemalloc.start()
+        try:
+            results, by_gx = _gx_arrow.run_suite_on_batches(watched(), suite, load_frame=lambda: pytest.fail(
+                "every expectation of a learned suite is pushed down"))
+            python_peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert not by_gx and all(r.success for r in results)
+        return top[0], python_peak
+
+    (arrow_small, python_small), (arrow_large, python_large) = peak(40_000), peak(400_000)
+    assert arrow_large <= 1.5 * arrow_small + (1 << 20), (arrow_small, arrow_large)
+    assert python_large <= 1.5 * python_small, (python_small, python_large)
