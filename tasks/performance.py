@@ -197,7 +197,8 @@ def _bootstrap(outputs: _Outputs, y: np.ndarray, task: str, metric: str, *, samp
     rows = len(y)
     base = rng.choice(rows, size=BOOTSTRAP_MAX_ROWS, replace=False) if rows > BOOTSTRAP_MAX_ROWS \
         else np.arange(rows)
-    values = [outputs.metrics(y, task, base[rng.integers(0, len(base), len(base))])[metric]
+    # Only the judged metric: the others would be computed `samples` times for nothing.
+    values = [outputs.metrics(y, task, base[rng.integers(0, len(base), len(base))], (metric,))[metric]
               for _ in range(samples)]
     return np.asarray([v for v in values if math.isfinite(v)], dtype=float)
 
