@@ -4,6 +4,7 @@ Example:
     ```python
     from prefect_mlops.flows import continuous_training, drift_monitor, rollback, batch_score, train_on_pool
     from prefect_mlops.flows import progressive_rollout
+    from prefect_mlops.flows import drift_check_columns, monitor_models  # fan-out on Dask
     ```
 """
 
@@ -11,6 +12,7 @@ from prefect_mlops.console import embedded_api_defaults
 from prefect_mlops.flows.batch_score import batch_score
 from prefect_mlops.flows.continuous_training import CycleReport, continuous_training
 from prefect_mlops.flows.drift_monitor import MonitorReport, drift_monitor
+from prefect_mlops.flows.fleet import FleetModel, FleetReport, drift_check_columns, monitor_models
 from prefect_mlops.flows.progressive_rollout import RolloutReport, progressive_rollout
 from prefect_mlops.flows.rollback import rollback
 from prefect_mlops.flows.train_on_pool import train_on_pool
@@ -19,5 +21,6 @@ from prefect_mlops.flows.train_on_pool import train_on_pool
 # telemetry (offline, its failure was an ERROR on every run); the user's own settings win.
 embedded_api_defaults()
 
-__all__ = ["CycleReport", "MonitorReport", "RolloutReport", "batch_score", "continuous_training", "drift_monitor",
-           "progressive_rollout", "rollback", "train_on_pool"]
+__all__ = ["CycleReport", "FleetModel", "FleetReport", "MonitorReport", "RolloutReport", "batch_score",
+           "continuous_training", "drift_check_columns", "drift_monitor", "monitor_models", "progressive_rollout",
+           "rollback", "train_on_pool"]

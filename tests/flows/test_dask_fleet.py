@@ -124,3 +124,13 @@ def test_the_fan_out_flows_render_as_described_forms(flow_):
     for check in (test_every_parameter_has_a_description_and_a_position, test_nested_models_fields_are_described_too,
                   test_optional_plain_parameters_render_as_inputs_not_as_a_none_branch):
         check(flow_)
+
+
+def test_importing_the_flows_loads_no_dask():
+    import subprocess
+    import sys
+
+    code = ("import sys, prefect_mlops.flows; "
+            "print(','.join(m for m in ('dask', 'distributed', 'prefect_dask') if m in sys.modules))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert loaded == "", f"import prefect_mlops.flows loaded {loaded}"
