@@ -9,6 +9,7 @@ the same way.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import hashlib
 import os
@@ -151,7 +152,7 @@ class SnapshotWriter:
 
         self.folder, self.name, self.source_uri, self.window = folder, name, source_uri, window
         self.schema = stored_schema(schema)
-        self.hasher = _Hasher(self.schema)
+        self.hasher = _Hasher(self.schema, background=True)
         self.ref: DatasetRef | None = None
         self._dictionaries: dict[int, pa.Array] = {}
         self._tmp = folder / f".snapshot.{os.getpid()}.{secrets.token_hex(4)}.tmp"
@@ -238,6 +239,8 @@ class SnapshotWriter:
         raise exc
 
     def _discard(self) -> None:
+        with contextlib.suppress(Exception):
+            self.hasher.close()
         for closing in (self._writer, self._sink):
             with contextlib.suppress(Exception):
                 if closing is not None:
@@ -279,31 +282,59 @@ class _Hasher:
 
     Each column has its own digest of canonical bytes (fixed-width values with nulls zeroed, strings
     as lengths then bytes, categories as their values) and of its null positions, so the result
-    does not depend on how the rows were cut into batches.
+    does not depend on how the rows were cut into batches. With `background`, batches are hashed
+    on a worker thread (hashlib releases the GIL), at most two behind, while the caller reads and
+    writes the next ones.
     """
 
-    def __init__(self, schema: pa.Schema) -> None:
+    def __init__(self, schema: pa.Schema, *, background: bool = False) -> None:
         self.schema = schema
         self.rows = 0
         self.values = [hashlib.sha256() for _ in schema]
         self.lengths = [hashlib.sha256() for _ in schema]
         self.nulls = [hashlib.sha256() for _ in schema]
         self.null_counts = [0] * len(schema)
+        self._pool = None
+        self._pending: collections.deque = collections.deque()
+        if background:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefect-mlops-fingerprint")
 
     def update(self, batch: pa.RecordBatch) -> None:
+        for i, array in enumerate(batch.columns):
+            self.null_counts[i] += array.null_count
+        offset, self.rows = self.rows, self.rows + batch.num_rows
+        if self._pool is None:
+            self._hash(batch, offset)
+            return
+        while len(self._pending) >= 2:  # memory holds at most a few batches, however fast the reader is
+            self._pending.popleft().result()
+        self._pending.append(self._pool.submit(self._hash, batch, offset))
+
+    def _hash(self, batch: pa.RecordBatch, offset: int) -> None:
         import numpy as np
         import pyarrow.compute as pc
 
         for i, array in enumerate(batch.columns):
             if array.null_count:
-                self.null_counts[i] += array.null_count
-                where = np.flatnonzero(pc.is_null(array).to_numpy(zero_copy_only=False)) + self.rows
+                where = np.flatnonzero(pc.is_null(array).to_numpy(zero_copy_only=False)) + offset
                 self.nulls[i].update(where.astype("<i8").tobytes())
             for lengths, chunk in _canonical(array):
                 (self.lengths if lengths else self.values)[i].update(chunk)
-        self.rows += batch.num_rows
+
+    def close(self) -> None:
+        """Wait for the batches still being hashed (re-raising a failure); stop the worker."""
+        try:
+            while self._pending:
+                self._pending.popleft().result()
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True, cancel_futures=True)
+                self._pool = None
 
     def hexdigest(self) -> str:
+        self.close()
         digest = hashlib.sha256(f"rows\x1f{self.rows}\x1e".encode())
         for field, values, lengths, nulls in zip(self.schema, self.values, self.lengths, self.nulls, strict=True):
             digest.update(f"{field.name}\x1f{field.type}\x1e".encode())
