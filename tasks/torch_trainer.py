@@ -228,6 +228,7 @@ class TabularNetEstimator(BaseEstimator):
 
     def fit(self, X: Any, y: Any) -> TabularNetEstimator:
         """Train the network on `X` (already transformed) and `y`; see the class docstring."""
+        self.__dict__.pop("_stream", None)  # a fit starts over, whatever partial_fit did before
         config = self.config()
         torch = _torch()
         x = _as_matrix(X)
@@ -294,6 +295,111 @@ class TabularNetEstimator(BaseEstimator):
         self.checkpoint_path_ = state["path"]
         self._net = None
         return self
+
+    def partial_fit(self, X: Any, y: Any, classes: Any = None) -> TabularNetEstimator:
+        """One pass over `X`, `y` in seeded mini-batches, continuing the network from the previous call.
+
+        For data larger than memory: train streams the snapshot's batches through it (the retrain
+        policy's `TrainingBudget(when_over="incremental")`). The first call fixes the task, the
+        classes (pass `classes`: a batch may miss one) and, for regression, the target's scale
+        (from that first batch). There is no validation split, early stopping or checkpoint here:
+        each call's mean loss goes to `history_` as `train_loss`, `epoch` counting the calls.
+
+        Example:
+            ```python
+            import numpy as np
+            from prefect_mlops.tasks.torch_trainer import TabularNetEstimator
+            x = np.random.default_rng(0).normal(size=(400, 3))
+            y = (x[:, 0] > 0).astype(int)
+            net = TabularNetEstimator(hidden_layers=[8], seed=1)
+            for start in range(0, 400, 100):
+                net.partial_fit(x[start:start + 100], y[start:start + 100], classes=[0, 1])
+            assert net.n_epochs_ == 4 and net.predict_proba(x).shape == (400, 2)
+            ```
+        """
+        config = self.config()
+        torch = _torch()
+        x = _as_matrix(X)
+        labels = np.asarray(y).ravel()
+        if len(x) != len(labels):
+            raise ValueError(f"X has {len(x)} rows but y has {len(labels)}")
+        if not np.isfinite(x).all():
+            raise TrainingError("the feature matrix holds NaN or infinite values; impute them in the feature transform")
+        stream = getattr(self, "_stream", None)
+        if stream is None:
+            stream = self._start_stream(config, x, labels, classes)
+        if x.shape[1] != self.n_features_in_:
+            raise ValueError(f"X has {x.shape[1]} features, but the first partial_fit had {self.n_features_in_}")
+        if self.task_ == "classification":
+            codes = np.searchsorted(self.classes_, labels)
+            codes = np.minimum(codes, len(self.classes_) - 1)
+            unknown = labels[self.classes_[codes] != labels]
+            if len(unknown):
+                raise TrainingError(f"the target holds {unknown[0]!r}, not among the classes given to the first "
+                                    f"partial_fit {self.classes_.tolist()}; pass every class there")
+            target = codes.astype(np.int64)
+        else:
+            target = ((labels.astype(np.float64) - self.target_mean_) / self.target_std_).astype(np.float32)
+        net, optimizer, dev = stream["net"], stream["optimizer"], stream["dev"]
+        functional = torch.nn.functional
+        x_t, t_t = torch.from_numpy(x).to(dev), torch.from_numpy(target).to(dev)
+        started = time.perf_counter()
+        net.train()
+        order = torch.randperm(len(x), generator=stream["shuffle"]).to(dev)
+        total = 0.0
+        for start in range(0, len(x), config.batch_size):
+            rows = order[start:start + config.batch_size]
+            out = net(x_t.index_select(0, rows)).float()
+            t = t_t.index_select(0, rows)
+            loss = functional.cross_entropy(out, t) if self.task_ == "classification" else \
+                functional.mse_loss(out.squeeze(1), t)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += float(loss.detach()) * rows.shape[0]
+        train_loss = total / max(len(x), 1)
+        if not math.isfinite(train_loss):
+            raise TrainingError(f"torch trainer: the training loss is {train_loss} at partial_fit call "
+                                f"{self.n_epochs_ + 1}: the network diverged. Lower learning_rate "
+                                f"({config.learning_rate:g}), or check the features' scale")
+        self.n_epochs_ += 1
+        self.best_epoch_ = self.n_epochs_
+        self.history_.append({"epoch": self.n_epochs_, "train_loss": train_loss,
+                              "seconds": time.perf_counter() - started})
+        self.weights_ = {k: v.detach().cpu().numpy().copy() for k, v in net.state_dict().items()}
+        self._net = None
+        return self
+
+    def _start_stream(self, config: TorchConfig, x: np.ndarray, labels: np.ndarray, classes: Any) -> dict[str, Any]:
+        """The first partial_fit: task, classes or target scale, the network and its optimizer."""
+        torch = _torch()
+        task = config.task if config.task != "auto" else (
+            "classification" if classes is not None else self._task(config, labels))
+        if task == "classification":
+            self.classes_ = np.unique(np.asarray(classes if classes is not None else labels))
+            if len(self.classes_) < 2:
+                raise TrainingError(f"a classifier needs at least two classes; got {self.classes_.tolist()}")
+            n_outputs = len(self.classes_)
+        else:
+            values = labels.astype(np.float64)
+            std = float(values.std()) if len(values) else 1.0
+            self.target_mean_ = float(values.mean()) if len(values) else 0.0
+            self.target_std_ = std if std > 0 and math.isfinite(std) else 1.0
+            self.__dict__.pop("classes_", None)
+            n_outputs = 1
+        seed = int(self.seed)
+        torch.manual_seed(seed)
+        device = resolve_device(config.device)
+        dev = torch.device(device)
+        net = build_network(x.shape[1], tuple(config.hidden_layers), n_outputs, config.dropout).to(dev)
+        self.task_, self.n_features_in_, self.n_outputs_ = task, x.shape[1], n_outputs
+        self.hidden_layers_, self.dropout_ = tuple(config.hidden_layers), config.dropout
+        self.device_, self.amp_ = device, False  # streamed batches train in full precision
+        self.history_, self.n_epochs_, self.best_epoch_ = [], 0, 0
+        self.best_val_loss_ = self.resumed_from_epoch_ = self.checkpoint_path_ = None
+        self._stream = {"net": net, "optimizer": _optimizer(torch, config, net.parameters()), "dev": dev,
+                        "shuffle": torch.Generator().manual_seed(seed)}
+        return self._stream
 
     def _task(self, config: TorchConfig, labels: np.ndarray) -> str:
         if config.task != "auto":
@@ -469,6 +575,7 @@ class TabularNetEstimator(BaseEstimator):
     def __getstate__(self) -> dict[str, Any]:
         state = dict(super().__getstate__())
         state.pop("_net", None)  # rebuilt from `weights_` on first use
+        state.pop("_stream", None)  # partial_fit's network and optimizer: the weights are in `weights_`
         return state
 
 

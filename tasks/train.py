@@ -168,7 +168,7 @@ def plan_training(features: FeatureSet, trainer: TrainerSpec, budget: TrainingBu
             f"{available_rows} rows are over the budget's max_rows={budget.max_rows}")
     if budget.when_over == "incremental":
         estimator = build_estimator(trainer)
-        if trainer.kind == "sklearn" and callable(getattr(estimator, "partial_fit", None)):
+        if callable(getattr(estimator, "partial_fit", None)):
             return TrainingRecord(method="incremental", rows=0,
                                   reason=f"{over}: every row streamed through partial_fit", **common)
         over += (f"; {trainer.estimator if trainer.kind == 'sklearn' else 'the torch trainer'} has no "
@@ -292,7 +292,6 @@ def _fit_incremental(features: FeatureSet, estimator: Any, record: TrainingRecor
     import numpy as np
     import pyarrow as pa
     import pyarrow.compute as pc
-    from sklearn.base import is_classifier
     from sklearn.pipeline import Pipeline
 
     spec, budget = features.spec, record.budget
@@ -301,7 +300,7 @@ def _fit_incremental(features: FeatureSet, estimator: Any, record: TrainingRecor
                                                   periods=budget.periods, seed=seed), columns)
     transform = make_transform(spec).fit(sample[spec.feature_columns], sample[spec.target])
     options: dict[str, Any] = {}
-    if is_classifier(estimator):  # partial_fit needs every class on its first call: one pass over the target
+    if spec.task == "classification":  # partial_fit needs every class on its first call: one pass over the target
         seen = [pc.unique(b.column(0)) for b in iter_batches(features.dataset, columns=[spec.target])]
         options["classes"] = np.unique(pa.concat_arrays(seen).drop_null().to_numpy(zero_copy_only=False))
     holdout = None

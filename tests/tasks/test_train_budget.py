@@ -130,3 +130,16 @@ def test_the_flow_trains_within_the_policy_budget_and_the_refit_plans_the_same_w
     # The registered model is the refit: its sample is drawn from the whole window, hold-out included.
     assert champion.lineage.refit and (record.method, record.rows, record.budget) == ("sample", 300, budget)
     assert record.available_rows == champion.lineage.dataset.rows
+
+
+def test_the_torch_trainer_streams_batches_through_partial_fit(features):
+    pytest.importorskip("torch")
+    torch_trainer = TrainerSpec(kind="torch", params={"task": "classification", "hidden_layers": [16],
+                                                      "learning_rate": 0.01}, seed=2)
+    budget = TrainingBudget(max_rows=300, when_over="incremental", batch_rows=512)
+    pipeline, _, record = fit_within_budget(features, torch_trainer, budget=budget)
+    net = pipeline.named_steps["model"]
+    assert (record.method, record.rows, record.batches) == ("incremental", 3200, 7)
+    assert net.n_epochs_ == 7 and [row["epoch"] for row in net.history_] == list(range(1, 8))
+    holdout = frame().iloc[np.load(features.holdout_index_uri)]
+    assert (pipeline.predict(holdout[SPEC.feature_columns]) == holdout["y"]).mean() > 0.75
