@@ -704,6 +704,8 @@ def drift_check(
         render_summary(report, logged_to=logged_to) + "\n\n## Every column\n\n"
         f"min_rows {report.min_rows}; alpha {report.alpha}"
         + (f"; statistics on a sample of {report.sample_rows} rows a side" if report.sample_rows else "")
+        + (f"; numeric statistics on a seeded sample of {report.numeric_sample_rows} rows a side (exact up to "
+           f"{report.exact_rows}; category counts from every row)" if report.numeric_sample_rows else "")
         + "\n\n" + markdown_table(report),
         key=artifact_key("drift", model_name), description="Drift decision, top drifted columns, every column")
     if report.decision == "drifted" and not emit:
