@@ -122,6 +122,38 @@ def ensure_suite(rows: int) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------- child
+class Sampler:
+    """Polls /proc/self/statm every 5 ms: the peak RSS, and the peak of its anonymous part (RSS minus the
+    file-backed pages, such as a memory-mapped snapshot's, which the kernel can drop and re-read)."""
+
+    def __init__(self, interval: float = 0.005) -> None:
+        import threading
+
+        self.interval, self._stop = interval, threading.Event()
+        self.peak, self.peak_anon = self.read()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    @staticmethod
+    def read() -> tuple[int, int]:
+        with open("/proc/self/statm") as handle:
+            fields = handle.read().split()
+        page = os.sysconf("SC_PAGE_SIZE")
+        return int(fields[1]) * page, (int(fields[1]) - int(fields[2])) * page
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            rss, anon = self.read()
+            self.peak, self.peak_anon = max(self.peak, rss), max(self.peak_anon, anon)
+            time.sleep(self.interval)
+
+    def reset(self) -> None:
+        self.peak, self.peak_anon = self.read()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
 def release() -> None:
     """Hand freed memory back to the system: Python's garbage, Arrow's pool, glibc's free lists."""
     import pyarrow as pa
@@ -136,7 +168,7 @@ def release() -> None:
 
 def child(rows: int, train_memory: int, folder: Path, progress: Path) -> dict[str, Any]:
     """One size: every stage in sequence in this process; the result so far is written to `progress`."""
-    from child import Recorder, configs, init_mlflow, peak_rss_bytes, preimport
+    from child import configs, init_mlflow, peak_rss_bytes, preimport
 
     imports = preimport()
     started = time.perf_counter()
@@ -164,13 +196,18 @@ def child(rows: int, train_memory: int, folder: Path, progress: Path) -> dict[st
     budget = TrainingBudget(max_memory=train_memory)
     out: dict[str, Any] = {"rows": rows, "imports_seconds": imports, "train_memory": train_memory,
                            "expansion_assumed": EXPANSION, "steps": {}, "reached": None}
-    rec = Recorder()
+    sampler = Sampler()
 
     def step(name: str, work: Any) -> Any:
         release()
-        with rec.step(name):
-            result = work()
-        out["steps"][name] = rec.steps[name]
+        rss_start = Sampler.read()[0]
+        sampler.reset()
+        started = time.perf_counter()
+        result = work()
+        seconds = time.perf_counter() - started
+        rss, anon = Sampler.read()
+        out["steps"][name] = {"seconds": seconds, "rss_start": rss_start, "rss_peak": max(sampler.peak, rss),
+                              "anon_peak": max(sampler.peak_anon, anon)}
         out["reached"] = name
         out["peak_rss"] = peak_rss_bytes()
         progress.write_text(json.dumps(out, default=str))
@@ -215,7 +252,7 @@ def child(rows: int, train_memory: int, folder: Path, progress: Path) -> dict[st
     drift = step("drift-check", lambda: check_drift(current, ref, model_name=MODEL, columns=spec.feature_columns,
                                                     workspace=ws))
     out["drift_share"] = drift.drift_share
-    rec.sampler.stop()
+    sampler.stop()
     out["cycle_seconds"] = sum(s["seconds"] for s in out["steps"].values())
     out["peak_rss"] = peak_rss_bytes()
     out["completed"] = True
@@ -268,7 +305,8 @@ def table(results: list[dict[str, Any]]) -> str:
         cells = []
         for result in results:
             got = result["steps"].get(stage)
-            cells.append(f"{got['seconds']:.1f} s · {got['rss_peak'] / GB:.2f} GB" if got else "not reached")
+            cells.append(f"{got['seconds']:.1f} s · {got['rss_peak'] / GB:.2f} GB ({got['anon_peak'] / GB:.2f})"
+                         if got else "not reached")
         lines.append(f"| {stage} | " + " | ".join(cells) + " |")
     whole = []
     for result in results:
@@ -306,8 +344,10 @@ def verdicts(results: list[dict[str, Any]]) -> list[str]:
 
 def markdown(results: list[dict[str, Any]], args: argparse.Namespace, meta: dict[str, Any]) -> str:
     text = [f"Scale curve, {meta['date']} ({meta['machine']}; one thread; training budget "
-            f"{args.train_memory / 2**20:,.0f} MiB). Each size in a fresh process; per stage the wall time and "
-            "the peak RSS during it.", "", table(results), ""]
+            f"{args.train_memory / 2**20:,.0f} MiB; load average {meta['load_start']:.1f} at the start). Each "
+            "size in a fresh process; per stage the wall time, the peak RSS during it and, in brackets, the peak "
+            "of its anonymous part (RSS less the file-backed pages of memory-mapped snapshots).", "",
+            table(results), ""]
     text += [f"- {line}" for line in verdicts(results)]
     errors = [f"- {r['rows']:,} rows: {r['error']}" for r in results if r.get("error")]
     return "\n".join(text + errors) + "\n"
@@ -350,7 +390,8 @@ def main() -> None:
     date = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d")
     meta = {"date": date, "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
             f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB", "sizes": sizes,
-            "train_memory": args.train_memory, "targets": TARGETS, "python": sys.version.split()[0]}
+            "train_memory": args.train_memory, "targets": TARGETS, "python": sys.version.split()[0],
+            "load_start": os.getloadavg()[0]}
     out_json = HERE / "results" / f"{date}-scale.json"
     out_md = out_json.with_suffix(".md")
     results: list[dict[str, Any]] = []
@@ -358,6 +399,7 @@ def main() -> None:
         for rows in sizes:
             print(f"scale: {rows:,} rows ...", flush=True)
             results.append(run_size(rows, args, Path(tmp)))
+            meta["load_end"] = os.getloadavg()[0]
             text = markdown(results, args, meta)
             out_json.write_text(json.dumps({"meta": meta, "results": results}, indent=2, default=str))
             out_md.write_text(text)
