@@ -9,7 +9,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR ?= false
 export GX_ANALYTICS_ENABLED ?= false
 
-.PHONY: install demo demo-server test test-fast lint browser bench bench-quick bench-serve bench-scale backtest backtest-quick clean
+.PHONY: install demo demo-server test test-fast lint browser bench bench-quick bench-serve bench-scale bench-models backtest backtest-quick clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -76,6 +76,11 @@ bench-serve: $(STAMP)
 # (about 20 minutes; 20M rows need about 12 GB of memory and 15 GB of disk). Writes bench/README.md's scale table.
 bench-scale: $(STAMP)
 	$(PY) bench/scale.py --sizes 100000,1000000,5000000,20000000 --readme
+
+# 50 models on one local Prefect server (PostgreSQL) and two process workers: drift checks per minute against a
+# bare flow, server and worker CPU and memory, retraining on drift under the model lock (about 15 minutes).
+bench-models: $(STAMP)
+	$(PY) bench/many_models.py --models 50 --arm-seconds 180 --write
 
 bench-quick: $(STAMP)
 	$(PY) bench/run.py --sizes 100000
