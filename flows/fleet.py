@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
+from prefect.states import Completed, Failed
 from pydantic import BaseModel, Field
 
 from prefect_mlops.blocks import DataSource, MlflowServer, ModelPolicy, RetrainPolicy
@@ -206,6 +207,9 @@ def monitor_models(
 ) -> FleetReport:
     """Run the drift monitor of every model in parallel on a Dask cluster; one outcome per model.
 
+    A model that fails does not stop the others: its outcome holds the error. The run ends `Completed`
+    when every model's monitor ran, `Partial` (a completed state) when some failed, `Failed` when all did.
+
     Args:
         models: The models to watch, each with its data source (and optionally its own window).
         address: Address of a running Dask scheduler (e.g. tcp://dask-scheduler:8786); empty: a temporary
@@ -234,8 +238,14 @@ def monitor_models(
         if o.status == "failed":
             logger.error("monitor of %s failed: %s", o.model_name, o.error)
     create_markdown_artifact(render_fleet(report), key="fleet", description="Each model's drift monitor")
-    logger.info("%d models monitored on %s: %d drifted %s, %d failed %s", len(outcomes), report.cluster,
-                len(report.drifted), report.drifted, len(report.failed), report.failed)
+    summary = (f"{len(outcomes)} models monitored on {report.cluster}: {len(report.drifted)} drifted "
+               f"{report.drifted}, {len(report.failed)} failed {report.failed}")
+    logger.info(summary)
+    # The UI shows a run with a failed model apart from a clean one, and a run where every model failed as failed.
+    if report.failed and len(report.failed) == len(outcomes):
+        return Failed(message=summary + "; " + "; ".join(f"{o.model_name}: {o.error}" for o in outcomes))
+    if report.failed:
+        return Completed(name="Partial", message=summary, data=report)
     return report
 
 

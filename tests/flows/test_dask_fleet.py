@@ -48,7 +48,9 @@ def test_fleet_on_two_workers_decides_as_the_sequential_run_and_reports_a_failed
              FleetModel(model_name="churn-b", source=churn_source, window=period_window(2)),
              FleetModel(model_name="no-champion", source=churn_source, window=period_window(2))]
 
-    report = monitor_models(fleet, address=cluster_address, **common)
+    state = monitor_models(fleet, address=cluster_address, return_state=True, **common)
+    assert state.is_completed() and state.name == "Partial" and "no-champion" in state.message
+    report = state.result()
 
     sequential = {m.model_name: drift_monitor(m.model_name, m.source, window=m.window, **common)
                   for m in fleet[:2]}
@@ -67,6 +69,9 @@ def test_fleet_on_two_workers_decides_as_the_sequential_run_and_reports_a_failed
     assert len(pids) == 2 and os.getpid() not in pids
     failed = outcomes["no-champion"]
     assert failed.monitor is None and "DriftCheckError" in failed.error and "no-champion" in failed.error
+
+    everyone_failed = monitor_models(fleet[2:], address=cluster_address, return_state=True, **common)
+    assert everyone_failed.is_failed() and "no-champion: " in everyone_failed.message
 
 
 @task
