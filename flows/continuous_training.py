@@ -88,10 +88,12 @@ def continuous_training(
             recorded with `trigger` in the version's `prefect_mlops.trigger` tag.
     """
     logger = get_run_logger()
-    warm_up()  # Great Expectations' import (~2 s) overlaps reconcile and ingest; validate waits for it
     policy = policy or ModelPolicy()
     policy.check_metrics(features.task)  # a bad policy fails before any work starts
     trainer.check(features.task)  # so does an estimator that does not import, fit this task or take its params
+    # After the estimator's import: scikit-learn and GX both import narwhals, whose circular imports deadlock
+    # when two threads import it at once.
+    warm_up()  # Great Expectations' import (~2 s) overlaps reconcile and ingest; validate waits for it
     window = str(Window.parse(window)) if Window.parse(window) else None
     server = mlflow_server or MlflowServer()
     retrain_policy = retrain_policy or RetrainPolicy()
