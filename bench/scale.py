@@ -166,7 +166,8 @@ def release() -> None:
         pass
 
 
-def child(rows: int, train_memory: int, folder: Path, progress: Path) -> dict[str, Any]:
+def child(rows: int, train_memory: int, folder: Path, progress: Path, *, when_over: str = "sample",
+          estimator: str | None = None) -> dict[str, Any]:
     """One size: every stage in sequence in this process; the result so far is written to `progress`."""
     from child import configs, init_mlflow, peak_rss_bytes, preimport
 
@@ -193,7 +194,11 @@ def child(rows: int, train_memory: int, folder: Path, progress: Path) -> dict[st
     ws = Workspace(cfg["workspace"])
     server, spec, trainer, policy = cfg["server"], cfg["features"], cfg["trainer"], cfg["policy"]
     init_mlflow(server, ws)
-    budget = TrainingBudget(max_memory=train_memory)
+    if estimator:  # e.g. sklearn.linear_model.SGDClassifier with --when-over incremental
+        from prefect_mlops.tasks.lineage import TrainerSpec
+
+        trainer = TrainerSpec(estimator=estimator, params={"loss": "log_loss"} if "SGD" in estimator else {})
+    budget = TrainingBudget(max_memory=train_memory, when_over=when_over)
     out: dict[str, Any] = {"rows": rows, "imports_seconds": imports, "train_memory": train_memory,
                            "expansion_assumed": EXPANSION, "steps": {}, "reached": None}
     sampler = Sampler()
@@ -279,7 +284,8 @@ def run_size(rows: int, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     folder = Path(tempfile.mkdtemp(prefix=f"scale-{rows}-", dir=tmp))
     progress = folder / "progress.json"
     command = [sys.executable, __file__, "--child", str(rows), "--train-memory", str(args.train_memory / 2**20),
-               "--folder", str(folder)]
+               "--folder", str(folder), "--when-over", args.when_over, *(["--estimator", args.estimator]
+                                                                        if args.estimator else [])]
     try:
         done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=args.timeout)
         lines = [line for line in done.stdout.splitlines() if line.startswith(RESULT_TAG)]
@@ -320,7 +326,8 @@ def table(results: list[dict[str, Any]]) -> str:
         trained.append(f"{record['method']}: {record['rows']:,} of {record['available_rows']:,}" if record else "-")
     lines.append("| train: rows fit | " + " | ".join(trained) + " |")
     lines.append("| train: expansion (peak - start) / Arrow bytes fit | " + " | ".join(
-        f"{r['expansion_measured']:.1f}x" if r.get("expansion_measured") else "-" for r in results) + " |")
+        f"{r['expansion_measured']:.1f}x" if r.get("expansion_measured") and r["training"]["method"] != "incremental"
+        else "-" for r in results) + " |")
     return "\n".join(lines)
 
 
@@ -344,9 +351,11 @@ def verdicts(results: list[dict[str, Any]]) -> list[str]:
 
 def markdown(results: list[dict[str, Any]], args: argparse.Namespace, meta: dict[str, Any]) -> str:
     text = [f"Scale curve, {meta['date']} ({meta['machine']}; one thread; training budget "
-            f"{args.train_memory / 2**20:,.0f} MiB; load average {meta['load_start']:.1f} at the start). Each "
-            "size in a fresh process; per stage the wall time, the peak RSS during it and, in brackets, the peak "
-            "of its anonymous part (RSS less the file-backed pages of memory-mapped snapshots).", "",
+            f"{args.train_memory / 2**20:,.0f} MiB, beyond it {args.when_over}"
+            f"{'; ' + args.estimator if args.estimator else ''}; load average {meta['load_start']:.1f} at the "
+            "start). Each size in a fresh process; per stage the wall time, the peak RSS during it and, in "
+            "brackets, the peak of its anonymous part (RSS less the file-backed pages of memory-mapped snapshots).",
+            "",
             table(results), ""]
     text += [f"- {line}" for line in verdicts(results)]
     errors = [f"- {r['rows']:,} rows: {r['error']}" for r in results if r.get("error")]
@@ -369,6 +378,10 @@ def main() -> None:
     parser.add_argument("--sizes", default="100000,1000000,5000000,20000000")
     parser.add_argument("--train-memory", type=lambda v: int(float(v) * 2**20), default=4096 * 2**20,
                         help="MiB the train stage's budget allows (TrainingBudget.max_memory)")
+    parser.add_argument("--when-over", choices=["sample", "incremental"], default="sample",
+                        help="TrainingBudget.when_over: a time-stratified sample, or partial_fit over every row")
+    parser.add_argument("--estimator", help="another scikit-learn estimator (import path) than the benchmark's "
+                        "HistGradientBoostingClassifier, e.g. sklearn.linear_model.SGDClassifier")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds one size may run")
     parser.add_argument("--readme", action="store_true", help="write the table into bench/README.md")
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
@@ -383,16 +396,19 @@ def main() -> None:
     if args.child:
         os.environ.setdefault("OMP_NUM_THREADS", "1")
         folder = Path(args.folder)
-        result = child(args.child, args.train_memory, folder, folder / "progress.json")
+        result = child(args.child, args.train_memory, folder, folder / "progress.json", when_over=args.when_over,
+                       estimator=args.estimator)
         print(RESULT_TAG + json.dumps(result, default=str), flush=True)
         return
     sizes = [int(s) for s in args.sizes.split(",")]
     date = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d")
     meta = {"date": date, "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
             f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB", "sizes": sizes,
-            "train_memory": args.train_memory, "targets": TARGETS, "python": sys.version.split()[0],
+            "train_memory": args.train_memory, "when_over": args.when_over, "estimator": args.estimator,
+            "targets": TARGETS, "python": sys.version.split()[0],
             "load_start": os.getloadavg()[0]}
-    out_json = HERE / "results" / f"{date}-scale.json"
+    variant = "" if args.when_over == "sample" and not args.estimator else f"-{args.when_over}"
+    out_json = HERE / "results" / f"{date}-scale{variant}.json"
     out_md = out_json.with_suffix(".md")
     results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
