@@ -60,3 +60,54 @@ def test_regression_models_are_scored_with_error_metrics(tmp_path, mlflow_server
     overall = cycle.evaluation.challenger.overall
     assert set(overall) == {"rmse", "mae", "r2"} and overall["r2"] > 0.95
     assert cycle.evaluation.primary_metric == "rmse" and cycle.verdict.passed
+
+
+@pytest.fixture(scope="module")
+def shop():
+    import pandas as pd
+
+    rng = np.random.default_rng(7)
+    n = 3000
+    x = pd.DataFrame({"a": rng.normal(size=n), "b": rng.normal(size=n), "c": rng.choice(["x", "y", "z"], n)})
+    return x, ((x.a + (x.c == "x")) > 0.5).astype(int).to_numpy(), (2 * x.a + rng.normal(size=n)).to_numpy()
+
+
+@pytest.mark.parametrize(("estimator", "metric"), [
+    ("HistGradientBoostingClassifier", "roc_auc"), ("RandomForestClassifier", "accuracy"),
+    ("LogisticRegression", "log_loss"), ("LogisticRegression", "f1"), ("HistGradientBoostingRegressor", "rmse"),
+    ("HistGradientBoostingRegressor", "r2")])
+def test_one_pass_importance_is_scikit_learns_permutation_importance(shop, estimator, metric):
+    from sklearn import ensemble, linear_model
+    from sklearn.inspection import permutation_importance
+    from sklearn.pipeline import Pipeline
+
+    from prefect_mlops.tasks.evaluate import _SCORERS, _Outputs, feature_importance
+    from prefect_mlops.tasks.features import make_transform
+
+    x, label, value = shop
+    task = "regression" if metric in ("rmse", "r2") else "classification"
+    y = value if task == "regression" else label
+    kind = getattr(ensemble, estimator, None) or getattr(linear_model, estimator)
+    params = {"max_iter": 10} if "HistGradient" in estimator else {"n_estimators": 5} if "Forest" in estimator else {}
+    spec = FeatureSpec(target="y", numeric=["a", "b"], categorical=["c"], task=task)
+    model = Pipeline([("features", make_transform(spec)), ("model", kind(**params))]).fit(x, y)
+    outputs = _Outputs(model, x, task)
+    if task == "classification":  # labels taken from the probabilities are the model's own predictions
+        assert (outputs.labels == model.predict(x)).all()
+    found = feature_importance(model, x, y, metric=metric, seed=3, outputs=outputs, task=task)
+    rows = np.sort(np.random.default_rng(3).choice(len(x), size=2000, replace=False))
+    expected = permutation_importance(model, x.iloc[rows], y[rows], scoring=_SCORERS[metric], n_repeats=3,
+                                      random_state=3).importances_mean
+    assert found == pytest.approx(dict(zip(x.columns, expected, strict=True)), abs=1e-12)
+    assert feature_importance(model, x, y, metric=metric, seed=3, task=task) == found  # without outputs too
+
+
+def test_importance_on_one_class_is_unknown_as_scikit_learn_says(shop):
+    from sklearn.linear_model import LogisticRegression
+
+    from prefect_mlops.tasks.evaluate import feature_importance
+
+    x, label, _ = shop
+    model = LogisticRegression().fit(x[["a", "b"]], label)
+    found = feature_importance(model, x[["a", "b"]].head(50), np.ones(50, dtype=int), metric="roc_auc")
+    assert set(found) == {"a", "b"} and all(math.isnan(v) for v in found.values())
