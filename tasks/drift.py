@@ -672,6 +672,7 @@ def drift_check(
     emit: bool = True,
     champion_run_id: str | None = None,
     mlflow_server: MlflowServer | None = None,
+    exact_rows: int = EXACT_ROWS,
 ) -> DriftReport:
     """Check drift (see `check_drift`), link the HTML report, and emit the drift event when drifted.
 
@@ -680,11 +681,12 @@ def drift_check(
     columns equally. `min_rows`: rows a side below which nothing is decided. `emit=False` leaves
     the event to the caller (a retrain policy that weighs drift with other signals emits one).
     With `champion_run_id` the check and its HTML report are logged to MLflow (see `log_drift_run`);
-    a failure to log is a warning, never a failed check.
+    a failure to log is a warning, never a failed check. `exact_rows`: rows a side up to which the
+    numeric statistics are exact (a seeded sample of that many above it).
     """
     report = check_drift(current, reference, model_name=model_name, columns=columns, drift_share=drift_share,
                          importance=importance, min_rows=min_rows, alpha=alpha, workspace=Workspace(workspace),
-                         sample_rows=sample_rows, report_rows=report_rows)
+                         sample_rows=sample_rows, report_rows=report_rows, exact_rows=exact_rows)
     logger = run_logger()
     logged_to = None
     if champion_run_id:
