@@ -359,6 +359,7 @@ def markdown(results: list[dict[str, Any]], args: argparse.Namespace, meta: dict
             table(results), ""]
     text += [f"- {line}" for line in verdicts(results)]
     errors = [f"- {r['rows']:,} rows: {r['error']}" for r in results if r.get("error")]
+    errors += [f"- {rows:,} rows: not run (no time left before {args.until} UTC)" for rows in meta.get("not_run", [])]
     return "\n".join(text + errors) + "\n"
 
 
@@ -383,6 +384,8 @@ def main() -> None:
     parser.add_argument("--estimator", help="another scikit-learn estimator (import path) than the benchmark's "
                         "HistGradientBoostingClassifier, e.g. sklearn.linear_model.SGDClassifier")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds one size may run")
+    parser.add_argument("--until", help="UTC time (HH:MM) by which the run ends: a size still running then is "
+                        "stopped and reported as far as it got; a size not started is left out")
     parser.add_argument("--readme", action="store_true", help="write the table into bench/README.md")
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--prepare", type=int, help=argparse.SUPPRESS)
@@ -413,15 +416,31 @@ def main() -> None:
     results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
         for rows in sizes:
+            left = seconds_until(args.until)
+            if left < 60:
+                print(f"scale: {rows:,} rows not run: {left:.0f} s left before {args.until}", flush=True)
+                meta.setdefault("not_run", []).append(rows)
+                continue
             print(f"scale: {rows:,} rows ...", flush=True)
-            results.append(run_size(rows, args, Path(tmp)))
+            results.append(run_size(rows, argparse.Namespace(**{**vars(args), "timeout": min(args.timeout, left)}),
+                                    Path(tmp)))
             meta["load_end"] = os.getloadavg()[0]
             text = markdown(results, args, meta)
             out_json.write_text(json.dumps({"meta": meta, "results": results}, indent=2, default=str))
             out_md.write_text(text)
             print(text, flush=True)
-    if args.readme:
-        print("bench/README.md updated" if write_readme(text) else "bench/README.md has no scale markers")
+            if args.readme:
+                print("bench/README.md updated" if write_readme(text) else "bench/README.md has no scale markers")
+
+
+def seconds_until(when: str | None) -> float:
+    """Seconds from now to today's `HH:MM` UTC (0 once it has passed); no limit without one."""
+    if not when:
+        return math.inf
+    now = dt.datetime.now(dt.timezone.utc)
+    hour, minute = (int(part) for part in when.split(":"))
+    end = now.replace(hour=hour, minute=minute, second=0, microsecond=0)
+    return max((end - now).total_seconds(), 0.0)
 
 
 if __name__ == "__main__":
