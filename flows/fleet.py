@@ -62,6 +62,7 @@ class ModelOutcome(BaseModel):
     monitor: MonitorReport | None = None
     error: str | None = Field(default=None, description="The failure, as '<ErrorType>: <message>'.")
     worker: str | None = Field(default=None, description="The Dask worker's address ('local' outside Dask).")
+    worker_name: str | None = Field(default=None, description="The Dask worker's name (a pod's name on Kubernetes).")
     pid: int | None = Field(default=None, description="The process id that ran the monitor.")
 
 
@@ -108,14 +109,15 @@ def dask_task_runner(address: str | None = None, n_workers: int = 2) -> DaskTask
 
 
 def where_running() -> dict[str, Any]:
-    """The Dask worker's address ('local' outside a Dask worker) and this process's id."""
+    """The Dask worker's address and name ('local' outside a Dask worker) and this process's id."""
     try:
         from distributed import get_worker
 
-        worker = get_worker().address
+        worker = get_worker()
+        address, name = worker.address, str(worker.name)
     except (ImportError, ValueError):  # not on a Dask worker (ValueError), or no Dask installed
-        worker = "local"
-    return {"worker": worker, "pid": os.getpid()}
+        address = name = "local"
+    return {"worker": address, "worker_name": name, "pid": os.getpid()}
 
 
 def run_monitor(model_name: str, source: DataSource, window: str | None = None, drift_share: float | None = None,

@@ -66,6 +66,7 @@ def test_fleet_on_two_workers_decides_as_the_sequential_run_and_reports_a_failed
     workers = {outcomes[n].worker for n in sequential}
     pids = {outcomes[n].pid for n in sequential}
     assert len(workers) == 2 and all(w.startswith("tcp://") for w in workers)
+    assert {outcomes[n].worker_name for n in sequential} == {"0", "1"}  # LocalCluster names its workers 0, 1
     assert len(pids) == 2 and os.getpid() not in pids
     failed = outcomes["no-champion"]
     assert failed.monitor is None and "DriftCheckError" in failed.error and "no-champion" in failed.error
