@@ -113,14 +113,16 @@ def make_data(home: Path, models: int, drifted: int, rows: int) -> dict[str, dic
 class Sampler(threading.Thread):
     """CPU seconds and RSS of process trees (a root and its descendants), sampled every `period` s.
 
-    CPU of a process is its last sampled user+system time: a child that lives less than one
-    period is missed, one that exits loses at most its last period.
+    CPU of a tree: the root's own time, plus its reaped children's (the kernel adds a child's time to
+    its parent's when the parent waits for it: a worker's finished flow-run processes), plus its live
+    descendants'. Exact but for what a flow-run process spends in its last `period` before it ends
+    (counted once it is reaped).
     """
 
     def __init__(self, roots: dict[str, int], period: float = 1.0) -> None:
         super().__init__(daemon=True)
         self.roots, self.period = roots, period
-        self.cpu: dict[str, dict[int, float]] = {g: {} for g in roots}
+        self.cpu: dict[str, float] = dict.fromkeys(roots, 0.0)
         self.rss: dict[str, list[float]] = {g: [] for g in roots}
         self.stop_event = threading.Event()
 
@@ -134,19 +136,22 @@ class Sampler(threading.Thread):
                     procs = [root, *root.children(recursive=True)]
                 except psutil.Error:
                     continue
-                rss = 0
+                rss, cpu = 0, 0.0
                 for proc in procs:
                     try:
                         times = proc.cpu_times()
-                        self.cpu[group][proc.pid] = times.user + times.system
+                        cpu += times.user + times.system
+                        if proc is root:
+                            cpu += times.children_user + times.children_system
                         rss += proc.memory_info().rss
                     except psutil.Error:
                         pass
+                self.cpu[group] = max(self.cpu[group], cpu)
                 self.rss[group].append(rss / 2**20)
             self.stop_event.wait(self.period)
 
     def snapshot(self) -> dict[str, float]:
-        return {g: sum(v.values()) for g, v in self.cpu.items()}
+        return dict(self.cpu)
 
     def finish(self) -> None:
         self.stop_event.set()
@@ -586,7 +591,7 @@ def _arm_row(arm: dict[str, Any], bare: dict[str, Any]) -> str:
             f"{use['server']['rss_peak_mib']:,} MiB | "
             + ", ".join(f"{w['cores']:.2f}" for w in workers) + " | "
             + ", ".join(f"{w['rss_mean_mib']:,} / {w['rss_peak_mib']:,}" for w in workers) + " MiB | "
-            f"{cpu / max(arm['completed'], 1):.1f} s |")
+            f"{cpu / max(arm['completed'], 1):.1f} s | {arm['load_average'][0]}, {arm['load_average'][1]} |")
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -604,12 +609,12 @@ def markdown(result: dict[str, Any]) -> str:
         "in the window. CPU (cores used) and RSS (mean / peak MiB) of each process tree, flow-run processes "
         "included in their worker's; CPU per check: server and workers together.", "",
         "| arm | drift checks / min | / bare | completed (failed) | median run time | median start delay | "
-        "server: cores, RSS | workers: cores | workers: RSS | CPU per check |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "server: cores, RSS | workers: cores | workers: RSS | CPU per check | load average (start, end) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
         _arm_row(result["bare"], result["bare"]), _arm_row(result["monitor"], result["bare"]), "",
         f"Retraining on drift ({result.get('retrain_phase', {}).get('seconds', '-')} s before the arms: a monitor run "
         "of each drifted model, its event starting the retraining deployment through one automation, `for_each` "
-        "model, `within` an hour, plus a hand-started training run of the same model at the same moment): "
+        "model, `within` an hour; the moment that run exists, a training run of the same model started by hand): "
         f"retrainings per drifted model {lock.get('retrains_per_drifted_model')}, of stable models "
         f"{lock.get('retrains_of_stable_models')}; {lock.get('ct_runs')} training runs, "
         f"{lock.get('ct_runs_with_lock_spans')} of them reached evaluate; runs of one model overlapping as flow runs: "
