@@ -39,6 +39,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -353,7 +354,8 @@ def markdown(results: list[dict[str, Any]], args: argparse.Namespace, meta: dict
     text = [f"Scale curve, {meta['date']} ({meta['machine']}; one thread; training budget "
             f"{args.train_memory / 2**20:,.0f} MiB, beyond it {args.when_over}"
             f"{'; ' + args.estimator if args.estimator else ''}; load average {meta['load_start']:.1f} at the "
-            "start). Each size in a fresh process; per stage the wall time, the peak RSS during it and, in "
+            f"start{'; the largest size ran beside the others' if meta.get('jobs', 1) > 1 else ''}). Each size in "
+            "a fresh process; per stage the wall time, the peak RSS during it and, in "
             "brackets, the peak of its anonymous part (RSS less the file-backed pages of memory-mapped snapshots).",
             "",
             table(results), ""]
@@ -384,6 +386,8 @@ def main() -> None:
     parser.add_argument("--estimator", help="another scikit-learn estimator (import path) than the benchmark's "
                         "HistGradientBoostingClassifier, e.g. sklearn.linear_model.SGDClassifier")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds one size may run")
+    parser.add_argument("--jobs", type=int, default=1, choices=[1, 2],
+                        help="2: the largest size runs beside the others (each child is single-threaded)")
     parser.add_argument("--until", help="UTC time (HH:MM) by which the run ends: a size still running then is "
                         "stopped and reported as far as it got; a size not started is left out")
     parser.add_argument("--readme", action="store_true", help="write the table into bench/README.md")
@@ -409,28 +413,42 @@ def main() -> None:
             f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB", "sizes": sizes,
             "train_memory": args.train_memory, "when_over": args.when_over, "estimator": args.estimator,
             "targets": TARGETS, "python": sys.version.split()[0],
-            "load_start": os.getloadavg()[0]}
+            "load_start": os.getloadavg()[0], "jobs": args.jobs}
     variant = "" if args.when_over == "sample" and not args.estimator else f"-{args.when_over}"
     out_json = HERE / "results" / f"{date}-scale{variant}.json"
     out_md = out_json.with_suffix(".md")
     results: list[dict[str, Any]] = []
-    with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
-        for rows in sizes:
+    lock = threading.Lock()
+
+    def lane(lane_sizes: list[int], tmp: Path) -> None:
+        for rows in lane_sizes:
             left = seconds_until(args.until)
             if left < 60:
                 print(f"scale: {rows:,} rows not run: {left:.0f} s left before {args.until}", flush=True)
-                meta.setdefault("not_run", []).append(rows)
+                with lock:
+                    meta.setdefault("not_run", []).append(rows)
                 continue
             print(f"scale: {rows:,} rows ...", flush=True)
-            results.append(run_size(rows, argparse.Namespace(**{**vars(args), "timeout": min(args.timeout, left)}),
-                                    Path(tmp)))
-            meta["load_end"] = os.getloadavg()[0]
-            text = markdown(results, args, meta)
-            out_json.write_text(json.dumps({"meta": meta, "results": results}, indent=2, default=str))
-            out_md.write_text(text)
-            print(text, flush=True)
-            if args.readme:
-                print("bench/README.md updated" if write_readme(text) else "bench/README.md has no scale markers")
+            result = run_size(rows, argparse.Namespace(**{**vars(args), "timeout": min(args.timeout, left)}), tmp)
+            with lock:
+                results.append(result)
+                results.sort(key=lambda r: r["rows"])
+                meta["load_end"] = os.getloadavg()[0]
+                text = markdown(results, args, meta)
+                out_json.write_text(json.dumps({"meta": meta, "results": results}, indent=2, default=str))
+                out_md.write_text(text)
+                print(text, flush=True)
+                if args.readme:
+                    print("bench/README.md updated" if write_readme(text) else "bench/README.md has no scale markers")
+
+    with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
+        # --jobs 2: the largest size in a lane of its own, the others one after another beside it.
+        lanes = [[max(sizes)], [n for n in sizes if n != max(sizes)]] if args.jobs > 1 and len(sizes) > 1 else [sizes]
+        threads = [threading.Thread(target=lane, args=(sizes_, Path(tmp))) for sizes_ in lanes]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
 
 
 def seconds_until(when: str | None) -> float:
