@@ -169,7 +169,7 @@ class TrainingRecord(BaseModel):
         from prefect_mlops.tasks.lineage import TrainingRecord
         record = TrainingRecord(method="sample", rows=1000, available_rows=8000, sample="uniform",
                                 reason="8000 rows need about 64 MB; the budget is 8 MB")
-        assert record.summary() == "sample: 1000 of 8000 rows (uniform)"
+        assert record.summary() == "sample: 1,000 of 8,000 rows (uniform)"
         ```
     """
 
@@ -190,7 +190,7 @@ class TrainingRecord(BaseModel):
 
     def summary(self) -> str:
         """One line: method, rows of rows, and how a sample was drawn."""
-        text = f"{self.method}: {self.rows} of {self.available_rows} rows"
+        text = f"{self.method}: {self.rows:,} of {self.available_rows:,} rows"
         return f"{text} ({self.sample})" if self.sample else text
 
 

@@ -160,12 +160,12 @@ def plan_training(features: FeatureSet, trainer: TrainerSpec, budget: TrainingBu
     in_memory = int(limit / (per_row * EXPANSION)) if per_row else available_rows
     fitting = min(in_memory, budget.max_rows or in_memory)
     common = {"available_rows": available_rows, "estimated_bytes": estimate, "budget_bytes": limit, "budget": budget}
-    need = f"{available_rows} rows need about {_mb(estimate)} to fit"
+    need = f"{available_rows:,} rows need about {_mb(estimate)} to fit"
     if fitting >= available_rows:
         return TrainingRecord(method="all", rows=available_rows, reason=f"{need}; the budget is {_mb(limit)}",
                               **common)
     over = (f"{need}, over the budget of {_mb(limit)}" if in_memory <= fitting else
-            f"{available_rows} rows are over the budget's max_rows={budget.max_rows}")
+            f"{available_rows:,} rows are over the budget's max_rows={budget.max_rows}")
     if budget.when_over == "incremental":
         estimator = build_estimator(trainer)
         if callable(getattr(estimator, "partial_fit", None)):
@@ -175,7 +175,7 @@ def plan_training(features: FeatureSet, trainer: TrainerSpec, budget: TrainingBu
                  "partial_fit, so a sample instead of the policy's incremental fit")
     fitting = min(available_rows, max(fitting, MIN_SAMPLE_ROWS))
     return TrainingRecord(method="sample", rows=fitting, sample=_sample_text(spec, budget),
-                          reason=f"{over}: a sample of the {fitting} rows that fit", **common)
+                          reason=f"{over}: a sample of the {fitting:,} rows that fit", **common)
 
 
 def fit_within_budget(features: FeatureSet, trainer: TrainerSpec, *, rows: Literal["train", "all"] = "train",
