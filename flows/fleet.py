@@ -14,6 +14,8 @@ Dask is imported only when the flow runs: importing this module stays light.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Literal
 
 from prefect import flow, get_run_logger, task
@@ -106,6 +108,21 @@ def dask_task_runner(address: str | None = None, n_workers: int = 2) -> DaskTask
     # No dashboard: it needs bokeh, which is not a dependency, and would only warn.
     return DaskTaskRunner(cluster_kwargs={"n_workers": n_workers, "processes": True,
                                           "threads_per_worker": THREADS_PER_WORKER, "dashboard_address": None})
+
+
+@contextmanager
+def dask_cluster(address: str | None = None, n_workers: int = 2) -> Iterator[DaskTaskRunner]:
+    """A started `dask_task_runner`, connected before any work is submitted; a scheduler that does not
+    answer is named, with what to do, instead of failing the first task."""
+    with dask_task_runner(address, n_workers) as runner:
+        try:
+            runner.client  # noqa: B018 - the property connects (or starts the LocalCluster)
+        except OSError as exc:  # distributed's connect timeout and refused connections are OSErrors
+            where = f"the Dask scheduler at {address!r}" if address else f"a LocalCluster of {n_workers} workers"
+            raise ConfigError(f"could not reach {where} ({type(exc).__name__}: {shorten(str(exc), 300)}); "
+                              "check the address and that the scheduler runs (`dask scheduler`), or leave "
+                              "`address` empty for a LocalCluster on this machine") from exc
+        yield runner
 
 
 def where_running() -> dict[str, Any]:
@@ -231,7 +248,7 @@ def monitor_models(
     logger = get_run_logger()
     shared = {"drift_share": drift_share, "retrain": retrain, "policy": policy, "mlflow_server": mlflow_server,
               "workspace": workspace, "retrain_policy": retrain_policy}
-    with dask_task_runner(address, n_workers) as runner:
+    with dask_cluster(address, n_workers) as runner:
         futures = [runner.submit(monitor_model, {"model_name": m.model_name, "source": m.source,
                                                  "window": m.window or window, **shared}) for m in models]
         outcomes = [collect(m.model_name, f) for m, f in zip(models, futures, strict=True)]
@@ -288,7 +305,7 @@ def drift_check_columns(
         workspace: Folder for the HTML report, seen by every worker.
     """
     groups = column_groups(columns, columns_per_task)
-    with dask_task_runner(address, n_workers) as runner:
+    with dask_cluster(address, n_workers) as runner:
         futures = [runner.submit(drift_statistics_of, {"current": current, "reference": reference, "columns": group,
                                                        "model_name": model_name, "group": index,
                                                        "sample_rows": sample_rows})

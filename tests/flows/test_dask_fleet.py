@@ -140,3 +140,16 @@ def test_importing_the_flows_loads_no_dask():
             "print(','.join(m for m in ('dask', 'distributed', 'prefect_dask') if m in sys.modules))")
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert loaded == "", f"import prefect_mlops.flows loaded {loaded}"
+
+
+def test_a_scheduler_that_does_not_answer_is_named_before_any_work(churn_source, workspace):
+    import dask
+
+    from prefect_mlops.errors import ConfigError
+    from tests.conftest import free_port
+
+    address = f"tcp://127.0.0.1:{free_port()}"
+    with dask.config.set({"distributed.comm.timeouts.connect": "2s"}), \
+            pytest.raises(ConfigError, match=r"could not reach the Dask scheduler at 'tcp://127\.0\.0\.1:\d+'"):
+        monitor_models([FleetModel(model_name="churn", source=churn_source)], address=address,
+                       workspace=str(workspace.root))
