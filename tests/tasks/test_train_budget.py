@@ -143,3 +143,16 @@ def test_the_torch_trainer_streams_batches_through_partial_fit(features):
     assert net.n_epochs_ == 7 and [row["epoch"] for row in net.history_] == list(range(1, 8))
     holdout = frame().iloc[np.load(features.holdout_index_uri)]
     assert (pipeline.predict(holdout[SPEC.feature_columns]) == holdout["y"]).mean() > 0.75
+
+
+def test_a_regressor_streams_through_partial_fit_without_classes(workspace):
+    data = frame().assign(v=lambda f: 3 * f["x"] + f["z"])
+    spec = FeatureSpec(target="v", numeric=["x", "z"], categorical=["c"], time_column="t", task="regression")
+    features = build_feature_set(workspace.write_snapshot(data, name="regression"), spec, workspace=workspace)
+    trainer = TrainerSpec(estimator="sklearn.linear_model.SGDRegressor")
+    pipeline, _, record = fit_within_budget(features, trainer, budget=TrainingBudget(max_rows=300,
+                                                                                     when_over="incremental"))
+    assert (record.method, record.rows) == ("incremental", 3200)
+    holdout = data.iloc[np.load(features.holdout_index_uri)]
+    error = np.abs(pipeline.predict(holdout[spec.feature_columns]) - holdout["v"]).mean()
+    assert error < 0.3, error
