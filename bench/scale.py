@@ -242,6 +242,7 @@ def child(rows: int, train_memory: int, folder: Path, progress: Path, *, when_ov
     train_step = out["steps"]["train"]
     fit_bytes = out["arrow_bytes_per_row"] * out["training"]["rows"]
     out["expansion_measured"] = (train_step["rss_peak"] - train_step["rss_start"]) / fit_bytes if fit_bytes else None
+    progress.write_text(json.dumps(out, default=str))
     evaluation = step("evaluate", lambda: evaluate_models(trained, features, policy=policy, mlflow_server=server,
                                                           workspace=ws))
 
