@@ -23,7 +23,7 @@ from prefect_mlops.tasks.features import FeatureSpec
 from prefect_mlops.tasks.labels import read_prediction_log
 from prefect_mlops.tasks.lineage import TrainerSpec
 from prefect_mlops.tasks.score import score_dataset
-from prefect_mlops.workspace import Workspace
+from prefect_mlops.workspace import Workspace, read_frame
 from tests.conftest import free_port
 from tests.http_stub import stub_server
 from tests.tasks.stages import promote_cycle, train_and_judge
@@ -45,7 +45,7 @@ def champion(tmp_path_factory, churn_file):
                             TrainerSpec(estimator="sklearn.linear_model.LogisticRegression", params={"max_iter": 300}),
                             server=server, workspace=workspace, window=period_window(0))
     promote_cycle(cycle, server=server, workspace=workspace)
-    rows = workspace.write_snapshot(pd.read_parquet(cycle.features.dataset.uri).head(20), name="to-score")
+    rows = workspace.write_snapshot(read_frame(cycle.features.dataset).head(20), name="to-score")
     return server, workspace, rows
 
 

@@ -13,6 +13,7 @@ from prefect_mlops.tasks.deploy import CHAMPION, PREVIOUS, promote, read_aliases
 from prefect_mlops.tasks.reconcile import STATUS_REASON_TAG, STATUS_TAG, read_record, reconcile_model
 from prefect_mlops.tasks.register import CHALLENGER, register_version
 from prefect_mlops.tasks.score import score_dataset
+from prefect_mlops.workspace import read_frame
 from tests.http_stub import stub_server
 from tests.tasks.stages import promote_cycle, train_and_judge
 
@@ -118,7 +119,7 @@ def test_unreachable_mlflow_at_register_names_the_server_and_moves_nothing(first
 def test_batch_scoring_reports_unseen_categories_and_the_model_version(first, mlflow_server, workspace, tmp_path):
     import pandas as pd
 
-    rows = pd.read_parquet(first.features.dataset.uri).head(50).assign(plan="enterprise")
+    rows = read_frame(first.features.dataset).head(50).assign(plan="enterprise")
     ref = workspace.write_snapshot(rows, name="to-score")
     out = tmp_path / "scores" / "out.parquet"
     result = score_dataset(ref, model_name="churn", output_uri=str(out), mlflow_server=mlflow_server,
