@@ -275,8 +275,11 @@ def bare_parameters(name: str, model: dict[str, Any], mlflow: dict[str, Any]) ->
     return {"reference": model["reference"], "current": model["current"], "columns": COLUMNS}
 
 
-def train_champions(data: dict[str, dict[str, Any]], mlflow: dict[str, Any], procs: int) -> float:
-    """Each model's first champion, by `continuous_training` in `procs` processes of this script."""
+def train_champions(data: dict[str, dict[str, Any]], mlflow: dict[str, Any], procs: int) -> tuple[float, list[str]]:
+    """Each model's first champion, by `continuous_training` in `procs` processes of this script.
+
+    Returns the seconds it took and the models left without a champion (said, and left out of the run).
+    """
     from mlflow import MlflowClient
 
     start = time.perf_counter()
@@ -287,10 +290,13 @@ def train_champions(data: dict[str, dict[str, Any]], mlflow: dict[str, Any], pro
     spec.write_text(json.dumps({"data": data, "mlflow": mlflow}))
     children = [subprocess.Popen([sys.executable, __file__, "--train-only", str(spec), *names[i::procs]])
                 for i in range(procs)]
-    failed = [c.args for c in children if c.wait() != 0]
-    if failed:
-        raise RuntimeError(f"training the first champions failed: {failed}")
-    return time.perf_counter() - start
+    for child in children:
+        child.wait()
+    done = {json.loads(line)["done"] for path in spec.parent.glob("done-*") for line in path.read_text().splitlines()}
+    missing = sorted(set(names) - done)
+    if len(missing) == len(names):
+        raise RuntimeError("no first champion was trained; see the errors above")
+    return time.perf_counter() - start, missing
 
 
 def train_only(spec: Path, names: list[str]) -> None:
@@ -302,12 +308,21 @@ def train_only(spec: Path, names: list[str]) -> None:
     from prefect_mlops.tasks.features import FeatureSpec
     from prefect_mlops.tasks.lineage import TrainerSpec
 
+    done = spec.parent / f"done-{os.getpid()}"
     for name, model in data.items():
-        report = continuous_training(name, DataSource(uri=model["source"], time_column="event_time"),
-                                     FeatureSpec(**FEATURES), TrainerSpec(**TRAINER), policy=ModelPolicy(**POLICY),
-                                     window=model["train_window"], mlflow_server=MlflowServer(**mlflow))
-        if report.outcome != "promoted":
-            raise RuntimeError(f"model {name}: the first cycle was not promoted ({report})")
+        try:
+            report = continuous_training(name, DataSource(uri=model["source"], time_column="event_time"),
+                                         FeatureSpec(**FEATURES), TrainerSpec(**TRAINER),
+                                         policy=ModelPolicy(**POLICY), window=model["train_window"],
+                                         mlflow_server=MlflowServer(**mlflow))
+        except Exception as exc:  # one model's failure leaves it out of the run, said
+            print(f"model {name}: the first cycle failed: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+            continue
+        if report.outcome == "promoted":
+            with done.open("a") as out:
+                out.write(json.dumps({"done": name}) + "\n")
+        else:
+            print(f"model {name}: the first cycle was not promoted: {report.message}", file=sys.stderr, flush=True)
 
 
 def arm(name: str, deployment_id: Any, data: dict[str, dict[str, Any]], parameters: Any, mlflow: dict[str, Any],
@@ -527,7 +542,9 @@ def main(argv: list[str] | None = None) -> int:
             ids = create_deployments(home, data, mlflow, args.concurrency)["deployments"]
             print(f"server {server.api_url}; home {home}", flush=True)
             os.environ["PREFECT_API_URL"] = server.api_url  # for the setup processes
-            result["setup_s"] = round(train_champions(data, mlflow, args.setup_procs), 1)
+            seconds, missing = train_champions(data, mlflow, args.setup_procs)
+            result["setup_s"], result["left_out"] = round(seconds, 1), missing
+            data = {n: m for n, m in data.items() if n not in missing}
             print(f"champions trained in {result['setup_s']} s", flush=True)
             stack.start_workers([POOL], query_seconds="1", PREFECT_MLOPS_WORKSPACE=str(workspace),
                                 OMP_NUM_THREADS="1", GX_ANALYTICS_ENABLED="false",
@@ -602,7 +619,8 @@ def markdown(result: dict[str, Any]) -> str:
         f"Machine: {result['machine']}; load average {result['load_before']:.1f} at the start, "
         f"{result.get('load_after', float('nan')):.1f} at the end (a shared machine). One Prefect server "
         f"(PostgreSQL), one process work pool (concurrency limit {result['pool_concurrency']}), "
-        f"{result['workers']} process workers; {result['models']} models, {result['drifted']} of them drifted, "
+        f"{result['workers']} process workers; {result['models']} models, {result['drifted']} of them drifted"
+        + (f" ({len(result['left_out'])} left out: no first champion)" if result.get("left_out") else "") + ", "
         f"{result['rows_per_window']:,} rows a window. Each arm: runs created through the API round-robin over "
         f"the models, {result['queued']} kept queued (the workers never idle), {result['arm_seconds']:.0f} s of "
         f"which the first {result['warmup_s']:.0f} s are not counted. Drift checks per minute: runs completed "
