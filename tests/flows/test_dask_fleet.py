@@ -13,10 +13,11 @@ import pytest
 from prefect import flow, task
 
 from prefect_mlops.demo import period_window
-from prefect_mlops.flows import continuous_training, drift_monitor
+from prefect_mlops.flows import drift_monitor
 from prefect_mlops.flows.fleet import FleetModel, dask_task_runner, drift_check_columns, monitor_models
 from prefect_mlops.tasks.drift import check_drift
 from prefect_mlops.tasks.reconcile import model_lock
+from tests.tasks.stages import promote_cycle, train_and_judge
 
 
 @pytest.fixture(scope="module")
@@ -40,10 +41,10 @@ def decisions(report):
 def test_fleet_on_two_workers_decides_as_the_sequential_run_and_reports_a_failed_model(
         cluster_address, churn_source, churn_features, fast_trainer, policy, mlflow_server, workspace):
     common = {"mlflow_server": mlflow_server, "workspace": str(workspace.root)}
-    for name in ("churn-a", "churn-b"):
-        first = continuous_training(name, churn_source, churn_features, fast_trainer, policy=policy,
-                                    window=period_window(0), **common)
-        assert first.outcome == "promoted"
+    for name in ("churn-a", "churn-b"):  # the stages' plain functions: a champion without a flow run's costs
+        cycle = train_and_judge(churn_source, churn_features, fast_trainer, server=mlflow_server,
+                                workspace=workspace, window=period_window(0), policy=policy, name=name)
+        promote_cycle(cycle, server=mlflow_server, workspace=workspace)
     fleet = [FleetModel(model_name="churn-a", source=churn_source, window=period_window(1)),
              FleetModel(model_name="churn-b", source=churn_source, window=period_window(2)),
              FleetModel(model_name="no-champion", source=churn_source, window=period_window(2))]
