@@ -113,7 +113,21 @@ def dask_task_runner(address: str | None = None, n_workers: int = 2) -> DaskTask
 @contextmanager
 def dask_cluster(address: str | None = None, n_workers: int = 2) -> Iterator[DaskTaskRunner]:
     """A started `dask_task_runner`, connected before any work is submitted; a scheduler that does not
-    answer is named, with what to do, instead of failing the first task."""
+    answer is named, with what to do, instead of failing the first task.
+
+    Example:
+        ```python
+        import dask
+        from prefect_mlops.errors import ConfigError
+        from prefect_mlops.flows.fleet import dask_cluster
+        with dask.config.set({"distributed.comm.timeouts.connect": "1s"}):
+            try:
+                with dask_cluster("tcp://127.0.0.1:1"):
+                    raise AssertionError("nothing listens on port 1")
+            except ConfigError as exc:
+                assert "the Dask scheduler at 'tcp://127.0.0.1:1'" in str(exc)
+        ```
+    """
     with dask_task_runner(address, n_workers) as runner:
         try:
             runner.client  # noqa: B018 - the property connects (or starts the LocalCluster)
@@ -126,7 +140,15 @@ def dask_cluster(address: str | None = None, n_workers: int = 2) -> Iterator[Das
 
 
 def where_running() -> dict[str, Any]:
-    """The Dask worker's address and name ('local' outside a Dask worker) and this process's id."""
+    """The Dask worker's address and name ('local' outside a Dask worker) and this process's id.
+
+    Example:
+        ```python
+        import os
+        from prefect_mlops.flows.fleet import where_running
+        assert where_running() == {"worker": "local", "worker_name": "local", "pid": os.getpid()}
+        ```
+    """
     try:
         from distributed import get_worker
 
@@ -160,7 +182,21 @@ def monitor_model(model_name: str, source: DataSource, window: str | None = None
 
 
 def check_fleet(models: list[FleetModel]) -> None:
-    """Refuse an empty fleet and a model listed twice (two monitors of one model would race)."""
+    """Refuse an empty fleet and a model listed twice (two monitors of one model would race).
+
+    Example:
+        ```python
+        from prefect_mlops.blocks import DataSource
+        from prefect_mlops.errors import ConfigError
+        from prefect_mlops.flows.fleet import FleetModel, check_fleet
+        churn = FleetModel(model_name="churn", source=DataSource(uri="churn.parquet"))
+        try:
+            check_fleet([churn, churn])
+            raise AssertionError("a model listed twice was accepted")
+        except ConfigError as exc:
+            assert "['churn'] are listed more than once" in str(exc)
+        ```
+    """
     if not models:
         raise ConfigError("monitor-models: no models to monitor; pass at least one {model_name, source}")
     names = [m.model_name for m in models]
@@ -170,7 +206,7 @@ def check_fleet(models: list[FleetModel]) -> None:
                           "(give it the window to watch)")
 
 
-def collect(model_name: str, future: Any) -> ModelOutcome:
+def _collect(model_name: str, future: Any) -> ModelOutcome:
     """The outcome of one submitted monitor; its failure (or its worker's death) becomes a failed outcome.
 
     The failure is read from the task run's final state on the Prefect API, not unpickled from the
@@ -251,7 +287,7 @@ def monitor_models(
     with dask_cluster(address, n_workers) as runner:
         futures = [runner.submit(monitor_model, {"model_name": m.model_name, "source": m.source,
                                                  "window": m.window or window, **shared}) for m in models]
-        outcomes = [collect(m.model_name, f) for m, f in zip(models, futures, strict=True)]
+        outcomes = [_collect(m.model_name, f) for m, f in zip(models, futures, strict=True)]
     report = FleetReport(cluster=address or f"LocalCluster({n_workers} workers)", outcomes=outcomes)
     for o in outcomes:
         if o.status == "failed":
