@@ -1,7 +1,6 @@
 """Peak RSS and time of validate and drift-check at growing sizes, one fresh process per measurement.
 
     OMP_NUM_THREADS=1 python bench/stage_memory.py [--rows 1000000 5000000] [--json PATH] [--md PATH]
-    OMP_NUM_THREADS=1 python bench/stage_memory.py --warm-up [--rows 200000] [--repeat 3]
 
 Data: `bench/data.py`'s generator (20 columns: a timestamp, 11 numeric, 7 categorical, the label),
 reference and drifted current data, written once per size as workspace snapshots in chunks of 1M
@@ -14,8 +13,6 @@ its stage needs, then runs it; the child reports its peak RSS (`VmHWM`) and the 
 
 The target: validate and drift-check under 1.5 GB peak RSS at any size.
 
-`--warm-up` measures what `tasks.validate.warm_up()` saves: a child snapshots a Parquet file
-(as ingest does) and validates it, with and without the GX import started first, alternating.
 """
 
 from __future__ import annotations
@@ -24,7 +21,6 @@ import argparse
 import json
 import os
 import resource
-import statistics
 import subprocess
 import sys
 import time
@@ -115,9 +111,7 @@ def child(stage: str, root: str, refs_json: str) -> None:
     refs = {k: DatasetRef(**v) for k, v in json.loads(refs_json).items()}
     workspace = Workspace(root)
     if stage == "validate":
-        from prefect_mlops.tasks.validate import validate_dataset, warm_up
-
-        warm_up().join()
+        from prefect_mlops.tasks.validate import validate_dataset
     elif stage == "drift":
         import scipy.stats  # noqa: F401
         from evidently import Report  # noqa: F401
@@ -155,68 +149,17 @@ def measure(stage: str, root: Path, refs: dict) -> dict:
     return json.loads(lines[-1])
 
 
-def warm_child(warm: bool, source: str, root: str) -> None:
-    """ingest-like work (a Parquet file to a snapshot) then validate, from the flow's first line."""
-    import pyarrow.parquet as pq
-
-    from prefect_mlops.tasks import validate as v
-    from prefect_mlops.workspace import Workspace
-
-    start = time.perf_counter()
-    if warm:
-        v.warm_up()
-    workspace = Workspace(root)
-    parquet = pq.ParquetFile(source)
-    writer = workspace.snapshot_writer(parquet.schema_arrow, name=f"warm-{os.getpid()}").__enter__()
-    for batch in parquet.iter_batches(batch_size=65_536):
-        writer.write(batch)
-    writer.__exit__(None, None, None)
-    ingested = time.perf_counter() - start
-    suite = workspace.folder("suites") / f"warm-{os.getpid()}.json"
-    v.validate_dataset(writer.ref, suite_path=str(suite), warn_only=True, workspace=workspace)
-    suite.unlink(missing_ok=True)
-    print(json.dumps({"warm": warm, "seconds": time.perf_counter() - start, "ingest_seconds": ingested}))
-
-
-def warm_up_saving(rows: int, repeat: int, root: Path) -> dict:
-    import pyarrow.parquet as pq
-
-    source = root / f"source-{rows}.parquet"
-    if not source.exists():
-        pq.write_table(data.make_table(rows), source)
-    runs: dict[bool, list[float]] = {True: [], False: []}
-    for _ in range(repeat):
-        for warm in (False, True):
-            out = subprocess.run([sys.executable, __file__, "--warm-child", "1" if warm else "0", "--root",
-                                  str(root), "--source", str(source)], capture_output=True, text=True, check=True)
-            runs[warm].append(json.loads([x for x in out.stdout.splitlines() if x.startswith("{")][-1])["seconds"])
-    cold, warm = statistics.median(runs[False]), statistics.median(runs[True])
-    return {"rows": rows, "repeat": repeat, "cold_seconds": runs[False], "warm_seconds": runs[True],
-            "cold_median": cold, "warm_median": warm, "saving_seconds": cold - warm}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, nargs="+", default=[1_000_000, 5_000_000])
     parser.add_argument("--json"), parser.add_argument("--md")
-    parser.add_argument("--warm-up", action="store_true")
-    parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--child"), parser.add_argument("--root"), parser.add_argument("--refs")
-    parser.add_argument("--warm-child"), parser.add_argument("--source")
     args = parser.parse_args()
     if args.child:
         return child(args.child, args.root, args.refs)
-    if args.warm_child:
-        return warm_child(args.warm_child == "1", args.source, args.root)
     root = HERE / "data" / "stage-memory"
     root.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d")
-    if args.warm_up:
-        result = warm_up_saving(args.rows[0], args.repeat, root)
-        print(json.dumps(result, indent=2))
-        path = Path(args.json or HERE / "results" / f"{stamp}-gx-warm-up.json")
-        path.write_text(json.dumps(result, indent=2) + "\n")
-        return None
     results = []
     for rows in args.rows:
         refs = snapshots(rows, root)

@@ -24,7 +24,7 @@ from prefect_mlops.tasks.register import register
 from prefect_mlops.tasks.retrain import record_retraining, why_untrainable
 from prefect_mlops.tasks.route import train_on_route
 from prefect_mlops.tasks.train import git_commit, package_versions, refit, train
-from prefect_mlops.tasks.validate import update_suite, validate, warm_up
+from prefect_mlops.tasks.validate import update_suite, validate
 
 
 class CycleReport(BaseModel):
@@ -91,9 +91,6 @@ def continuous_training(
     policy = policy or ModelPolicy()
     policy.check_metrics(features.task)  # a bad policy fails before any work starts
     trainer.check(features.task)  # so does an estimator that does not import, fit this task or take its params
-    # After the estimator's import: scikit-learn and GX both import narwhals, whose circular imports deadlock
-    # when two threads import it at once.
-    warm_up()  # Great Expectations' import (~2 s) overlaps reconcile and ingest; validate waits for it
     window = str(Window.parse(window)) if Window.parse(window) else None
     server = mlflow_server or MlflowServer()
     retrain_policy = retrain_policy or RetrainPolicy()

@@ -25,7 +25,6 @@ import hashlib
 import json
 import math
 import os
-import threading
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -61,47 +60,6 @@ above it a seeded uniform sample of this many rows (their outcomes say `sample_r
 GX's other expectations include aggregates (means, quantiles, uniqueness) whose results do not merge across
 batches, and a frame of 250k rows keeps GX's copies of it well under a gigabyte for any column count we ship."""
 SAMPLE_SEED = 0
-_WARM_LOCK = threading.Lock()
-_warm_thread: threading.Thread | None = None
-
-
-def warm_up() -> threading.Thread:
-    """Start importing Great Expectations (and what the push-down needs) in a daemon thread; returns it.
-
-    The import costs about 2 s; a flow calls this first so it overlaps the stages before
-    validate (reconcile, ingest), which spend their time in I/O and in Arrow, outside the GIL.
-    `validate_dataset` joins the thread before it runs a suite. Calling it again starts nothing.
-
-    Example:
-        ```python
-        from prefect_mlops.tasks.validate import warm_up
-        assert warm_up() is warm_up()
-        ```
-    """
-    global _warm_thread
-    with _WARM_LOCK:
-        if _warm_thread is None:
-            _warm_thread = threading.Thread(target=_import_gx, name="prefect-mlops-gx-import", daemon=True)
-            _warm_thread.start()
-        return _warm_thread
-
-
-def _import_gx() -> None:
-    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
-    try:
-        import great_expectations  # noqa: F401
-        import pyarrow.compute  # noqa: F401
-        from great_expectations.execution_engine import PandasExecutionEngine  # noqa: F401
-        from great_expectations.expectations.expectation import parse_result_format  # noqa: F401
-    except Exception:  # validate imports GX again and reports the error where it happens
-        return
-
-
-def _joined_warm_up() -> None:
-    """Wait for a started warm-up: never import GX on two threads at once."""
-    thread = _warm_thread
-    if thread is not None and thread is not threading.current_thread():
-        thread.join()
 
 
 class ExpectationOutcome(BaseModel):
@@ -366,7 +324,6 @@ def validate_dataset(
     """
     if engine not in ("arrow", "gx"):
         raise ConfigError(f"validate engine {engine!r}: expected 'arrow' or 'gx'")
-    _joined_warm_up()
     workspace = workspace or Workspace()
     path = Path(suite_path) if suite_path else workspace.folder("suites") / f"{dataset.name}.json"
     if path.exists():

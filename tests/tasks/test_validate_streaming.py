@@ -102,10 +102,3 @@ def test_validate_dataset_streams_and_learns_in_bounded_memory(workspace, engine
     (arrow_small, python_small), (arrow_large, python_large) = peak(40_000), peak(400_000)
     assert arrow_large <= 1.5 * arrow_small + (1 << 20), (arrow_small, arrow_large)
     assert python_large <= 1.5 * python_small, (python_small, python_large)
-
-
-def test_validate_waits_for_the_gx_import_started_at_the_flows_start(workspace):
-    thread = v.warm_up()
-    assert v.warm_up() is thread and thread.daemon
-    report = v.validate_dataset(workspace.write_snapshot(data(500), name="w"), workspace=workspace)
-    assert report.passed and not thread.is_alive()
