@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Literal
@@ -26,7 +27,8 @@ class DataSource(Block):
         saved = DataSource.load("BLOCK_NAME")
         source = DataSource(uri="s3://lake/churn/2024.parquet", s3_endpoint_url="http://127.0.0.1:9000")
         assert source.scheme() == "s3"
-        # Every S3 read and write goes through the Block: source.read_bytes(), source.write_bytes(data, uri).
+        # Every S3 read and write goes through the Block: source.read_bytes(), source.download_to(path),
+        # source.write_bytes(data, uri).
         ```
     """
 
@@ -133,6 +135,40 @@ class DataSource(Block):
         with self._s3_errors(uri, what, action="read", bucket=bucket, key=key) as client:
             data = client().get_object(Bucket=bucket, Key=key)["Body"].read()
         return data
+
+    def download_to(self, path: str | os.PathLike[str], uri: str | None = None, *, what: str = "data source",
+                    chunk_bytes: int = 1 << 20) -> int:
+        """Copy the S3 object at `uri` (this source's own `uri` by default) into the file `path`; return its size.
+
+        The object is streamed in chunks of `chunk_bytes`: memory holds one chunk, however large
+        the object. Failures are `DataSourceError`s naming `what` and the URI, as in `read_bytes`;
+        the caller owns `path` and removes it on failure (`workspace.write_atomic` does).
+
+        Example:
+            ```python
+            import tempfile
+            from prefect_mlops.blocks import DataSource
+            from prefect_mlops.errors import DataSourceError
+            source = DataSource(uri="s3://lake/churn.csv", s3_endpoint_url="http://127.0.0.1:9",
+                                aws_access_key_id="key", aws_secret_access_key="secret")
+            try:
+                source.download_to(f"{tempfile.mkdtemp()}/churn.csv")
+            except DataSourceError as exc:  # nothing listens on port 9 here
+                assert str(exc).startswith("data source s3://lake/churn.csv: cannot reach the S3 store")
+            ```
+        """
+        uri = uri or self.uri
+        bucket, key = _bucket_and_key(uri, what)
+        size = 0
+        with self._s3_errors(uri, what, action="read", bucket=bucket, key=key) as client, open(path, "wb") as out:
+            body = client().get_object(Bucket=bucket, Key=key)["Body"]
+            try:
+                for chunk in body.iter_chunks(chunk_size=chunk_bytes):
+                    out.write(chunk)
+                    size += len(chunk)
+            finally:
+                body.close()
+        return size
 
     def write_bytes(self, data: bytes, uri: str | None = None, *, what: str = "output") -> str:
         """Put `data` as the S3 object at `uri` (this source's own `uri` by default) and return the URI.

@@ -552,14 +552,13 @@ def _open(source: DataSource, workspace: Workspace) -> Iterator[_Opened]:
             f"data source {source.uri}: unknown URI scheme {scheme!r}; expected a local path, file:// or s3://"
         )
     # The Block owns S3: bucket/key parsing, the client and every failure's message.
-    data = source.read_bytes()
     last = source.uri.rsplit("/", 1)[-1].lower()
     suffix = next((s for s in _CSV_SUFFIXES if last.endswith(s)), ".csv") if fmt == "csv" else ".parquet"
     # The dataset reader reads a file twice with max_rows and seeks in Parquet: spool to disk, not to memory.
     spool = workspace.folder("tmp") / f"source-{os.getpid()}-{secrets.token_hex(4)}{suffix}"
     try:
-        write_atomic(spool, lambda tmp: tmp.write_bytes(data), stage=f"copy of {source.uri}")
-        data = b""  # the bytes are on disk now
+        # Streamed in chunks straight to the file: memory does not hold the object, however large.
+        write_atomic(spool, source.download_to, stage=f"copy of {source.uri}")
         yield _Opened(spool, fmt, source.uri)
     finally:
         spool.unlink(missing_ok=True)

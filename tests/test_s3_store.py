@@ -167,7 +167,8 @@ def test_reading_back_what_was_written_and_listing_it(store, s3_endpoint):
     assert source.read_bytes("s3://scores/churn/next.parquet") == b"new"
 
 
-@pytest.mark.parametrize("method", [DataSource.read_bytes, DataSource.write_bytes, DataSource.list_uris])
+@pytest.mark.parametrize("method", [DataSource.read_bytes, DataSource.download_to, DataSource.write_bytes,
+                                    DataSource.list_uris])
 def test_the_io_methods_examples_run(method):
     # The package test runs module and class examples; these are methods'.
     (code,) = re.findall(r"```python\n(.*?)```", inspect.getdoc(method), re.S)

@@ -120,6 +120,30 @@ def test_s3_task_inside_a_flow_returns_a_reference(bucket, workspace):
     assert ref.name == "sales" and ref.rows == 6 and ref.uri.startswith(str(workspace.root))
 
 
+def test_a_large_s3_object_is_spooled_in_chunks_not_held_in_memory(bucket, workspace, tmp_path):
+    import tracemalloc
+
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    # 16 MB of incompressible values: holding the object as bytes shows as a 16 MB peak of Python memory.
+    values = np.random.default_rng(0).random(2_000_000)
+    pq.write_table(pa.table({"x": values}), tmp_path / "big.parquet", compression="none")
+    size = (tmp_path / "big.parquet").stat().st_size
+    boto3.client("s3", endpoint_url=bucket, aws_access_key_id="test", aws_secret_access_key="test",
+                 region_name="us-east-1").upload_file(str(tmp_path / "big.parquet"), "lake", "big/d.parquet")
+    tracemalloc.start()
+    try:
+        ref = ingest_dataset(s3_source(bucket, "s3://lake/big/d.parquet"), workspace=workspace)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert ref.rows == len(values) and size > 15_000_000
+    assert peak < size / 4, f"Python memory peaked at {peak / 1e6:.1f} MB for a {size / 1e6:.1f} MB object"
+    assert not any((workspace.root / "tmp").iterdir())  # the spooled copy is gone
+
+
 @pytest.mark.parametrize(("uri", "message"), [
     ("s3://no-such-bucket/d.parquet", "bucket 'no-such-bucket' does not exist"),
     ("s3://lake/sales/missing.parquet", "no object 'sales/missing.parquet' in bucket 'lake'"),
