@@ -94,7 +94,7 @@ class TrainingBudget(StrictModel):
     max_memory: int | None = Field(
         default=None, ge=1,
         description="Bytes one fit may use; empty: memory_share of the memory available when training starts "
-                    "(MemAvailable in /proc/meminfo).",
+                    "(the smaller of MemAvailable in /proc/meminfo and the container's cgroup headroom).",
     )
     memory_share: float = Field(
         default=0.5, gt=0, le=1,
@@ -116,22 +116,104 @@ class TrainingBudget(StrictModel):
     batch_rows: int = Field(default=65_536, ge=1, description="Rows per partial_fit call (incremental).")
 
     def memory_limit(self, available: int | None = None) -> int:
-        """Bytes a fit may use: `max_memory`, else `memory_share` of `available` (default: MemAvailable)."""
+        """Bytes a fit may use: `max_memory`, else `memory_share` of `available` (default: `available_memory()`)."""
         if self.max_memory is not None:
             return self.max_memory
         return int(self.memory_share * (available if available is not None else available_memory()))
 
 
-def available_memory() -> int:
-    """MemAvailable from /proc/meminfo in bytes; where there is none, 4 GiB (a cautious guess)."""
+def available_memory(*, meminfo: str = "/proc/meminfo", cgroup_root: str = "/sys/fs/cgroup",
+                     self_cgroup: str = "/proc/self/cgroup") -> int:
+    """Memory a fit can still take, in bytes: the smaller of the node's MemAvailable and the cgroup's headroom.
+
+    In a pod or container, /proc/meminfo describes the node; the limit that ends the process is its
+    cgroup's (`cgroup_headroom`). Where neither can be read, 4 GiB (a cautious guess).
+
+    Example:
+        ```python
+        import pathlib, tempfile
+        from prefect_mlops.blocks.retrain_policy import available_memory
+        root = pathlib.Path(tempfile.mkdtemp())
+        (root / "meminfo").write_text("MemAvailable:   16777216 kB\\n")  # 16 GiB on the node
+        (root / "memory.max").write_text(str(6 * 2**30))  # a 6 GiB pod limit, 2 GiB of it in use
+        (root / "memory.current").write_text(str(2 * 2**30))
+        (root / "cgroup").write_text("0::/\\n")
+        assert available_memory(meminfo=str(root / "meminfo"), cgroup_root=str(root),
+                                self_cgroup=str(root / "cgroup")) == 4 * 2**30
+        ```
+    """
+    found = [value for value in (_mem_available(meminfo), cgroup_headroom(cgroup_root, self_cgroup))
+             if value is not None]
+    return min(found) if found else 4 * 2**30
+
+
+def cgroup_headroom(root: str = "/sys/fs/cgroup", self_cgroup: str = "/proc/self/cgroup") -> int | None:
+    """Bytes this process's memory cgroup may still grow by before its limit, or None when no limit is set.
+
+    cgroup v2: `memory.max` ('max': none) less `memory.current`; v1: `memory/memory.limit_in_bytes` (a
+    value near 2**63: none) less `memory.usage_in_bytes`. The page cache the kernel would drop first
+    (`inactive_file` in memory.stat) counts as free, as in Kubernetes' working set: memory-mapped
+    snapshots fill it. Looks at the cgroup /proc/self/cgroup names and its ancestors under `root` (with
+    a cgroup namespace that is the root itself) and returns the smallest headroom.
+    """
+    import os
+
+    v2_path, v1_path = "/", "/"
     try:
-        with open("/proc/meminfo") as handle:
+        with open(self_cgroup) as handle:
+            for line in handle:
+                _, controllers, path = line.rstrip("\n").split(":", 2)
+                if controllers == "":
+                    v2_path = path or "/"
+                elif "memory" in controllers.split(","):
+                    v1_path = path or "/"
+    except (OSError, ValueError):
+        pass
+    headrooms = []
+    for base, path, limit_file, usage_file, cache_key in (
+            (root, v2_path, "memory.max", "memory.current", "inactive_file"),
+            (os.path.join(root, "memory"), v1_path, "memory.limit_in_bytes", "memory.usage_in_bytes",
+             "total_inactive_file")):
+        parts = [p for p in path.split("/") if p]
+        for depth in range(len(parts), -1, -1):  # the process's own cgroup first, then its ancestors
+            folder = os.path.join(base, *parts[:depth])
+            limit, usage = _read_int(os.path.join(folder, limit_file)), _read_int(os.path.join(folder, usage_file))
+            if limit is None or usage is None or limit >= 2**60:  # no file, 'max', or v1's "unlimited"
+                continue
+            cache = _stat_value(os.path.join(folder, "memory.stat"), cache_key) or 0
+            headrooms.append(max(0, limit - max(0, usage - cache)))
+    return min(headrooms) if headrooms else None
+
+
+def _mem_available(meminfo: str) -> int | None:
+    try:
+        with open(meminfo) as handle:
             for line in handle:
                 if line.startswith("MemAvailable:"):
                     return int(line.split()[1]) * 1024
-    except OSError:
+    except (OSError, ValueError, IndexError):
         pass
-    return 4 * 2**30
+    return None
+
+
+def _read_int(path: str) -> int | None:
+    try:
+        with open(path) as handle:
+            return int(handle.read().strip())
+    except (OSError, ValueError):  # missing, or "max"
+        return None
+
+
+def _stat_value(path: str, key: str) -> int | None:
+    try:
+        with open(path) as handle:
+            for line in handle:
+                name, _, value = line.partition(" ")
+                if name == key:
+                    return int(value)
+    except (OSError, ValueError):
+        pass
+    return None
 
 
 class RetrainPolicy(Block):
