@@ -7,6 +7,7 @@ import datetime as dt
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 
 from prefect_mlops.errors import DataSourceError
@@ -121,3 +122,90 @@ def test_a_snapshot_that_is_gone_is_named(workspace, frame):
     for read in (read_frame, read_table, lambda r: list(iter_batches(r))):
         with pytest.raises(DataSourceError, match=r"dataset 'orders': snapshot .* is gone.*Run ingest again"):
             read(ref)
+
+
+def _leftovers(workspace, name: str) -> list[str]:
+    return sorted(p.name for p in (workspace.root / "datasets" / name).iterdir())
+
+
+def test_a_failure_on_the_hashing_thread_leaves_no_temp_file_and_names_the_dataset(workspace, monkeypatch):
+    from prefect_mlops import workspace as module
+
+    def broken(self, batch, offset) -> None:
+        raise RuntimeError("hashing broke")
+
+    monkeypatch.setattr(module._Hasher, "_hash", broken)
+    with pytest.raises(DataSourceError, match=r"dataset 'orders': the snapshot could not be written .*hashing broke"):
+        workspace.write_snapshot(pd.DataFrame({"x": [1, 2]}), name="orders")
+    assert _leftovers(workspace, "orders") == []
+
+
+def test_a_refused_rename_leaves_no_temp_file(workspace, monkeypatch):
+    from prefect_mlops import workspace as module
+
+    def refuse(src, dst) -> None:
+        raise PermissionError(13, "Permission denied", str(dst))
+
+    monkeypatch.setattr(module.os, "replace", refuse)
+    with pytest.raises(DataSourceError, match=r"dataset 'orders': .*PermissionError.*run ingest again"):
+        workspace.write_snapshot(pd.DataFrame({"x": [1, 2]}), name="orders")
+    assert _leftovers(workspace, "orders") == []
+
+
+def test_a_damaged_snapshot_of_the_same_data_is_rewritten(workspace, frame):
+    ref = workspace.write_snapshot(frame, name="orders")
+    path = workspace.root / ref.uri
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])  # truncated: a crash, a full disk
+    again = workspace.write_snapshot(frame, name="orders")
+    assert again.uri == ref.uri
+    pd.testing.assert_frame_equal(read_frame(again), read_frame(workspace.write_snapshot(frame, name="copy")))
+    assert _leftovers(workspace, "orders") == [path.name]
+
+
+def test_a_truncated_snapshot_is_named_with_what_to_do(workspace, frame):
+    ref = workspace.write_snapshot(frame, name="orders")
+    path = workspace.root / ref.uri
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    for read in (read_frame, read_table, lambda r: list(iter_batches(r)), lambda r: list(iter_batches(r, ["x"]))):
+        with pytest.raises(DataSourceError, match=rf"dataset 'orders': snapshot {path} is damaged .*Delete that "
+                                                  "file and run ingest again"):
+            read(ref)
+
+
+def test_unknown_columns_name_the_dataset_and_the_columns_it_has(workspace, frame):
+    ref = workspace.write_snapshot(frame, name="orders")
+    folder = workspace.folder("datasets", "old")
+    frame.to_parquet(folder / "0123456789abcdef0123456789abcdef.parquet", index=False)
+    old = DatasetRef(name="orders", uri=str(folder / "0123456789abcdef0123456789abcdef.parquet"),
+                     fingerprint="0" * 64, rows=len(frame), columns={c: str(t) for c, t in frame.dtypes.items()})
+    for snapshot in (ref, old):
+        for read in (read_frame, read_table, lambda r, c: list(iter_batches(r, c))):
+            with pytest.raises(DataSourceError, match=r"dataset 'orders' has no column 'prise' .*its columns are "
+                                                      r"\['when', .*Fix the column name"):
+                read(snapshot, ["x", "prise"])
+
+
+def _rss() -> int:
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmRSS:"))
+
+
+def test_iter_batches_does_not_keep_what_it_has_read_in_memory(workspace):
+    # 96 MB of snapshot in 64k-row batches, as ingest writes them; reading it through a memory map
+    # would leave every page read counted in the process's memory until the end.
+    rng = np.random.default_rng(0)
+    batch = pa.record_batch({f"c{k}": rng.random(65_536) for k in range(4)})
+    with workspace.snapshot_writer(batch.schema, name="wide") as writer:
+        for _ in range(48):
+            writer.write(batch)
+    size = (workspace.root / writer.ref.uri).stat().st_size
+    del batch
+    before = peak = _rss()
+    rows = 0
+    for piece in iter_batches(writer.ref):
+        rows += piece.num_rows
+        total = sum(pc.sum(column).as_py() for column in piece.columns)  # every value read, as a stage reads it
+        assert total > 0
+        peak = max(peak, _rss())
+    assert rows == 48 * 65_536 and size > 90e6
+    assert peak - before < size / 4, f"memory grew by {(peak - before) / 1e6:.0f} MB over a {size / 1e6:.0f} MB file"

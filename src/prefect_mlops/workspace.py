@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from prefect_mlops.errors import WORKSPACE_ADVICE, DataSourceError, disk_full_error
+from prefect_mlops.errors import WORKSPACE_ADVICE, DataSourceError, MlopsError, brief, disk_full_error
 from prefect_mlops.refs import DatasetRef
 
 if TYPE_CHECKING:
@@ -180,27 +180,29 @@ class SnapshotWriter:
 
         if not batch.num_rows:
             return
-        arrays = [self._conform(i, batch.column(i)) for i in range(batch.num_columns)]
-        batch = pa.RecordBatch.from_arrays(arrays, schema=self.schema)
-        self.hasher.update(batch)
         try:
+            arrays = [self._conform(i, batch.column(i)) for i in range(batch.num_columns)]
+            batch = pa.RecordBatch.from_arrays(arrays, schema=self.schema)
+            self.hasher.update(batch)  # re-raises a failure of an earlier batch's hashing
             self._writer.write_batch(batch)
         except BaseException as exc:
             self._fail(exc)
 
     def finish(self) -> DatasetRef:
         """Close the file, name it by its fingerprint and return the snapshot's reference."""
+        # Every step can fail (the hashing thread re-raises here, the rename can be refused): each
+        # failure goes through _fail, which removes the temp file, so no `.snapshot.*.tmp` is left.
         try:
             self._writer.close()
             self._sink.close()
+            digest = self.hasher.hexdigest()
+            path = self.folder / f"{digest[:32]}{SNAPSHOT_SUFFIX}"
+            if _intact(path, self.schema, self.hasher.rows):
+                self._tmp.unlink(missing_ok=True)
+            else:  # new data, or a damaged copy of the same data (truncated, overwritten): replaced
+                os.replace(self._tmp, path)
         except BaseException as exc:
             self._fail(exc)
-        digest = self.hasher.hexdigest()
-        path = self.folder / f"{digest[:32]}{SNAPSHOT_SUFFIX}"
-        if path.exists():
-            self._tmp.unlink(missing_ok=True)
-        else:
-            os.replace(self._tmp, path)
         self.ref = DatasetRef(name=self.name, uri=str(path), fingerprint=digest, rows=self.hasher.rows,
                               columns=pandas_dtypes(self.schema, self.hasher.null_counts),
                               source_uri=self.source_uri, window=self.window)
@@ -236,7 +238,13 @@ class SnapshotWriter:
         error = disk_full_error(exc, self._tmp, stage=f"snapshot of {self.name!r}", advice=WORKSPACE_ADVICE)
         if error is not None:
             raise error from exc
-        raise exc
+        if isinstance(exc, MlopsError) or not isinstance(exc, Exception):
+            raise exc  # already explained, or an interrupt: as it is
+        raise DataSourceError(
+            f"dataset {self.name!r}: the snapshot could not be written in {self.folder} ({type(exc).__name__}: "
+            f"{brief(exc, 500)}); nothing was kept. Check that the folder is writable and each batch has the "
+            "columns and types of the first, then run ingest again"
+        ) from exc
 
     def _discard(self) -> None:
         with contextlib.suppress(Exception):
@@ -247,6 +255,22 @@ class SnapshotWriter:
                     closing.close()
         with contextlib.suppress(OSError):  # the first failure is the one to report
             self._tmp.unlink(missing_ok=True)
+
+
+def _intact(path: Path, schema: pa.Schema, rows: int) -> bool:
+    """Whether `path` is a readable snapshot of `rows` rows in `schema` (footer and batch headers; not the values)."""
+    import pyarrow as pa
+
+    if not path.exists():
+        return False
+    try:
+        # Memory-mapped: the footer and each batch's header are read, the values' pages are not touched.
+        with pa.memory_map(str(path)) as handle:
+            reader = pa.ipc.open_file(handle)
+            found = sum(reader.get_batch(i).num_rows for i in range(reader.num_record_batches))
+            return reader.schema.equals(schema) and found == rows
+    except (pa.ArrowException, OSError):
+        return False
 
 
 def stored_schema(schema: pa.Schema) -> pa.Schema:
@@ -432,11 +456,16 @@ def read_frame(ref: DatasetRef, columns: list[str] | None = None) -> pd.DataFram
     """
     if is_parquet(ref):
         import pandas as pd
+        import pyarrow as pa
+        import pyarrow.parquet as pq
 
         try:
+            _check_columns(ref, pq.read_schema(ref.uri).names, columns)
             return pd.read_parquet(ref.uri, columns=columns)
         except FileNotFoundError as exc:
             raise _gone(ref) from exc
+        except (pa.ArrowException, OSError) as exc:
+            raise _damaged(ref, exc) from exc
     return read_table(ref, columns).to_pandas()
 
 
@@ -461,10 +490,15 @@ def read_table(ref: DatasetRef, columns: list[str] | None = None) -> pa.Table:
         if is_parquet(ref):
             import pyarrow.parquet as pq
 
+            _check_columns(ref, pq.read_schema(ref.uri).names, columns)
             return pq.read_table(ref.uri, columns=columns)
         table = pa.ipc.open_file(pa.memory_map(ref.uri)).read_all()
+        table.validate()  # buffer sizes against lengths: a damaged file fails here, not in a later stage
     except FileNotFoundError as exc:
         raise _gone(ref) from exc
+    except (pa.ArrowException, OSError) as exc:
+        raise _damaged(ref, exc) from exc
+    _check_columns(ref, table.column_names, columns)
     return table if columns is None else table.select(columns)
 
 
@@ -490,19 +524,57 @@ def iter_batches(
             handle = pq.ParquetFile(ref.uri)
         except FileNotFoundError as exc:
             raise _gone(ref) from exc
+        except (pa.ArrowException, OSError) as exc:
+            raise _damaged(ref, exc) from exc
         with handle:
+            _check_columns(ref, handle.schema_arrow.names, columns)
             yield from handle.iter_batches(batch_size=batch_rows, columns=columns)
         return
+    # Read through a plain file, not a memory map: each batch is read into memory Arrow frees when the
+    # caller drops it, whereas every mapped page read would stay in the process's RSS until the end.
     try:
-        reader = pa.ipc.open_file(pa.memory_map(ref.uri))
+        handle = pa.OSFile(ref.uri)
     except FileNotFoundError as exc:
         raise _gone(ref) from exc
-    for i in range(reader.num_record_batches):
-        batch = reader.get_batch(i)
-        if columns is not None:
-            batch = batch.select(columns)
-        for start in range(0, batch.num_rows, batch_rows):
-            yield batch.slice(start, batch_rows)
+    with handle:
+        try:
+            reader = pa.ipc.open_file(handle)
+            if columns is not None:
+                names = reader.schema.names
+                _check_columns(ref, names, columns)
+                # Only the columns asked for are read from disk.
+                wanted = sorted({names.index(c) for c in columns})
+                reader = pa.ipc.open_file(handle, options=pa.ipc.IpcReadOptions(included_fields=wanted))
+        except (pa.ArrowException, OSError) as exc:
+            raise _damaged(ref, exc) from exc
+        for i in range(reader.num_record_batches):
+            try:
+                batch = reader.get_batch(i)
+                batch.validate()
+            except (pa.ArrowException, OSError) as exc:
+                raise _damaged(ref, exc) from exc
+            if columns is not None:
+                batch = batch.select(columns)
+            for start in range(0, batch.num_rows, batch_rows):
+                yield batch.slice(start, batch_rows)
+            del batch  # freed before the next one is read
+
+
+def _check_columns(ref: DatasetRef, names: list[str], columns: list[str] | None) -> None:
+    missing = [c for c in columns or [] if c not in names]
+    if missing:
+        raise DataSourceError(
+            f"dataset {ref.name!r} has no column {brief(missing if len(missing) > 1 else missing[0], 500)} "
+            f"(snapshot {ref.uri}); its columns are {brief(names, 1000)}. Fix the column name where it is "
+            "asked for (feature spec, target, time column), or ingest a source that has it"
+        )
+
+
+def _damaged(ref: DatasetRef, exc: BaseException) -> DataSourceError:
+    return DataSourceError(
+        f"dataset {ref.name!r}: snapshot {ref.uri} is damaged (truncated or overwritten) and cannot be read "
+        f"({type(exc).__name__}: {brief(exc, 300)}). Delete that file and run ingest again to re-create it"
+    )
 
 
 def _gone(ref: DatasetRef) -> DataSourceError:
