@@ -125,7 +125,8 @@ def continuous_training(
                       trigger=describe_trigger(trigger, trigger_details))
     warm_up_figure()  # matplotlib's import (~1 s) overlaps training; evaluate's figure waits for it
     if trainer.label:
-        trained = train_on_route(feature_set, trainer, lineage, mlflow_server=server, workspace=workspace)
+        trained = train_on_route(feature_set, trainer, lineage, mlflow_server=server, workspace=workspace,
+                                 budget=retrain_policy.training_budget)
     else:
         trained = train(feature_set, trainer, lineage, mlflow_server=server, workspace=workspace,
                         budget=retrain_policy.training_budget)

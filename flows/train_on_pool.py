@@ -9,6 +9,7 @@ from __future__ import annotations
 from prefect import flow
 
 from prefect_mlops.blocks import MlflowServer
+from prefect_mlops.blocks.retrain_policy import TrainingBudget
 from prefect_mlops.refs import OptionalText
 from prefect_mlops.tasks.features import FeatureSet
 from prefect_mlops.tasks.lineage import Lineage, TrainerSpec
@@ -24,6 +25,7 @@ def train_on_pool(
     lineage: Lineage,
     mlflow_server: MlflowServer | None = None,
     workspace: OptionalText = None,
+    budget: TrainingBudget | None = None,
 ) -> TrainedModel:
     """Fit and log one challenger on this worker's hardware; the caller evaluates, gates and promotes it.
 
@@ -33,7 +35,8 @@ def train_on_pool(
         lineage: Data, code and parameters of the cycle that asked for this model.
         mlflow_server: Tracking server and registry; the workspace's SQLite store when empty.
         workspace: Folder holding the snapshots the feature set points to.
+        budget: The retrain policy's training budget; a share of the memory available on this worker when empty.
     """
-    trained = train(features, trainer, lineage, mlflow_server=mlflow_server, workspace=workspace)
+    trained = train(features, trainer, lineage, mlflow_server=mlflow_server, workspace=workspace, budget=budget)
     record_compute(trained, mlflow_server, workspace)
     return trained

@@ -20,6 +20,7 @@ from pydantic import SecretBytes, SecretStr
 
 from prefect_mlops.blocks.compute_route import ComputeRoute
 from prefect_mlops.blocks.mlflow_server import MlflowServer
+from prefect_mlops.blocks.retrain_policy import TrainingBudget
 from prefect_mlops.errors import ConfigError, TrainingError
 from prefect_mlops.tasks.features import FeatureSet
 from prefect_mlops.tasks.lineage import Lineage, TrainerSpec
@@ -29,7 +30,7 @@ from prefect_mlops.workspace import Workspace
 if TYPE_CHECKING:
     from prefect.client.schemas.objects import FlowRun
 
-__all__ = ["block_parameter", "load_route", "pinned_server", "record_compute", "train_on_route"]
+__all__ = ["block_parameter", "load_route", "pinned_server", "record_compute", "route_parameters", "train_on_route"]
 
 DEVICE_ENV = "PREFECT_MLOPS_DEVICE"
 COMPUTE_TAG = "prefect_mlops.compute"
@@ -187,6 +188,16 @@ def record_compute(trained: TrainedModel, mlflow_server: MlflowServer | None, wo
     return tags
 
 
+def route_parameters(features: FeatureSet, trainer: TrainerSpec, lineage: Lineage, mlflow_server: MlflowServer | None,
+                     workspace: str | None, budget: TrainingBudget | None) -> dict[str, Any]:
+    """The `train-on-pool` run's parameters: everything the fit needs, the retrain policy's budget included."""
+    workspace = str(Workspace(workspace).root)  # the training run must see the same workspace and store
+    server = pinned_server(mlflow_server or MlflowServer(), workspace)
+    return {"features": features.model_dump(mode="json"), "trainer": trainer.model_dump(mode="json"),
+            "lineage": lineage.model_dump(mode="json"), "mlflow_server": block_parameter(server),
+            "workspace": workspace, "budget": budget.model_dump(mode="json") if budget else None}
+
+
 @task(name="train-on-route", task_run_name="train-{lineage.model_name}-on-{trainer.label}")
 def train_on_route(
     features: FeatureSet,
@@ -194,8 +205,13 @@ def train_on_route(
     lineage: Lineage,
     mlflow_server: MlflowServer | None = None,
     workspace: str | None = None,
+    budget: TrainingBudget | None = None,
 ) -> TrainedModel:
-    """Train on the work pool that `trainer.label` routes to (see the module docstring)."""
+    """Train on the work pool that `trainer.label` routes to (see the module docstring).
+
+    The retrain policy's `budget` travels with the run; a share of the available memory is then the
+    worker's, measured where the fit runs.
+    """
     label = trainer.label
     if not label:
         raise ConfigError("train_on_route needs trainer.label; use the `train` task to train in-process")
@@ -208,11 +224,7 @@ def train_on_route(
     from prefect.deployments import run_deployment
 
     lineage = lineage.model_copy(update={"flow_run_id": lineage.flow_run_id or flow_run.get_id()})
-    workspace = str(Workspace(workspace).root)  # the training run must see the same workspace and store
-    mlflow_server = pinned_server(mlflow_server or MlflowServer(), workspace)
-    parameters = {"features": features.model_dump(mode="json"), "trainer": trainer.model_dump(mode="json"),
-                  "lineage": lineage.model_dump(mode="json"), "mlflow_server": block_parameter(mlflow_server),
-                  "workspace": workspace}
+    parameters = route_parameters(features, trainer, lineage, mlflow_server, workspace, budget)
     child = run_deployment(route.deployment_name(), parameters=parameters, job_variables=route.job_variables(),
                            work_queue_name=route.work_queue, timeout=0,
                            flow_run_name=f"train-{lineage.model_name}-on-{label}")

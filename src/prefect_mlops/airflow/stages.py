@@ -170,7 +170,7 @@ def train(plan: JSON, prepared: JSON, validation: JSON, features: JSON) -> JSON:
                       suite_path=validation["suite_path"], code_version=__version__, git_commit=git_commit(),
                       packages=package_versions(), flow_run_id=plan.get("run"), **facts)
     trained = train_model(feature_set, trainer, lineage=lineage, mlflow_server=_server(plan),
-                          workspace=_workspace(plan))
+                          workspace=_workspace(plan), budget=_retrain_policy(plan).training_budget)
     return _dump(trained)
 
 
