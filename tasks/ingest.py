@@ -527,11 +527,39 @@ class _Opened:
             raise self.unreadable(exc) from exc
 
     def unreadable(self, exc: BaseException) -> DataSourceError:
+        dataset = getattr(self, "dataset", None)
+        if self.fmt == "parquet" and dataset is not None and len(dataset.files) > 1:
+            conflict = _type_conflict(dataset.files, self.path)
+            if conflict:
+                return DataSourceError(
+                    f"data source {self.uri}: the files disagree on a column's type: {conflict}, and Arrow cannot "
+                    f"convert one to the other ({brief(exc, 300)}). Write every file with the same type for that "
+                    "column (cast it before writing), or ingest the files separately"
+                )
         kind = "a readable Parquet file" if self.fmt == "parquet" else "parseable CSV"
         problem = _ragged_row(self.path) if self.fmt == "csv" else _duplicates_in_schema(self.path)
         return DataSourceError(
             f"data source {self.uri}: not {kind} ({problem or exc}); check the file or set DataSource.format"
         )
+
+
+def _type_conflict(files: list[str], folder: Path) -> str | None:
+    """The first column whose type differs between the Parquet `files` of a folder, said with both files."""
+    import pyarrow.parquet as pq
+
+    first: dict[str, tuple[str, str]] = {}  # column -> (type, file where first seen)
+    for file in files:
+        try:
+            schema = pq.read_schema(file)
+        except Exception:  # a file that cannot be read at all is reported as such by the caller
+            return None
+        where = os.path.relpath(file, folder)
+        for field in schema:
+            kind = str(field.type)
+            seen = first.setdefault(field.name, (kind, where))
+            if seen[0] != kind:
+                return f"column {field.name!r} is {seen[0]} in {seen[1]} but {kind} in {where}"
+    return None
 
 
 @contextlib.contextmanager

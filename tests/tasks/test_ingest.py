@@ -257,3 +257,13 @@ def test_a_nested_time_column_is_named(tmp_path, workspace):
     pq.write_table(pa.table({"when": pa.array([{"day": 1}, {"day": 2}]), "x": [1, 2]}), tmp_path / "t.parquet")
     with pytest.raises(DataSourceError, match=r"time column 'when' is nested \(struct<day: int64>\)"):
         ingest_dataset(DataSource(uri=str(tmp_path / "t.parquet"), time_column="when"), workspace=workspace)
+
+
+def test_a_parquet_folder_whose_files_disagree_on_a_type_names_the_column_and_the_files(tmp_path, workspace):
+    folder = tmp_path / "sales"
+    folder.mkdir()
+    pd.DataFrame({"x": [1, 2], "y": ["a", "b"]}).to_parquet(folder / "a.parquet", index=False)
+    pd.DataFrame({"x": ["u", "v"], "y": ["a", "b"]}).to_parquet(folder / "b.parquet", index=False)
+    with pytest.raises(DataSourceError, match=r"data source .*sales: the files disagree on a column's type: column "
+                                              r"'x' is int64 in a.parquet but string in b.parquet.*same type"):
+        ingest_dataset(DataSource(uri=str(folder)), workspace=workspace)
