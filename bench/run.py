@@ -641,7 +641,11 @@ def markdown(results: dict[str, Any]) -> str:
               "artifacts, no champion lookup, and the suite's checks without GX's result rows.",
               "- *Training time equalised*: both sides time their `Pipeline.fit`; the ratio adds the flow's extra "
               "time outside training to the plain script's cycle. Training is the same work on both sides, and "
-              "its time alone moves by about 10% between runs on this shared machine."]
+              "its time alone moves by about 10% between runs on this shared machine.",
+              "- *One fit*: wherever the flow runs here (the full benchmark and `--only cycle`, with or without "
+              "`--before`), it runs with `RetrainPolicy(refit_full_window=False)`, so it fits once, on the train "
+              "part, as the plain script does; the default refit on the whole window is a second fit about as long "
+              "as the first."]
     lines += ["", "**Targets**", "", "| target | where | value | limit | holds |", "|---|---|---|---|---|"]
     for t in results["targets"]:
         value = f"{t['value'] * 1000:.0f} ms" if t["target"].startswith("@task") else x(t["value"])
