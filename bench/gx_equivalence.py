@@ -5,7 +5,10 @@ For a set of frames (clean, and broken in the ways the learned suite catches) an
 `run_suite_on_table(table)` with `run_suite(frame)` (every expectation in GX): the rows,
 their order, and for every pushed-down expectation GX's whole result dict; and the same for the
 streamed push-down (`run_suite_on_batches`) over batches of 700 rows, so that a column's nulls,
-unexpected values and extremes fall in different batches.
+unexpected values and extremes fall in different batches; and the path above GX_FRAME_ROWS, where
+GX runs the per-row expectations that are not pushed down batch by batch (batches of 1,000 rows).
+The data has the types read natively (int64, float64, strings, bools, timestamps) and the others
+(a time-zoned timestamp, a categorical, int32, float32, a nullable bool).
 
     python bench/gx_equivalence.py          # exits 1 on the first difference
 """
@@ -38,6 +41,12 @@ def reference(rows: int = 3000, seed: int = 0) -> pd.DataFrame:
         "plan": rng.choice(["basic", "plus", "pro"], rows), "flag": rng.random(rows) < 0.3,
         "region": pd.Series(rng.choice(["n", "s", None], rows, p=[0.5, 0.49, 0.01]), dtype=object),
         "label": rng.integers(0, 2, rows),
+        # Types read through GX batch by batch (or pushed down after normalising), not natively:
+        "at": pd.date_range("2024-01-01", periods=rows, freq="min", tz="UTC"),
+        "kind": pd.Categorical(rng.choice(["a", "b", "c"], rows)),
+        "count32": rng.integers(0, 50, rows).astype("int32"),
+        "ratio32": rng.uniform(0, 1, rows).astype("float32"),
+        "ok": pd.array(rng.random(rows) < 0.5, dtype="boolean"),
     })
 
 
@@ -74,6 +83,19 @@ def broken(frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
     f.loc[5:50, "calls"] = pd.NA
     f.loc[60:70, "calls"] = 99
     cases["int-nulls-no-pandas-metadata"] = f  # written by pyarrow alone: int64 with nulls, read as float64
+    f = frame.copy()
+    late = [1_500, 2_200, 2_999]  # nulls and bad values late, in other batches than the first
+    f.loc[late, "at"] = pd.NaT
+    f.loc[late, "ok"] = pd.NA
+    f.loc[late, "count32"] = 10**6
+    f.loc[late, "ratio32"] = np.nan
+    f["kind"] = f["kind"].cat.add_categories(["zz"])
+    f.loc[late, "kind"] = "zz"
+    cases["typed-nulls-and-outliers"] = f
+    f = frame.copy()
+    f.loc[100:110, "at"] = pd.Timestamp("2200-01-01", tz="UTC")
+    f["count32"] = f["count32"].astype("float32")  # a type change
+    cases["typed-year-2200-and-type-change"] = f
     return cases
 
 
@@ -109,6 +131,8 @@ def same(a: Any, b: Any) -> bool:
         return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
     if str(a) != str(b):
         return False
+    if a is pd.NA and b is pd.NA:  # NA == NA is NA, not a bool
+        return True
     try:
         return bool(a == b) or bool(pd.isna(a) and pd.isna(b))
     except (TypeError, ValueError):
@@ -121,7 +145,7 @@ def check() -> list[str]:
     from prefect_mlops.tasks import _gx_arrow as engine
     from prefect_mlops.tasks import validate as v
 
-    problems, pushed_count, cases, streamed_count = [], 0, 0, 0
+    problems, pushed_count, cases, streamed_count, batched_count = [], 0, 0, 0, 0
     base = reference()
     folder = Path(tempfile.mkdtemp(prefix="gx-equivalence-"))
     for suite_name, suite in suites(base).items():
@@ -155,6 +179,19 @@ def check() -> list[str]:
                 diff = [(m.expectation_config.type, m.result, t.result) for m, t in
                         zip(streamed, gx_results, strict=False) if not same(_plain(m.result), _plain(t.result))][:2]
                 problems.append(f"{suite_name}/{case}: streamed results differ from GX's: {diff}")
+            # GX batch by batch for what is not pushed down (as above GX_FRAME_ROWS), the frame for aggregates.
+            batched, on_frame = engine.run_suite_on_batches(
+                table.to_batches(max_chunksize=700), suite, load_frame=lambda p=path: pd.read_parquet(p),
+                frame_rows=1_000, again=lambda columns, t=table: t.select(columns).to_batches(max_chunksize=1_000))
+            batched_count += len(batched) - len(on_frame)
+            if len(batched) != len(gx_results) or any(
+                    m.success != t.success or m.expectation_config.type != t.expectation_config.type
+                    or not same(_plain(m.result), _plain(t.result))
+                    for m, t in zip(batched, gx_results, strict=False)):
+                diff = [(m.expectation_config.type, m.expectation_config.kwargs.get("column"), m.result, t.result)
+                        for m, t in zip(batched, gx_results, strict=False)
+                        if not same(_plain(m.result), _plain(t.result))][:2]
+                problems.append(f"{suite_name}/{case}: batch-by-batch results differ from GX's: {diff}")
             facts = engine._ArrowFacts(table)
             by_config = {}
             for result in gx_results:
@@ -174,8 +211,8 @@ def check() -> list[str]:
                         _plain(mine.result), _plain(theirs.result)):
                     problems.append(f"{suite_name}/{case}: {key}: pushed-down {mine.success} {mine.result} vs "
                                     f"GX {theirs and theirs.success} {theirs and theirs.result}")
-    print(f"{cases} suite x data cases, {pushed_count} pushed-down and {streamed_count} streamed pushed-down "
-          "results compared with GX's: "
+    print(f"{cases} suite x data cases, {pushed_count} pushed-down, {streamed_count} streamed pushed-down and "
+          f"{batched_count} streamed pushed-down or GX-batch-by-batch results compared with GX's: "
           f"{'all equal' if not problems else f'{len(problems)} differences'}")
     return problems
 

@@ -87,15 +87,21 @@ def run_suite_on_batches(
     suite_json: dict[str, Any],
     *,
     load_frame: Callable[[], pd.DataFrame],
+    frame_rows: int | None = None,
+    again: Callable[[list[str]], Iterable[pa.RecordBatch]] | None = None,
+    check_rest: Callable[[list[dict[str, Any]]], None] | None = None,
 ) -> tuple[list[Any], set[int]]:
-    """GX's results of a suite on a stream of record batches, and the positions of those GX computed itself.
+    """GX's results of a suite on a stream of record batches, and the positions of those GX computed on a frame.
 
     The push-down metrics (row and null counts, unexpected counts, the first unexpected values
     and their row numbers, a timestamp column's min and max) are summed, concatenated or reduced
     batch by batch, so memory does not grow with the rows, and GX's expectation classes judge the
     totals: the same results as `run_suite_on_table` on the whole table. Expectations that cannot be
-    pushed down (or whose column turns out, once every batch is seen, to be of a kind not handled
-    here) run in GX on `load_frame()`, built only when one needs it.
+    pushed down run in GX on `load_frame()`, built only when one needs it. When the data has more
+    than `frame_rows` rows (so `load_frame()` would be a sample) and `again(columns)` streams the
+    data a second time, GX's per-row (map) expectations run in GX batch by batch instead, their
+    counts summed: every row is judged. `check_rest` sees the expectations left for the frame
+    before it is built (and may refuse them).
     """
     expectations = suite_expectations(suite_json)
     streamed = _Streamed(expectations)
@@ -105,16 +111,121 @@ def run_suite_on_batches(
         pushed = streamed.finish()
     except Exception:  # anything unforeseen in the fast path: GX does it all, as before
         pushed = {}
-    return _assemble(expectations, suite_json, pushed, load_frame)
+    if pushed and again is not None and frame_rows is not None and streamed.rows > frame_rows:
+        pushed.update(_per_batch(expectations, suite_json, [i for i in range(len(expectations))
+                                                            if pushed.get(i) is None], again, streamed))
+    return _assemble(expectations, suite_json, pushed, load_frame, check_rest)
+
+
+_TYPE_CHECKS = ("expect_column_values_to_be_in_type_list", "expect_column_values_to_be_of_type")
+
+
+def _per_batch(expectations: list[Any], suite_json: dict[str, Any], indices: list[int],
+               again: Callable[[list[str]], Iterable[pa.RecordBatch]], streamed: _Streamed) -> dict[int, Any]:
+    """GX's results of the column map expectations among `indices`, run by GX batch by batch on frames of the
+    whole data's dtypes, their counts summed and the first unexpected values kept: every row judged, in
+    memory of one batch. Expectations GX answers from the dtype alone (a type list on a non-object column)
+    give one answer whatever the batch. Others, and any GX reports an error for, are left out."""
+    from great_expectations.expectations.expectation import ColumnMapExpectation
+
+    schema = streamed.schema
+    maps = [i for i in indices if isinstance(expectations[i], ColumnMapExpectation)
+            and set(expectations[i].configuration.kwargs) <= {"column", "mostly", "value_set", "type_list", "type_",
+                                                               "min_value", "max_value", "strict_min", "strict_max",
+                                                               "regex", "regex_list", "match_on", "batch_id"}
+            and expectations[i].configuration.kwargs.get("column") in schema.names]
+    if not maps:
+        return {}
+    dtypes = _whole_dtypes(schema, streamed.dtypes or {}, streamed.nulls)
+    columns = list(dict.fromkeys(expectations[i].configuration.kwargs["column"] for i in maps))
+    sub = {**suite_json, "expectations": [suite_json["expectations"][i] for i in maps]}
+    order = [maps[j] for j in _gx_order([expectations[i] for i in maps], range(len(maps)))]
+    parts: dict[int, list[dict[str, Any]] | None] = {i: [] for i in maps}
+    offset = 0
+    for batch in again(columns):
+        frame = batch.to_pandas()
+        for name in frame.columns:
+            wanted = dtypes.get(name)
+            if wanted is not None and frame[name].dtype != wanted:
+                frame[name] = frame[name].astype(wanted)
+        seen = dict(frame.dtypes.items())
+        frame.index = range(offset, offset + len(frame))  # GX reports these as the unexpected rows' numbers
+        offset += len(frame)
+        results = gx_validate(frame, sub)
+        if len(results) != len(order):
+            return {}
+        for i, result in zip(order, results, strict=True):
+            if parts[i] is None:
+                continue
+            if _raised(result) or result.expectation_config.type != expectations[i].configuration.type:
+                parts[i] = None
+            else:
+                parts[i].append({"success": result.success, **result.result})
+    out = {}
+    for i, found in parts.items():
+        if found:
+            column = expectations[i].configuration.kwargs["column"]
+            out[i] = _summed(expectations[i], found, seen[column])
+    return {i: r for i, r in out.items() if r is not None}
+
+
+def _whole_dtypes(schema: pa.Schema, dtypes: dict[str, Any], nulls: dict[str, int]) -> dict[str, Any]:
+    """The numpy dtypes `read_frame` gives the whole data: integers with a null anywhere become floats,
+    booleans objects. Extension dtypes (categories, time zones) are left as each batch reads them."""
+    import numpy as np
+
+    out = {}
+    for name in schema.names:
+        dtype = dtypes.get(name)
+        if not isinstance(dtype, np.dtype):
+            continue
+        if nulls.get(name) and dtype.kind in "iu":
+            dtype = np.dtype("float64")
+        elif nulls.get(name) and dtype.kind == "b":
+            dtype = np.dtype(object)
+        out[name] = dtype
+    return out
+
+
+def _summed(expectation: Any, found: list[dict[str, Any]], dtype: Any) -> Any:
+    """One GX result from the batches' results of a column map expectation (None when they do not add up)."""
+    if expectation.configuration.type in _TYPE_CHECKS and all("unexpected_count" not in r for r in found):
+        # Judged from the column's dtype, the same in every batch.
+        first = {k: v for k, v in found[0].items() if k != "success"}
+        if any({k: v for k, v in r.items() if k != "success"} != first for r in found):
+            return None
+        return _judge_as(expectation, found[0]["success"], first)
+    if any("unexpected_count" not in r or "element_count" not in r for r in found):
+        return None
+    metric = expectation.map_metric
+    values = [v for r in found for v in r.get("partial_unexpected_list") or []][:_PARTIAL]
+    rows = [v for r in found for v in r.get("partial_unexpected_index_list") or []][:_PARTIAL]
+    metrics = {"table.row_count": sum(r["element_count"] for r in found),
+               "column_values.nonnull.unexpected_count": sum(r.get("missing_count") or 0 for r in found),
+               **_map(metric, sum(r["unexpected_count"] for r in found), values, rows)}
+    if expectation.configuration.type in _TYPE_CHECKS:  # an object column: GX checks each value's type
+        metrics["table.column_types"] = [{"name": expectation.configuration.kwargs["column"], "type": dtype}]
+        metrics[_ENGINE] = True
+    return _judge(expectation, {k: v for k, v in metrics.items() if k != _ENGINE}, engine=_engine(metrics))
+
+
+def _judge_as(expectation: Any, success: bool, result: dict[str, Any]) -> Any:
+    from great_expectations.core.expectation_validation_result import ExpectationValidationResult
+
+    return ExpectationValidationResult(success=success, result=result,
+                                       expectation_config=expectation.configuration)
 
 
 def _assemble(expectations: list[Any], suite_json: dict[str, Any], pushed: dict[int, Any],
-              load_frame: Callable[[], pd.DataFrame]) -> tuple[list[Any], set[int]]:
+              load_frame: Callable[[], pd.DataFrame],
+              check_rest: Callable[[list[dict[str, Any]]], None] | None = None) -> tuple[list[Any], set[int]]:
     """The pushed-down results and GX's for the rest, in GX's order; and the positions GX computed."""
     rest = [i for i in range(len(expectations)) if pushed.get(i) is None]
     if not rest:
         by_index = pushed
     else:
+        if check_rest is not None:
+            check_rest([suite_json["expectations"][i] for i in rest])
         frame = load_frame()
         rest_json = {**suite_json, "expectations": [suite_json["expectations"][i] for i in rest]}
         rest_results = gx_validate(frame, rest_json)
@@ -124,6 +235,8 @@ def _assemble(expectations: list[Any], suite_json: dict[str, Any], pushed: dict[
                 or r.expectation_config.kwargs.get("column") != expectations[i].configuration.kwargs.get("column")
                 for i, r in zip(order, rest_results, strict=True)):
             # GX lists errors first: let it validate and order the whole suite.
+            if check_rest is not None:
+                check_rest(suite_json["expectations"])
             results = gx_validate(frame, suite_json)
             return results, set(range(len(results)))
         by_index = {**pushed, **dict(zip(order, rest_results, strict=True))}
@@ -191,7 +304,7 @@ def _kind(arrow_type: Any, dtype: Any, nulls: int) -> str | None:
         return "string"
     if pa.types.is_boolean(arrow_type) and dtype == np.bool_ and not nulls:
         return "bool"
-    if pa.types.is_timestamp(arrow_type) and arrow_type.tz is None and str(dtype).startswith("datetime64["):
+    if pa.types.is_timestamp(arrow_type) and str(dtype).startswith("datetime64["):  # with or without a zone
         return "datetime"
     return None
 

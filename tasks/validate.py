@@ -55,10 +55,11 @@ FUTURE_YEARS = 10
 """A timestamp may lie this many years past the later of the reference's last year and this year."""
 _INT64 = (-(2**63), 2**63 - 1)
 GX_FRAME_ROWS = 250_000
-"""Expectations the push-down cannot compute run in GX on a pandas frame: the whole data up to this many rows,
-above it a seeded uniform sample of this many rows (their outcomes say `sample_rows`). A sample, not batch by batch:
-GX's other expectations include aggregates (means, quantiles, uniqueness) whose results do not merge across
-batches, and a frame of 250k rows keeps GX's copies of it well under a gigabyte for any column count we ship."""
+"""Expectations the push-down cannot compute run in GX on a pandas frame of the whole data up to this many rows.
+Above it GX's per-row (map) expectations run batch by batch (batches of this many rows) with their counts summed,
+and only aggregates (means, quantiles, uniqueness), whose results do not merge across batches, run on a seeded
+uniform sample of this many rows (their outcomes say `sample_rows`): profile expectations only. 250k rows keep
+GX's copies of a frame well under a gigabyte for any column count we ship."""
 SAMPLE_SEED = 0
 
 
@@ -370,9 +371,12 @@ def run_suite_on_table(
 def run_suite_streamed(dataset: DatasetRef, suite_json: dict[str, Any]) -> list[ExpectationOutcome]:
     """Run a suite on a snapshot streamed in record batches: GX's table, in memory that does not grow with the rows.
 
-    The push-down expectations are aggregated over the batches (`_gx_arrow.run_suite_on_batches`);
-    the rest run in GX on the whole frame up to `GX_FRAME_ROWS` rows, on a seeded sample of that
-    many rows above it (those outcomes carry `sample_rows`).
+    The push-down expectations are aggregated over the batches (`_gx_arrow.run_suite_on_batches`).
+    Up to `GX_FRAME_ROWS` rows the rest run in GX on the whole frame. Above it GX's per-row (map)
+    expectations run in GX batch by batch, every row judged; only aggregate expectations (a mean, a
+    quantile, uniqueness...) run on a seeded sample of `GX_FRAME_ROWS` rows (their outcomes carry
+    `sample_rows`), and only profile ones: a contract expectation that would be judged on a sample is
+    a `ConfigError` naming it (`engine="gx"` judges it on the whole frame).
     """
     frame_rows: list[int | None] = [None]
 
@@ -380,7 +384,23 @@ def run_suite_streamed(dataset: DatasetRef, suite_json: dict[str, Any]) -> list[
         frame, frame_rows[0] = gx_frame(dataset)
         return frame
 
-    results, by_gx = _gx_arrow.run_suite_on_batches(iter_batches(dataset), suite_json, load_frame=load_frame)
+    def check_rest(expectations: list[dict[str, Any]]) -> None:
+        if dataset.rows <= GX_FRAME_ROWS:
+            return
+        contract = [e for e in expectations if role_of(e) == "contract"]
+        if contract:
+            named = "; ".join(f"{e.get('type')} on column {(e.get('kwargs') or {}).get('column')!r}"
+                              for e in contract[:5])
+            raise ConfigError(
+                f"suite {suite_json.get('name')!r} on dataset {dataset.name!r} ({dataset.rows:,} rows): the contract "
+                f"expectation(s) {named} cannot be computed batch by batch, and GX would judge them on a sample of "
+                f"{GX_FRAME_ROWS:,} rows. Validate with engine=\"gx\" (PREFECT_MLOPS_GX_PUSHDOWN=0) to judge them on "
+                f"every row, or mark them meta role \"profile\" if a sample is enough.")
+
+    results, by_gx = _gx_arrow.run_suite_on_batches(
+        iter_batches(dataset), suite_json, load_frame=load_frame, frame_rows=GX_FRAME_ROWS,
+        again=lambda columns: iter_batches(dataset, columns=columns, batch_rows=GX_FRAME_ROWS),
+        check_rest=check_rest)
     outcomes = [_outcome(r) for r in results]
     if frame_rows[0] is not None:
         outcomes = [o.model_copy(update={"sample_rows": frame_rows[0]}) if n in by_gx else o
