@@ -114,6 +114,11 @@ class TrainingBudget(StrictModel):
         description="Equal time spans the sample is stratified over (by the feature spec's time column).",
     )
     batch_rows: int = Field(default=65_536, ge=1, description="Rows per partial_fit call (incremental).")
+    expansion: float | None = Field(
+        default=None, gt=0,
+        description="Peak memory of a fit per byte of its rows' Arrow data, measured for your estimator (e.g. "
+                    "with `make bench-scale`); empty: the largest ratio measured for the default estimator (18).",
+    )
 
     def memory_limit(self, available: int | None = None) -> int:
         """Bytes a fit may use: `max_memory`, else `memory_share` of `available` (default: `available_memory()`)."""

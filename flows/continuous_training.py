@@ -23,7 +23,7 @@ from prefect_mlops.tasks.reconcile import model_lock, reconcile
 from prefect_mlops.tasks.register import register
 from prefect_mlops.tasks.retrain import record_retraining, why_untrainable
 from prefect_mlops.tasks.route import train_on_route
-from prefect_mlops.tasks.train import git_commit, package_versions, refit, train
+from prefect_mlops.tasks.train import budget_change, git_commit, package_versions, refit, train
 from prefect_mlops.tasks.validate import update_suite, validate
 
 
@@ -100,8 +100,13 @@ def continuous_training(
     dataset = ingest(source, name=model_name, window=window, workspace=workspace, max_rows=max_rows)
     champion = find_champion(model_name, mlflow_server=server, workspace=workspace)
     made_by = champion.lineage if champion else None
-    if made_by and not force and made_by.dataset.fingerprint == dataset.fingerprint \
-            and made_by.params_digest == digest:
+    same = made_by and not force and made_by.dataset.fingerprint == dataset.fingerprint \
+        and made_by.params_digest == digest
+    # Same data and recipe, but a champion fit on a sample is fit again when the budget now allows more rows.
+    grown = same and budget_change(made_by.training, retrain_policy.training_budget, trainer, dataset, features)
+    if grown:
+        logger.info("retraining on the same data with the same parameters: %s", grown)
+    elif same:
         message = (f"nothing new to train on: champion v{champion.model.version} was trained on the same data "
                    f"({dataset.short()}) with the same parameters; pass force=True to retrain anyway")
         logger.info(message)

@@ -185,6 +185,10 @@ class TrainingRecord(BaseModel):
     estimated_bytes: int | None = Field(default=None, description="Estimated memory of a fit on every row.")
     budget_bytes: int | None = Field(default=None, description="The memory budget the estimate was held against.")
     batches: int | None = Field(default=None, description="partial_fit calls (method 'incremental').")
+    transform_rows: int | None = Field(
+        default=None, description="Rows the feature transform learned from (method 'incremental': a time-stratified "
+                                  "sample; otherwise the fit's own rows).")
+    expansion: float | None = Field(default=None, description="Peak memory per Arrow byte the estimate assumed.")
     budget: TrainingBudget = Field(default_factory=TrainingBudget,
                                    description="The policy's budget, so a refit plans the same way.")
 

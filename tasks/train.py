@@ -28,6 +28,7 @@ from prefect_mlops.blocks.mlflow_server import MlflowServer
 from prefect_mlops.blocks.retrain_policy import TrainingBudget
 from prefect_mlops.errors import ConfigError, TrainingError, disk_full_error, shorten
 from prefect_mlops.log import run_logger
+from prefect_mlops.refs import DatasetRef
 from prefect_mlops.tasks.features import FeatureSet, _holdout, load_split, make_transform, plain_dtypes
 from prefect_mlops.tasks.lineage import TAG, Lineage, TrainerSpec, TrainingRecord, recipe_digest
 from prefect_mlops.workspace import Workspace, iter_batches, read_frame, write_atomic
@@ -37,13 +38,18 @@ if TYPE_CHECKING:
     import pandas as pd
     from sklearn.pipeline import Pipeline
 
-__all__ = ["TrainedModel", "TrainerSpec", "TrainingBudget", "build_estimator", "fit_within_budget",
-           "plan_training", "sample_positions", "train", "train_model"]
+__all__ = ["TrainedModel", "TrainerSpec", "TrainingBudget", "budget_change", "build_estimator", "checkpoint_key",
+           "fit_within_budget", "plan_training", "sample_positions", "train", "train_model"]
 
-EXPANSION = 8.0
-"""Peak memory of a fit per byte of its rows' Arrow data (feature and target columns). Measured 7.7 at 1M
-rows with HistGradientBoosting on 11 numeric and 7 categorical columns: the pandas frame, its train copy,
-the dense one-hot matrix and the binned copy. `make bench-scale` measures it again at every size."""
+EXPANSION = 18.0
+"""Peak memory of a fit per byte of its rows' Arrow data (feature and target columns), when the budget sets no
+`expansion`: the largest ratio `make bench-scale` measured (bench/results/2026-11-30-scale.json, train step's
+peak less its start RSS over the Arrow bytes fit), 17.5x at 100,000 rows and 9.6x at 200,000, with
+HistGradientBoostingClassifier on 11 numeric and 7 categorical columns (the pandas frame, its train copy, the
+one-hot matrix, the binned copy, and the model's logging). The ratio falls as rows grow (about 210 MiB of it is
+fixed), so on millions of rows it overstates and samples fewer rows than would fit: rounded up, not down,
+because too small a sample costs some accuracy and too large a fit ends the pod. Another estimator's ratio
+goes in `TrainingBudget.expansion`."""
 MIN_SAMPLE_ROWS = 100
 """A budget too small for even this many rows still fits on this many: a model from fewer says nothing."""
 TRANSFORM_ROWS = 100_000
@@ -151,15 +157,21 @@ def plan_training(features: FeatureSet, trainer: TrainerSpec, budget: TrainingBu
         assert (small.method, small.rows, small.available_rows) == ("sample", 200, 800)
         ```
     """
-    budget = budget or TrainingBudget()
     spec = features.spec
     available_rows = features.train_rows + (features.holdout_rows if rows == "all" else 0)
-    per_row = _arrow_bytes_per_row(features, [*spec.feature_columns, spec.target])
-    estimate = int(per_row * available_rows * EXPANSION)
+    per_row = _arrow_bytes_per_row(features.dataset, [*spec.feature_columns, spec.target])
+    return _plan(spec, trainer, budget or TrainingBudget(), available_rows, per_row, available)
+
+
+def _plan(spec: Any, trainer: TrainerSpec, budget: TrainingBudget, available_rows: int, per_row: float,
+          available: int | None) -> TrainingRecord:
+    expansion = budget.expansion or EXPANSION
+    estimate = int(per_row * available_rows * expansion)
     limit = budget.memory_limit(available)
-    in_memory = int(limit / (per_row * EXPANSION)) if per_row else available_rows
+    in_memory = int(limit / (per_row * expansion)) if per_row else available_rows
     fitting = min(in_memory, budget.max_rows or in_memory)
-    common = {"available_rows": available_rows, "estimated_bytes": estimate, "budget_bytes": limit, "budget": budget}
+    common = {"available_rows": available_rows, "estimated_bytes": estimate, "budget_bytes": limit, "budget": budget,
+              "expansion": expansion}
     need = f"{available_rows:,} rows need about {_mb(estimate)} to fit"
     if fitting >= available_rows:
         return TrainingRecord(method="all", rows=available_rows, reason=f"{need}; the budget is {_mb(limit)}",
@@ -179,12 +191,13 @@ def plan_training(features: FeatureSet, trainer: TrainerSpec, budget: TrainingBu
 
 
 def fit_within_budget(features: FeatureSet, trainer: TrainerSpec, *, rows: Literal["train", "all"] = "train",
-                      budget: TrainingBudget | None = None) -> tuple[Pipeline, Any, TrainingRecord]:
-    """Fit the pipeline as `plan_training` decides; returns it, a sample of X and the training record."""
+                      budget: TrainingBudget | None = None,
+                      plan: TrainingRecord | None = None) -> tuple[Pipeline, Any, TrainingRecord]:
+    """Fit the pipeline as `plan_training` decides (or as `plan` says); returns it, a sample of X and the record."""
     from sklearn.pipeline import Pipeline
 
     spec = features.spec
-    record = plan_training(features, trainer, budget, rows=rows)
+    record = plan or plan_training(features, trainer, budget, rows=rows)
     estimator = build_estimator(trainer)  # a bad parameter is a ConfigError, raised as such
     try:
         if record.method == "incremental":
@@ -199,6 +212,7 @@ def fit_within_budget(features: FeatureSet, trainer: TrainerSpec, *, rows: Liter
         x, y = train[spec.feature_columns], train[spec.target]
         pipeline = Pipeline([("features", make_transform(spec)), ("model", estimator)])
         pipeline.fit(x, y)
+        record = record.model_copy(update={"transform_rows": len(train)})
     except (ValueError, TypeError) as exc:
         raise TrainingError(
             f"training {trainer.estimator if trainer.kind == 'sklearn' else 'torch'} on "
@@ -321,13 +335,13 @@ def _fit_incremental(features: FeatureSet, estimator: Any, record: TrainingRecor
                               **options)
         seen_rows, batches = seen_rows + batch.num_rows, batches + 1
     pipeline = Pipeline([("features", transform), ("model", estimator)])
-    record = record.model_copy(update={"rows": seen_rows, "batches": batches})
+    record = record.model_copy(update={"rows": seen_rows, "batches": batches, "transform_rows": len(sample)})
     return pipeline, sample[spec.feature_columns].head(5), record
 
 
-def _arrow_bytes_per_row(features: FeatureSet, columns: list[str]) -> float:
+def _arrow_bytes_per_row(dataset: DatasetRef, columns: list[str]) -> float:
     """Arrow bytes per row of `columns`, measured on the snapshot's first batch."""
-    for batch in iter_batches(features.dataset, columns=list(dict.fromkeys(columns)), batch_rows=16_384):
+    for batch in iter_batches(dataset, columns=list(dict.fromkeys(columns)), batch_rows=16_384):
         if batch.num_rows:
             return batch.nbytes / batch.num_rows
     return 0.0
@@ -384,6 +398,8 @@ def log_model(
                   "data.rows": lineage.dataset.rows}
         if lineage.training is not None:
             params.update({"training.method": lineage.training.method, "training.rows": lineage.training.rows})
+            if lineage.training.transform_rows is not None:
+                params["training.transform_rows"] = lineage.training.transform_rows
         estimator = pipeline.steps[-1][1]
         if trainer.kind == "torch":  # where the network trained and how training ended
             params.update({"torch.device": estimator.device_, "torch.amp": estimator.amp_,
@@ -533,21 +549,75 @@ def train_model(
 ) -> TrainedModel:
     """Fit the pipeline within `budget` and log it to MLflow; the plain function behind the `train` task."""
     workspace = workspace or Workspace()
+    started = time.perf_counter()
+    plan = plan_training(features, trainer, budget)
     if trainer.kind == "torch":
-        # The network learns the spec's task; its checkpoints live in a folder named by the data and
-        # the recipe, so a retried task (or a re-run on the same data) resumes instead of starting over.
+        # The network learns the spec's task; its checkpoints live in a folder named by the data, the
+        # recipe and the planned rows, so a retried task (or a re-run on the same data) resumes instead of
+        # starting over, and a fit with a larger budget does not resume one that learned from fewer rows.
         extra: dict[str, Any] = {"task": features.spec.task}
         if "checkpoint_dir" in build_estimator(trainer).get_params():
-            extra["checkpoint_dir"] = str(workspace.folder(
-                "checkpoints", f"{features.dataset.fingerprint[:16]}-{lineage.params_digest}"))
+            extra["checkpoint_dir"] = str(workspace.folder("checkpoints", checkpoint_key(features, lineage, plan)))
         trainer = trainer.model_copy(update={"params": {**extra, **trainer.params}})
-    started = time.perf_counter()
-    pipeline, example, record = fit_within_budget(features, trainer, budget=budget)
+    pipeline, example, record = fit_within_budget(features, trainer, budget=budget, plan=plan)
     if record.method != "all":
         run_logger().warning("%s: %s; %s", features.dataset.short(), record.summary(), record.reason)
     lineage = lineage.model_copy(update={"training": record})
     return log_model(pipeline, example, lineage=lineage, mlflow_server=mlflow_server or MlflowServer(),
                      workspace=workspace, fit_seconds=time.perf_counter() - started)
+
+
+def checkpoint_key(features: FeatureSet, lineage: Lineage, plan: TrainingRecord) -> str:
+    """The checkpoint folder's name: data, recipe, and the planned method and rows.
+
+    Example:
+        ```python
+        from prefect_mlops.tasks.lineage import TrainingRecord
+        from prefect_mlops.tasks.train import checkpoint_key
+        class Data: fingerprint = "f" * 64
+        class Features: dataset = Data()
+        class Recipe: params_digest = "abc"
+        plan = TrainingRecord(method="sample", rows=500, available_rows=3200, reason="")
+        assert checkpoint_key(Features(), Recipe(), plan) == "ffffffffffffffff-abc-sample-500"
+        ```
+    """
+    rows = plan.rows if plan.method != "incremental" else f"{plan.available_rows}b{plan.budget.batch_rows}"
+    return f"{features.dataset.fingerprint[:16]}-{lineage.params_digest}-{plan.method}-{rows}"
+
+
+def budget_change(record: TrainingRecord | None, budget: TrainingBudget, trainer: TrainerSpec, dataset: DatasetRef,
+                  spec: Any, *, available: int | None = None) -> str | None:
+    """Why a champion fit on the same data with the same recipe should be fit again under `budget`, or None.
+
+    The champion's record is planned again with today's budget (and memory): a champion that learned
+    from every row in one fit stays; one fit on a sample is fit again when the budget now plans
+    another method, at least 10% more rows (less is memory's day-to-day drift), or other time spans;
+    an incremental one when the batch size changed. A champion without a record learned from all rows.
+
+    Example:
+        ```python
+        from prefect_mlops.blocks.retrain_policy import TrainingBudget
+        from prefect_mlops.tasks.lineage import TrainingRecord
+        from prefect_mlops.tasks.train import budget_change
+        old = TrainingRecord(method="all", rows=800, available_rows=800, reason="fits")
+        assert budget_change(old, TrainingBudget(max_rows=100), None, None, None) is None
+        ```
+    """
+    if record is None or record.method == "all":
+        return None
+    per_row = _arrow_bytes_per_row(dataset, [*spec.feature_columns, spec.target])
+    now = _plan(spec, trainer, budget, record.available_rows, per_row, available)
+    was = f"the champion learned from {record.summary()}"
+    if now.method != record.method:
+        rows = f"{now.rows:,} rows" if now.method == "sample" else f"all {now.available_rows:,} rows"
+        return f"{was}; the training budget now plans {now.method} ({rows})"
+    if now.method == "sample" and now.rows >= record.rows * 1.1:
+        return f"{was}; the training budget now fits {now.rows:,} rows"
+    if now.method == "sample" and budget.periods != record.budget.periods:
+        return f"{was} over {record.budget.periods} time spans; the training budget now asks for {budget.periods}"
+    if now.method == "incremental" and budget.batch_rows != record.budget.batch_rows:
+        return f"{was} in batches of {record.budget.batch_rows:,}; the training budget now says {budget.batch_rows:,}"
+    return None
 
 
 def git_commit() -> str | None:

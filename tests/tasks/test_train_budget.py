@@ -11,7 +11,15 @@ import pytest
 from prefect_mlops.blocks.retrain_policy import RetrainPolicy, TrainingBudget
 from prefect_mlops.tasks.features import FeatureSpec, build_feature_set
 from prefect_mlops.tasks.lineage import LINEAGE_TAG, Lineage, TrainerSpec, read_lineage, recipe_digest
-from prefect_mlops.tasks.train import fit_within_budget, plan_training, sample_positions, train_model
+from prefect_mlops.tasks.train import (
+    EXPANSION,
+    budget_change,
+    checkpoint_key,
+    fit_within_budget,
+    plan_training,
+    sample_positions,
+    train_model,
+)
 
 SPEC = FeatureSpec(target="y", numeric=["x", "z"], categorical=["c"], time_column="t")
 LOGISTIC = TrainerSpec(estimator="sklearn.linear_model.LogisticRegression")
@@ -26,6 +34,19 @@ def frame(rows: int = 4000, seed: int = 1) -> pd.DataFrame:
     y = ((x + (c == "a") + rng.normal(scale=0.5, size=rows)) > 0.5).astype("int64")
     return pd.DataFrame({"t": pd.Timestamp("2024-01-01") + pd.to_timedelta(days, unit="D"), "x": x,
                          "z": rng.uniform(size=rows), "c": c, "y": y})
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    """One MLflow store for this module's two logging tests: creating a SQLite store's tables takes ~5 s."""
+    from prefect_mlops.blocks import MlflowServer
+    from prefect_mlops.workspace import Workspace
+
+    folder = tmp_path_factory.mktemp("budget-mlflow")
+    server = MlflowServer(tracking_uri=f"sqlite:///{folder / 'mlflow.db'}",
+                          artifact_location=(folder / "mlartifacts").as_uri(), experiment="tests")
+    server.experiment_id(Workspace(folder / "workspace"))  # the tables and the experiment, made once
+    return server
 
 
 @pytest.fixture
@@ -90,16 +111,20 @@ def test_the_sampled_fit_is_logged_with_its_lineage(features, mlflow_server, wor
                           budget=budget)
     record = read_lineage(trained.run_id, mlflow_server, workspace).training
     assert (record.method, record.rows, record.available_rows, record.budget) == ("sample", 500, 3200, budget)
+    assert record.transform_rows == 500 and record.expansion == EXPANSION
     run = mlflow_server.client(workspace).get_run(trained.run_id)
     assert (run.data.params["training.method"], run.data.params["training.rows"]) == ("sample", "500")
+    assert run.data.params["training.transform_rows"] == "500"
     facts = json.loads(run.data.tags[LINEAGE_TAG])
     assert facts["training"] == {"method": "sample", "rows": 500, "available_rows": 3200}
 
 
-def test_partial_fit_streams_every_training_row_in_batches(features):
+def test_partial_fit_streams_every_training_row_in_batches(features, monkeypatch):
+    monkeypatch.setattr("prefect_mlops.tasks.train.TRANSFORM_ROWS", 1000)
     budget = TrainingBudget(max_rows=300, when_over="incremental", batch_rows=256)
     pipeline, example, record = fit_within_budget(features, SGD, budget=budget)
     assert record.method == "incremental" and "partial_fit" in record.reason
+    assert record.transform_rows == 1000  # the transform learned from a sample, and lineage says how large
     # 3200 training rows (the latest 800 are the hold-out) in batches of 256: the hold-out batches are skipped.
     assert record.rows == 3200 and record.batches == 13
     model = pipeline.named_steps["model"]
@@ -109,13 +134,35 @@ def test_partial_fit_streams_every_training_row_in_batches(features):
     assert accuracy > 0.75 and list(example.columns) == SPEC.feature_columns
 
 
+def test_the_expansion_is_the_measured_default_or_the_budget_s_own(features):
+    default = plan_training(features, LOGISTIC, TrainingBudget(max_memory=2**30))
+    own = plan_training(features, LOGISTIC, TrainingBudget(max_memory=2**30, expansion=EXPANSION / 4))
+    assert (default.expansion, own.expansion) == (EXPANSION, EXPANSION / 4)
+    assert abs(own.estimated_bytes * 4 - default.estimated_bytes) <= 4
+
+
+def test_a_champion_fit_on_a_sample_is_fit_again_when_the_budget_grows(features):
+    data, small = features.dataset, TrainingBudget(max_rows=300)
+    sampled = plan_training(features, LOGISTIC, small).model_copy(update={"transform_rows": 300})
+    assert budget_change(sampled, small, LOGISTIC, data, SPEC) is None
+    assert budget_change(sampled, TrainingBudget(max_rows=320), LOGISTIC, data, SPEC) is None  # within 10%
+    assert "now fits 1,000 rows" in budget_change(sampled, TrainingBudget(max_rows=1000), LOGISTIC, data, SPEC)
+    assert "now plans all (all 3,200 rows)" in budget_change(sampled, TrainingBudget(), LOGISTIC, data, SPEC)
+    assert "time spans" in budget_change(sampled, TrainingBudget(max_rows=300, periods=5), LOGISTIC, data, SPEC)
+    everything = plan_training(features, LOGISTIC, TrainingBudget())
+    assert budget_change(everything, small, LOGISTIC, data, SPEC) is None  # a smaller budget: nothing to gain
+    # A torch fit's checkpoints are kept apart by the planned rows too.
+    lineage = Lineage(model_name="budget", dataset=data, features=SPEC, trainer=LOGISTIC, params_digest="p")
+    assert checkpoint_key(features, lineage, sampled) != checkpoint_key(features, lineage, everything)
+
+
 def test_incremental_without_partial_fit_falls_back_to_the_sample(features):
     record = plan_training(features, LOGISTIC, TrainingBudget(max_rows=300, when_over="incremental"))
     assert record.method == "sample" and "has no partial_fit" in record.reason
 
 
 def test_the_flow_trains_within_the_policy_budget_and_the_refit_plans_the_same_way(
-        churn_source, churn_features, fast_trainer, policy, mlflow_server, workspace):
+        churn_source, churn_features, fast_trainer, policy, mlflow_server, workspace, monkeypatch):
     from prefect_mlops.demo import period_window
     from prefect_mlops.flows import continuous_training
     from prefect_mlops.tasks.lineage import find_model
@@ -130,6 +177,25 @@ def test_the_flow_trains_within_the_policy_budget_and_the_refit_plans_the_same_w
     # The registered model is the refit: its sample is drawn from the whole window, hold-out included.
     assert champion.lineage.refit and (record.method, record.rows, record.budget) == ("sample", 300, budget)
     assert record.available_rows == champion.lineage.dataset.rows
+
+    # The same data, recipe and budget: nothing new to train on.
+    again = continuous_training("churn", churn_source, churn_features, fast_trainer, policy=policy,
+                                window=period_window(0), retrain_policy=RetrainPolicy(training_budget=budget),
+                                mlflow_server=mlflow_server, workspace=str(workspace.root))
+    assert again.outcome == "skipped", again.message
+    # A raised budget would fit more rows: Airflow's prepare stage (the same rule as the flow's) trains again.
+    from prefect_mlops.airflow import MLFLOW_ENV, stages
+
+    monkeypatch.setattr(stages, "_CONNECTIONS", {})
+    monkeypatch.setenv(MLFLOW_ENV, json.dumps(mlflow_server.model_dump(mode="json", include={
+        "tracking_uri", "artifact_location", "experiment"})))
+    plan = {"model_name": "churn", "source": churn_source.model_dump(mode="json", include={"uri", "time_column"}),
+            "features": churn_features.model_dump(mode="json"), "trainer": fast_trainer.model_dump(mode="json"),
+            "window": period_window(0), "workspace": str(workspace.root)}
+    same = stages.prepare({**plan, "retrain_policy": {"training_budget": budget.model_dump(mode="json")}})
+    assert same["skip"].startswith("nothing new to train on")
+    raised = stages.prepare({**plan, "retrain_policy": {"training_budget": {"max_rows": 1000}}})
+    assert raised["skip"] is None and raised["dataset"]["fingerprint"] == champion.lineage.dataset.fingerprint
 
 
 def test_the_torch_trainer_streams_batches_through_partial_fit(features):

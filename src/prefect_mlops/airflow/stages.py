@@ -103,6 +103,7 @@ def prepare(plan: JSON) -> JSON:
     from prefect_mlops.tasks.lineage import TrainerSpec, find_model, recipe_digest
     from prefect_mlops.tasks.reconcile import reconcile_registry
     from prefect_mlops.tasks.retrain import why_untrainable
+    from prefect_mlops.tasks.train import budget_change
 
     name, server, ws = plan["model_name"], _server(plan), _workspace(plan)
     features, trainer, policy = FeatureSpec(**plan["features"]), TrainerSpec(**plan["trainer"]), _policy(plan)
@@ -116,8 +117,11 @@ def prepare(plan: JSON) -> JSON:
     champion = find_model(name, mlflow_server=server, workspace=ws)
     made_by = champion.lineage if champion else None
     skip = None
-    if made_by and not plan.get("force") and made_by.dataset.fingerprint == dataset.fingerprint \
-            and made_by.params_digest == recipe_digest(features, trainer):
+    same = made_by and not plan.get("force") and made_by.dataset.fingerprint == dataset.fingerprint \
+        and made_by.params_digest == recipe_digest(features, trainer)
+    # Same data and recipe, but a champion fit on a sample is fit again when the budget now allows more rows.
+    if same and not budget_change(made_by.training, _retrain_policy(plan).training_budget, trainer, dataset,
+                                  features):
         skip = (f"nothing new to train on: champion v{champion.model.version} was trained on the same data "
                 f"({dataset.short()}) with the same parameters; pass force=True to retrain anyway")
     else:
