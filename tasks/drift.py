@@ -34,6 +34,9 @@ if TYPE_CHECKING:
 
 DRIFT_EVENT = "prefect_mlops.drift.detected"
 REPORT_SEED = 0
+ReportMode = Literal["drifted", "always", "never"]
+REPORT_MODES: tuple[str, ...] = ("drifted", "always", "never")
+"""When Evidently's HTML report is drawn: when the data drifted (default), for every check, or never."""
 # Numeric statistics are exact up to this many rows a side, and above it come from a seeded uniform
 # sample of this many rows: 18 numeric columns x 1M rows x 8 bytes x 2 sides is ~290 MB, whatever the
 # data's size. At 1M rows the sample's empirical CDF is within 0.002 of the data's everywhere with
@@ -104,6 +107,10 @@ class DriftReport(BaseModel):
     reference: DatasetRef
     report_path: str
     report_rows: int | None = Field(default=None, description="Rows a side the HTML report was drawn from.")
+    report_kind: Literal["evidently", "table"] = Field(
+        default="evidently", description="evidently: Evidently's drift report; table: the plain HTML table of the "
+                                         "decision (a stable window with report='drifted', report='never', or "
+                                         "Evidently could not draw it).")
     sample_rows: int | None = Field(
         default=None, description="Rows each side was sampled down to before the statistics; None: every row."
     )
@@ -135,6 +142,7 @@ def check_drift(
     sample_rows: int | None = None,
     report_rows: int = 5000,
     exact_rows: int = EXACT_ROWS,
+    report: ReportMode = "drifted",
 ) -> DriftReport:
     """Decide whether `columns` drifted from `reference` to `current`, and save an HTML report.
 
@@ -151,8 +159,10 @@ def check_drift(
     up to `exact_rows` rows a side and above it come from a seeded uniform sample of `exact_rows`
     rows picked while streaming (`numeric_sample_rows` and `sampled` in the report say so; see
     `EXACT_ROWS` for the error bound). It is `drift_statistics` and `drift_report` composed.
-    The Evidently HTML report is always drawn from a seeded sample
-    of at most `report_rows` rows a side: it illustrates, it does not decide.
+    The Evidently HTML report is drawn from a seeded sample of at most `report_rows` rows a side:
+    it illustrates, it does not decide. `report`: "drifted" (default) draws it only when the data
+    drifted, "always" for every check, "never" not at all; otherwise the HTML file is a plain table
+    of the decision, and Evidently (about 2 s to import) is not imported (`report_kind` says which).
 
     Example:
         ```python
@@ -170,12 +180,14 @@ def check_drift(
     workspace = workspace or Workspace()
     _check_arguments(model_name, current, columns, drift_share, min_rows, alpha, sample_rows, report_rows,
                      importance)
+    _check_report(model_name, report)
     per_column, samples = _stream_statistics(current, reference, columns, model_name=model_name,
-                                             sample_rows=sample_rows, exact_rows=exact_rows, report_rows=report_rows)
+                                             sample_rows=sample_rows, exact_rows=exact_rows,
+                                             report_rows=0 if report == "never" else report_rows)
     return drift_report(per_column, current, reference, model_name=model_name, columns=columns,
                         drift_share=drift_share, importance=importance, min_rows=min_rows, alpha=alpha,
                         workspace=workspace, sample_rows=sample_rows, exact_rows=exact_rows, report_rows=report_rows,
-                        report_samples=samples)
+                        report_samples=None if report == "never" else samples, report=report)
 
 
 def drift_statistics(current: DatasetRef, reference: DatasetRef, columns: list[str], *, model_name: str = "model",
@@ -221,13 +233,16 @@ def drift_report(
     exact_rows: int = EXACT_ROWS,
     report_rows: int = 5000,
     report_samples: tuple[pa.Table, pa.Table] | None = None,
+    report: ReportMode = "drifted",
 ) -> DriftReport:
     """The `DriftReport` from per-column statistics (e.g. `drift_statistics` of column subsets, merged):
     Holm correction over the columns, importance weights, the decision, and the HTML report.
 
     `report_samples` (current, reference): the rows the HTML report is drawn from; None streams
-    a seeded sample of at most `report_rows` rows a side from the snapshots.
+    a seeded sample of at most `report_rows` rows a side from the snapshots. `report`: when
+    Evidently's report is drawn (see `check_drift`); a plain HTML table of the decision otherwise.
     """
+    _check_report(model_name, report)
     workspace = workspace or Workspace()
     missing = [c for c in columns if c not in per_column]
     if missing:
@@ -242,12 +257,20 @@ def drift_report(
     verdict = stats.decide(per_column, importance=importance, drift_share=drift_share, min_rows=min_rows,
                            alpha=alpha, reference_rows=reference_rows, current_rows=current_rows)
     records = [ColumnDrift.from_verdict(v) for v in verdict.columns]
-    if report_samples is None:
-        report_samples = (_stream_report_sample(current, columns, sample_rows, report_rows),
-                          _stream_report_sample(reference, columns, sample_rows, report_rows))
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%f")
     path = workspace.folder("reports", model_name) / f"drift-{stamp}.html"
-    shown = _save_html(path, *report_samples, per_column, columns, drift_share, report_rows, verdict)
+    kind: Literal["evidently", "table"] = "table"
+    shown = None
+    if report == "always" or (report == "drifted" and verdict.decision == "drifted"):
+        if report_samples is None:
+            report_samples = (_stream_report_sample(current, columns, sample_rows, report_rows),
+                              _stream_report_sample(reference, columns, sample_rows, report_rows))
+        shown, drawn = _save_html(path, *report_samples, per_column, columns, drift_share, report_rows, verdict)
+        kind = "evidently" if drawn else "table"
+    else:
+        # Evidently's import (~2 s) is not paid to illustrate a decision nobody has to act on.
+        _plain_html(path, verdict, f"Evidently's report is drawn when the data drifted (report={report!r}); "
+                                   "this is the decision's table.")
     sampled = sample_rows if sample_rows is not None and max(current.rows, reference.rows) > sample_rows else None
     numeric_rows = exact_rows if max(current_rows, reference_rows) > exact_rows and any(
         s.kind == "numeric" for s in per_column.values()) else None
@@ -256,7 +279,7 @@ def drift_report(
                        drifted_columns=verdict.drifted_columns, columns=records,
                        current_rows=current_rows, reference_rows=reference_rows,
                        min_rows=min_rows, alpha=alpha, window=current.window, current=current, reference=reference,
-                       report_path=str(path), report_rows=shown, sample_rows=sampled,
+                       report_path=str(path), report_rows=shown, report_kind=kind, sample_rows=sampled,
                        numeric_sample_rows=numeric_rows, sampled=sampled is not None or numeric_rows is not None,
                        exact_rows=exact_rows)
 
@@ -500,8 +523,10 @@ def _counts(column: Any) -> tuple[dict[Any, int], int]:
 
 
 def _save_html(path: Any, current: pa.Table, reference: pa.Table, per_column: dict[str, stats.ColumnStats],
-               columns: list[str], drift_share: float, report_rows: int, verdict: stats.DatasetVerdict) -> int:
-    """Evidently's report from at most `report_rows` sampled rows a side; returns the rows shown.
+               columns: list[str], drift_share: float, report_rows: int,
+               verdict: stats.DatasetVerdict) -> tuple[int, bool]:
+    """Evidently's report from at most `report_rows` sampled rows a side; returns the rows shown and whether
+    Evidently drew it.
 
     Evidently is told each column's kind and shown the decision's effect sizes (normed
     Wasserstein for numbers, PSI for categories). The report is an illustration: when
@@ -525,16 +550,27 @@ def _save_html(path: Any, current: pa.Table, reference: pa.Table, per_column: di
     except Exception as exc:  # the report illustrates; it never blocks the decision
         run_logger().warning("Evidently could not draw the drift report (%s: %s); wrote the decision alone to %s",
                              type(exc).__name__, exc, path)
-        rows = "".join(f"<tr><td>{html.escape(c.column)}</td><td>{c.decision}</td><td>{c.method}</td>"
-                       f"<td>{c.effect:.4g}</td><td>{c.p_adjusted if c.p_adjusted is not None else '-'}</td></tr>"
-                       for c in verdict.columns)
-        path.write_text(
-            "<!doctype html>\n<html><head><meta charset='utf-8'><title>Drift</title></head><body>"
-            f"<h1>Drift: {verdict.decision}</h1><p>{html.escape(verdict.reason)}</p>"
-            f"<p>Evidently could not draw its report: {html.escape(type(exc).__name__)}: "
-            f"{html.escape(brief(str(exc)))}</p><table><tr><th>column</th><th>decision</th><th>effect</th>"
-            f"<th>value</th><th>Holm p</th></tr>{rows}</table></body></html>\n", encoding="utf-8")
-    return shown
+        _plain_html(path, verdict, f"Evidently could not draw its report: {type(exc).__name__}: {brief(str(exc))}")
+        return shown, False
+    return shown, True
+
+
+def _plain_html(path: Any, verdict: stats.DatasetVerdict, note: str) -> None:
+    """The decision as a plain HTML table (no Evidently): the reason and every column's numbers."""
+    rows = "".join(f"<tr><td>{html.escape(c.column)}</td><td>{c.decision}</td><td>{c.method}</td>"
+                   f"<td>{c.effect:.4g}</td><td>{c.p_adjusted if c.p_adjusted is not None else '-'}</td></tr>"
+                   for c in verdict.columns)
+    path.write_text(
+        "<!doctype html>\n<html><head><meta charset='utf-8'><title>Drift</title></head><body>"
+        f"<h1>Drift: {verdict.decision}</h1><p>{html.escape(verdict.reason)}</p>"
+        f"<p>{html.escape(note)}</p><table><tr><th>column</th><th>decision</th><th>effect</th>"
+        f"<th>value</th><th>Holm p</th></tr>{rows}</table></body></html>\n", encoding="utf-8")
+
+
+def _check_report(model_name: str, report: Any) -> None:
+    if report not in REPORT_MODES:
+        raise DriftCheckError(f"drift check of {model_name!r}: report={report!r}; expected one of "
+                              f"{', '.join(map(repr, REPORT_MODES))} (when to draw Evidently's HTML report)")
 
 
 def emit_drift_event(report: DriftReport, champion_version: str | None = None) -> str | None:
@@ -673,6 +709,7 @@ def drift_check(
     champion_run_id: str | None = None,
     mlflow_server: MlflowServer | None = None,
     exact_rows: int = EXACT_ROWS,
+    report: ReportMode = "drifted",
 ) -> DriftReport:
     """Check drift (see `check_drift`), link the HTML report, and emit the drift event when drifted.
 
@@ -682,11 +719,13 @@ def drift_check(
     the event to the caller (a retrain policy that weighs drift with other signals emits one).
     With `champion_run_id` the check and its HTML report are logged to MLflow (see `log_drift_run`);
     a failure to log is a warning, never a failed check. `exact_rows`: rows a side up to which the
-    numeric statistics are exact (a seeded sample of that many above it).
+    numeric statistics are exact (a seeded sample of that many above it). `report`: "drifted" (default),
+    "always" or "never": when Evidently's HTML report is drawn (a plain table of the decision otherwise).
     """
+    mode = report
     report = check_drift(current, reference, model_name=model_name, columns=columns, drift_share=drift_share,
                          importance=importance, min_rows=min_rows, alpha=alpha, workspace=Workspace(workspace),
-                         sample_rows=sample_rows, report_rows=report_rows, exact_rows=exact_rows)
+                         sample_rows=sample_rows, report_rows=report_rows, exact_rows=exact_rows, report=mode)
     logger = run_logger()
     logged_to = None
     if champion_run_id:
@@ -697,10 +736,12 @@ def drift_check(
             logger.warning("could not log the drift report of %s to MLflow (%s: %s); it stays at %s", model_name,
                            type(exc).__name__, brief(str(exc)), report.report_path)
     create_link_artifact(key=artifact_key("drift-report", model_name), link=f"file://{report.report_path}",
-                         link_text=f"Evidently drift report (decision: {report.decision}, {report.drift_share:.0%} "
-                                   "of the importance drifted)",
+                         link_text=f"{'Evidently drift report' if report.report_kind == 'evidently' else 'Drift table'}"
+                                   f" (decision: {report.decision}, {report.drift_share:.0%} of the importance "
+                                   "drifted)",
                          description=f"Drift of {current.short()} against {reference.short()}"
-                                     f" (report drawn from {report.report_rows} rows a side)")
+                                     + (f" (report drawn from {report.report_rows} rows a side)"
+                                        if report.report_kind == "evidently" else " (the decision's table)"))
     # The UI does not open file:// links: the summary and the top columns are readable in place.
     create_markdown_artifact(
         render_summary(report, logged_to=logged_to) + "\n\n## Every column\n\n"
