@@ -9,7 +9,7 @@ from prefect_mlops.blocks import DataSource, MlflowServer, ModelPolicy, RetrainP
 from prefect_mlops.errors import DriftCheckError
 from prefect_mlops.flows.continuous_training import CycleReport, continuous_training
 from prefect_mlops.refs import ModelName, OptionalFloat, OptionalText, Window
-from prefect_mlops.tasks.drift import DriftReport, drift_check
+from prefect_mlops.tasks.drift import DriftReport, ReportMode, drift_check
 from prefect_mlops.tasks.ingest import ingest
 from prefect_mlops.tasks.lineage import find_champion, read_importance
 from prefect_mlops.tasks.performance import PerformanceReport, performance_check
@@ -36,6 +36,7 @@ def drift_monitor(
     mlflow_server: MlflowServer | None = None,
     workspace: OptionalText = None,
     retrain_policy: RetrainPolicy | None = None,
+    report: ReportMode = "drifted",
 ) -> MonitorReport:
     """Judge the current window against the champion; when the retrain policy says so, emit one event.
 
@@ -58,6 +59,8 @@ def drift_monitor(
         mlflow_server: Tracking server and registry; the workspace's SQLite store when empty.
         workspace: Folder for snapshots, suites and reports.
         retrain_policy: Triggers, training window, minimum rows and cool-down; the defaults when empty.
+        report: When to draw Evidently's HTML drift report (its import costs ~2 s a check): "drifted" (the
+            window drifted), "always", "never"; otherwise the report is a plain table of the decision.
     """
     retrain_policy = retrain_policy or RetrainPolicy()
     if drift_share is not None and not 0 < drift_share <= 1:
@@ -80,7 +83,8 @@ def drift_monitor(
     drift = drift_check(current, recipe.dataset, model_name, columns=recipe.features.feature_columns,
                         drift_share=drift_share, champion_version=champion.model.version, workspace=workspace,
                         importance=importance, min_rows=retrain_policy.min_rows, alpha=retrain_policy.alpha,
-                        emit=False, champion_run_id=champion.model.run_id or None, mlflow_server=server)
+                        emit=False, champion_run_id=champion.model.run_id or None, mlflow_server=server,
+                        report=report)
     performance = performance_check(current, champion, policy=policy, retrain_policy=retrain_policy,
                                     mlflow_server=server, workspace=workspace)
     decision = retrain_decision(model_name, champion, window, retrain_policy, drift=drift, performance=performance,
