@@ -23,7 +23,7 @@ from prefect_mlops.tasks.features import build_feature_set, load_split
 from prefect_mlops.tasks.ingest import ingest_dataset
 from prefect_mlops.tasks.lineage import Lineage, TrainerSpec, recipe_digest
 from prefect_mlops.tasks.torch_trainer import TabularNetEstimator, TorchConfig
-from prefect_mlops.tasks.train import build_estimator, fit_pipeline, log_model, train_model
+from prefect_mlops.tasks.train import build_estimator, checkpoint_key, fit_pipeline, log_model, train_model
 
 SMALL = {"hidden_layers": [32, 16], "epochs": 15, "patience": 3, "batch_size": 128, "learning_rate": 3e-3}
 
@@ -223,7 +223,9 @@ def test_torch_model_is_logged_as_one_pyfunc_that_scores_raw_rows(churn_source, 
     epochs = int(params["torch.epochs_run"])
     for name in ("train_loss", "val_loss"):
         assert [m.step for m in client.get_metric_history(trained.run_id, name)] == list(range(1, epochs + 1))
-    folder = workspace.root / "checkpoints" / f"{features.dataset.fingerprint[:16]}-{lineage.params_digest}"
+    # Named by the data, the recipe and the planned rows (all of them here).
+    folder = workspace.root / "checkpoints" / checkpoint_key(features, lineage, trained.lineage.training)
+    assert folder.name.endswith(f"-all-{features.train_rows}")
     assert len(list(folder.glob("tabularnet-*.pt"))) == 1
 
     # The in-memory pipeline (transform + network) and what MLflow gives back predict the same.
