@@ -14,7 +14,6 @@ from prefect_mlops.blocks import DataSource, MlflowServer, ModelPolicy, RetrainP
 from prefect_mlops.refs import ModelName, OptionalInt, OptionalObject, OptionalText, Window
 from prefect_mlops.tasks.deploy import deploy
 from prefect_mlops.tasks.evaluate import evaluate
-from prefect_mlops.tasks.evaluate import warm_up as warm_up_figure
 from prefect_mlops.tasks.features import FeatureSpec, check_columns, feature_build
 from prefect_mlops.tasks.gate import quality_gate
 from prefect_mlops.tasks.ingest import ingest
@@ -128,7 +127,6 @@ def continuous_training(
                       params_digest=digest, suite_path=validation.suite_path, code_version=__version__,
                       git_commit=git_commit(), packages=package_versions(),
                       trigger=describe_trigger(trigger, trigger_details))
-    warm_up_figure()  # matplotlib's import (~1 s) overlaps training; evaluate's figure waits for it
     if trainer.label:
         trained = train_on_route(feature_set, trainer, lineage, mlflow_server=server, workspace=workspace,
                                  budget=retrain_policy.training_budget)

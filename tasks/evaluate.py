@@ -8,7 +8,6 @@ champion on the primary metric.
 from __future__ import annotations
 
 import math
-import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -371,47 +370,14 @@ def evaluate_models(
                       champion_degraded=champion_degraded, importance=importance)
 
 
-_figure_import: threading.Thread | None = None
-_FIGURE_LOCK = threading.Lock()
-
-
-def warm_up() -> threading.Thread:
-    """Import the evaluation figure's libraries (matplotlib, about 1 s) on a background thread, once.
-
-    The flow starts it while the challenger trains (the fit leaves the interpreter free most of the
-    time); `draw_outputs` waits for it, so matplotlib is never imported on two threads at once.
-
-    Example:
-        ```python
-        from prefect_mlops.tasks.evaluate import warm_up
-        warm_up().join()
-        ```
-    """
-    global _figure_import
-    with _FIGURE_LOCK:
-        if _figure_import is None:
-            _figure_import = threading.Thread(target=_import_figure, name="prefect-mlops-figure-import",
-                                              daemon=True)
-            _figure_import.start()
-        return _figure_import
-
-
-def _import_figure() -> None:
-    try:
-        import matplotlib.figure  # noqa: F401
-        from matplotlib.backends import backend_agg  # noqa: F401
-    except Exception:  # the figure is drawn without it and says what failed, where it happens
-        return
-
-
 def draw_outputs(path: Path, y: np.ndarray, outputs: list[_Outputs], names: list[str], *, task: str,
                  seed: int, title: str) -> Path:
     """The evaluation figure of these models' outputs, on a seeded sample of at most `PLOT_MAX_ROWS` rows."""
     from prefect_mlops.tasks._plots import PLOT_MAX_ROWS, Drawn, draw, sample_rows
 
-    thread = _figure_import
-    if thread is not None and thread is not threading.current_thread():
-        thread.join()  # a started warm-up finishes the import: never two threads importing matplotlib
+    # matplotlib is imported here, on the stage's own thread. An import on a background thread while
+    # training ran saved nothing measurable at 1M rows and risks the deadlock of two threads importing
+    # the same modules at once.
     rows = sample_rows(len(y), seed=seed)
     drawn = [Drawn(name, out.labels[rows], None if out.proba is None else out.proba[rows], out.classes)
              for name, out in zip(names, outputs, strict=True)]

@@ -111,3 +111,26 @@ def test_importance_on_one_class_is_unknown_as_scikit_learn_says(shop):
     model = LogisticRegression().fit(x[["a", "b"]], label)
     found = feature_importance(model, x[["a", "b"]].head(50), np.ones(50, dtype=int), metric="roc_auc")
     assert set(found) == {"a", "b"} and all(math.isnan(v) for v in found.values())
+
+
+@pytest.mark.system
+def test_a_cycle_imports_the_figure_libraries_on_no_second_thread(
+        churn_source, churn_features, fast_trainer, policy, mlflow_server, workspace, monkeypatch):
+    # Two threads importing the same modules at once can deadlock: the figure's import is the stage's own.
+    import threading
+
+    from prefect_mlops.demo import period_window
+    from prefect_mlops.flows import continuous_training
+
+    started: list[str] = []
+    start = threading.Thread.start
+
+    def record(self) -> None:
+        started.append(self.name)
+        start(self)
+
+    monkeypatch.setattr(threading.Thread, "start", record)
+    report = continuous_training("churn", churn_source, churn_features, fast_trainer, policy=policy,
+                                 window=period_window(0), mlflow_server=mlflow_server, workspace=str(workspace.root))
+    assert report.outcome == "promoted"
+    assert not [name for name in started if "import" in name], started
