@@ -179,8 +179,8 @@ def _plan(spec: Any, trainer: TrainerSpec, budget: TrainingBudget, available_row
     over = (f"{need}, over the budget of {_mb(limit)}" if in_memory <= fitting else
             f"{available_rows:,} rows are over the budget's max_rows={budget.max_rows}")
     if budget.when_over == "incremental":
-        estimator = build_estimator(trainer)
-        if callable(getattr(estimator, "partial_fit", None)):
+        # The torch trainer always has partial_fit: not built here, where PyTorch may not be installed (a routed run).
+        if trainer.kind == "torch" or callable(getattr(build_estimator(trainer), "partial_fit", None)):
             return TrainingRecord(method="incremental", rows=0,
                                   reason=f"{over}: every row streamed through partial_fit", **common)
         over += (f"; {trainer.estimator if trainer.kind == 'sklearn' else 'the torch trainer'} has no "
@@ -593,6 +593,7 @@ def budget_change(record: TrainingRecord | None, budget: TrainingBudget, trainer
     from every row in one fit stays; one fit on a sample is fit again when the budget now plans
     another method, at least 10% more rows (less is memory's day-to-day drift), or other time spans;
     an incremental one when the batch size changed. A champion without a record learned from all rows.
+    A budget without `max_memory` is a share of this process's memory (a routed fit's worker may differ).
 
     Example:
         ```python
