@@ -6,7 +6,7 @@ For a set of frames (clean, and broken in the ways the learned suite catches) an
 their order, and for every pushed-down expectation GX's whole result dict; and the same for the
 streamed push-down (`run_suite_on_batches`) over batches of 700 rows, so that a column's nulls,
 unexpected values and extremes fall in different batches; and the path above GX_FRAME_ROWS, where
-GX runs the per-row expectations that are not pushed down batch by batch (batches of 1,000 rows).
+GX runs the per-row expectations that are not pushed down batch by batch (batches of 1,500 rows).
 The data has the types read natively (int64, float64, strings, bools, timestamps) and the others
 (a time-zoned timestamp, a categorical, int32, float32, a nullable bool).
 
@@ -84,7 +84,7 @@ def broken(frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
     f.loc[60:70, "calls"] = 99
     cases["int-nulls-no-pandas-metadata"] = f  # written by pyarrow alone: int64 with nulls, read as float64
     f = frame.copy()
-    late = [1_500, 2_200, 2_999]  # nulls and bad values late, in other batches than the first
+    late = [700, 1_600, 2_999]  # nulls and bad values in both batches of 1,500 rows, none in the first 700
     f.loc[late, "at"] = pd.NaT
     f.loc[late, "ok"] = pd.NA
     f.loc[late, "count32"] = 10**6
@@ -182,7 +182,7 @@ def check() -> list[str]:
             # GX batch by batch for what is not pushed down (as above GX_FRAME_ROWS), the frame for aggregates.
             batched, on_frame = engine.run_suite_on_batches(
                 table.to_batches(max_chunksize=700), suite, load_frame=lambda p=path: pd.read_parquet(p),
-                frame_rows=1_000, again=lambda columns, t=table: t.select(columns).to_batches(max_chunksize=1_000))
+                frame_rows=1_000, again=lambda columns, t=table: t.select(columns).to_batches(max_chunksize=1_500))
             batched_count += len(batched) - len(on_frame)
             if len(batched) != len(gx_results) or any(
                     m.success != t.success or m.expectation_config.type != t.expectation_config.type

@@ -114,7 +114,8 @@ def run_suite_on_batches(
     if pushed and again is not None and frame_rows is not None and streamed.rows > frame_rows:
         pushed.update(_per_batch(expectations, suite_json, [i for i in range(len(expectations))
                                                             if pushed.get(i) is None], again, streamed))
-    return _assemble(expectations, suite_json, pushed, load_frame, check_rest)
+    return _assemble(expectations, suite_json, pushed, load_frame, check_rest,
+                     streamed.rows if streamed.schema is not None else None)
 
 
 _TYPE_CHECKS = ("expect_column_values_to_be_in_type_list", "expect_column_values_to_be_of_type")
@@ -218,8 +219,10 @@ def _judge_as(expectation: Any, success: bool, result: dict[str, Any]) -> Any:
 
 def _assemble(expectations: list[Any], suite_json: dict[str, Any], pushed: dict[int, Any],
               load_frame: Callable[[], pd.DataFrame],
-              check_rest: Callable[[list[dict[str, Any]]], None] | None = None) -> tuple[list[Any], set[int]]:
-    """The pushed-down results and GX's for the rest, in GX's order; and the positions GX computed."""
+              check_rest: Callable[[list[dict[str, Any]]], None] | None = None,
+              rows: int | None = None) -> tuple[list[Any], set[int]]:
+    """The pushed-down results and GX's for the rest, in GX's order; and the positions GX computed.
+    `rows`: the data's rows, when known (a frame with fewer is a sample)."""
     rest = [i for i in range(len(expectations)) if pushed.get(i) is None]
     if not rest:
         by_index = pushed
@@ -234,14 +237,36 @@ def _assemble(expectations: list[Any], suite_json: dict[str, Any], pushed: dict[
                 r.expectation_config.type != expectations[i].configuration.type
                 or r.expectation_config.kwargs.get("column") != expectations[i].configuration.kwargs.get("column")
                 for i, r in zip(order, rest_results, strict=True)):
-            # GX lists errors first: let it validate and order the whole suite.
-            if check_rest is not None:
-                check_rest(suite_json["expectations"])
-            results = gx_validate(frame, suite_json)
-            return results, set(range(len(results)))
-        by_index = {**pushed, **dict(zip(order, rest_results, strict=True))}
+            if rows is not None and len(frame) < rows:
+                # A sample: the whole suite must not be judged on it; each of GX's results goes to its own
+                # expectation, wherever GX listed it.
+                by_index = {**pushed, **_matched(expectations, rest, rest_results, suite_json)}
+            else:
+                # GX lists errors first: let it validate and order the whole suite.
+                results = gx_validate(frame, suite_json)
+                return results, set(range(len(results)))
+        else:
+            by_index = {**pushed, **dict(zip(order, rest_results, strict=True))}
     ordered = _gx_order(expectations, range(len(expectations)))
     return [by_index[i] for i in ordered], {n for n, i in enumerate(ordered) if i in rest}
+
+
+def _matched(expectations: list[Any], rest: list[int], results: list[Any],
+             suite_json: dict[str, Any]) -> dict[int, Any]:
+    """GX's results for the expectations at `rest`, matched by type and column."""
+    out: dict[int, Any] = {}
+    for result in results:
+        key = (result.expectation_config.type, result.expectation_config.kwargs.get("column"))
+        i = next((i for i in rest if i not in out and (expectations[i].configuration.type,
+                  expectations[i].configuration.kwargs.get("column")) == key), None)
+        if i is not None:
+            out[i] = result
+    if len(out) != len(rest):
+        missing = [expectations[i].configuration.type for i in rest if i not in out]
+        raise ConfigError(f"suite {suite_json.get('name')!r}: GX gave no result for {missing} on its sample of "
+                          "the data; validate with engine=\"gx\" (PREFECT_MLOPS_GX_PUSHDOWN=0) to run the whole suite "
+                          "in GX")
+    return out
 
 
 def _gx_order(expectations: list[Any], indices: Any) -> list[int]:

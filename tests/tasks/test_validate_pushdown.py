@@ -71,6 +71,6 @@ def test_contract_checks_are_pushed_down_and_match_gx(tmp_path, case):
 
 def test_equivalence_script_over_thirty_suite_and_data_cases():
     done = subprocess.run([sys.executable, str(ROOT / "bench" / "gx_equivalence.py")], capture_output=True,
-                          text=True, timeout=300)
+                          text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert "all equal" in done.stdout

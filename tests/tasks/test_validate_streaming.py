@@ -40,17 +40,20 @@ def test_a_suite_learned_from_a_sample_and_exact_aggregates_is_the_whole_datas(w
         assert v.learn_suite_from(ref, name="d", limit=limit) == whole
 
 
-def test_streamed_validation_is_gx_own_table_across_batches(workspace):
-    base = data(70_000)  # two record batches
+def test_streamed_validation_is_gx_own_table_across_batches(workspace, monkeypatch):
+    # Batches of 2,000 rows: what 65,536-row batches do to a larger snapshot, in a fraction of the time.
+    monkeypatch.setattr(v, "iter_batches", lambda ref, columns=None, batch_rows=2_000: iter_batches(
+        ref, columns, batch_rows=min(batch_rows, 2_000)))
+    base = data(7_000)
     ref = workspace.write_snapshot(base, name="d")
     suite = v.learn_suite_from(ref, name="d")
     broken = base.copy()
-    broken.loc[[5, 66_000, 69_000], "amount"] = 1e9  # impossible values in both batches
-    broken.loc[66_500:66_600, "plan"] = "enterprise"
-    broken.loc[68_000:, "calls"] = None  # an integer column whose nulls are all in the last batch
+    broken.loc[[5, 6_600, 6_900], "amount"] = 1e9  # impossible values in the first and the last batch
+    broken.loc[6_650:6_660, "plan"] = "enterprise"
+    broken.loc[6_800:, "calls"] = None  # an integer column whose nulls are all in the last batch
     broken["calls"] = broken["calls"].astype("Int64")
     current = workspace.write_snapshot(broken, name="d")
-    assert sum(1 for _ in iter_batches(current)) >= 2
+    assert sum(1 for _ in v.iter_batches(current)) >= 2
     streamed = v.run_suite_streamed(current, suite)
     assert streamed == v.run_suite(read_frame(current), suite)
     assert not any(o.sample_rows for o in streamed)
@@ -161,3 +164,17 @@ def _write(workspace, suite):
     path = workspace.folder("suites") / "contract-mean.json"
     path.write_text(json.dumps(suite))
     return str(path)
+
+
+def test_a_gx_error_on_the_sample_keeps_every_other_result_exact(workspace, monkeypatch):
+    ref = workspace.write_snapshot(data(3_000), name="d")
+    suite = {"name": "d", "expectations": [
+        {"type": "expect_column_values_to_not_be_null", "kwargs": {"column": "amount"}},
+        {"type": "expect_column_mean_to_be_between", "kwargs": {"column": "plan", "min_value": 0, "max_value": 1},
+         "meta": {"role": "profile"}}]}  # the mean of strings: GX reports an error
+    monkeypatch.setattr(v, "GX_FRAME_ROWS", 1_000)
+    by_type = {o.expectation: o for o in v.run_suite_streamed(ref, suite)}
+    assert by_type["expect_column_values_to_not_be_null"].passed
+    assert by_type["expect_column_values_to_not_be_null"].sample_rows is None
+    assert not by_type["expect_column_mean_to_be_between"].passed
+    assert by_type["expect_column_mean_to_be_between"].sample_rows == 1_000
