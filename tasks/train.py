@@ -589,11 +589,13 @@ def budget_change(record: TrainingRecord | None, budget: TrainingBudget, trainer
                   spec: Any, *, available: int | None = None) -> str | None:
     """Why a champion fit on the same data with the same recipe should be fit again under `budget`, or None.
 
-    The champion's record is planned again with today's budget (and memory): a champion that learned
-    from every row in one fit stays; one fit on a sample is fit again when the budget now plans
-    another method, at least 10% more rows (less is memory's day-to-day drift), or other time spans;
-    an incremental one when the batch size changed. A champion without a record learned from all rows.
-    A budget without `max_memory` is a share of this process's memory (a routed fit's worker may differ).
+    Only a change of the budget's settings counts: with the settings the champion was fit under, the
+    answer is None whatever the machine's free memory does today, so the same data never retrains
+    because memory moved. With other settings the champion's record is planned again: a champion that
+    learned from every row in one fit stays; one fit on a sample is fit again when the budget now plans
+    another method, at least 10% more rows, or other time spans; an incremental one when the batch size
+    changed. A champion without a record learned from all rows. A budget without `max_memory` is a share
+    of this process's memory (a routed fit's worker may differ).
 
     Example:
         ```python
@@ -604,7 +606,7 @@ def budget_change(record: TrainingRecord | None, budget: TrainingBudget, trainer
         assert budget_change(old, TrainingBudget(max_rows=100), None, None, None) is None
         ```
     """
-    if record is None or record.method == "all":
+    if record is None or record.method == "all" or record.budget == budget:
         return None
     per_row = _arrow_bytes_per_row(dataset, [*spec.feature_columns, spec.target])
     now = _plan(spec, trainer, budget, record.available_rows, per_row, available)

@@ -151,6 +151,13 @@ def test_a_champion_fit_on_a_sample_is_fit_again_when_the_budget_grows(features)
     assert "time spans" in budget_change(sampled, TrainingBudget(max_rows=300, periods=5), LOGISTIC, data, SPEC)
     everything = plan_training(features, LOGISTIC, TrainingBudget())
     assert budget_change(everything, small, LOGISTIC, data, SPEC) is None  # a smaller budget: nothing to gain
+    # The same settings never retrain, however much memory the machine has free today.
+    tight = everything.estimated_bytes // 4  # the machine's free memory when the champion was fit
+    by_memory = plan_training(features, LOGISTIC, TrainingBudget(), available=tight)
+    assert by_memory.method == "sample"
+    assert budget_change(by_memory, TrainingBudget(), LOGISTIC, data, SPEC, available=tight * 100) is None
+    assert budget_change(by_memory, TrainingBudget(memory_share=0.9), LOGISTIC, data, SPEC,
+                         available=tight * 100) is not None
     # A torch fit's checkpoints are kept apart by the planned rows too.
     lineage = Lineage(model_name="budget", dataset=data, features=SPEC, trainer=LOGISTIC, params_digest="p")
     assert checkpoint_key(features, lineage, sampled) != checkpoint_key(features, lineage, everything)
