@@ -260,8 +260,14 @@ def read_source_table(source: DataSource) -> pa.Table:
             raise DataSourceError(f"data source {source.uri}: the file is empty (0 bytes); re-export it")
         return _parse(path, fmt, source.uri)
     if scheme == "s3":
-        # The Block owns S3: bucket/key parsing, the client and every failure's message.
-        return _parse(io.BytesIO(source.read_bytes()), fmt, source.uri)
+        import tempfile
+
+        # The Block owns S3: bucket/key parsing, the client and every failure's message. Spooled to a
+        # file in chunks, so memory holds the table, not the object's bytes beside it.
+        with tempfile.TemporaryDirectory(prefix="prefect-mlops-source-") as folder:
+            spool = Path(folder) / f"source{_spool_suffix(source.uri, fmt)}"
+            source.download_to(spool)
+            return _parse(spool, fmt, source.uri)
     raise DataSourceError(
         f"data source {source.uri}: unknown URI scheme {scheme!r}; expected a local path, file:// or s3://"
     )
@@ -580,8 +586,7 @@ def _open(source: DataSource, workspace: Workspace) -> Iterator[_Opened]:
             f"data source {source.uri}: unknown URI scheme {scheme!r}; expected a local path, file:// or s3://"
         )
     # The Block owns S3: bucket/key parsing, the client and every failure's message.
-    last = source.uri.rsplit("/", 1)[-1].lower()
-    suffix = next((s for s in _CSV_SUFFIXES if last.endswith(s)), ".csv") if fmt == "csv" else ".parquet"
+    suffix = _spool_suffix(source.uri, fmt)
     # The dataset reader reads a file twice with max_rows and seeks in Parquet: spool to disk, not to memory.
     spool = workspace.folder("tmp") / f"source-{os.getpid()}-{secrets.token_hex(4)}{suffix}"
     try:
@@ -590,6 +595,12 @@ def _open(source: DataSource, workspace: Workspace) -> Iterator[_Opened]:
         yield _Opened(spool, fmt, source.uri)
     finally:
         spool.unlink(missing_ok=True)
+
+
+def _spool_suffix(uri: str, fmt: str) -> str:
+    """The suffix a local copy of `uri` needs: Arrow picks a CSV's compression from it."""
+    last = uri.rsplit("/", 1)[-1].lower()
+    return next((s for s in _CSV_SUFFIXES if last.endswith(s)), ".csv") if fmt == "csv" else ".parquet"
 
 
 def _csv_header(path: Path) -> list[str]:

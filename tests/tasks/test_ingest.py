@@ -267,3 +267,15 @@ def test_a_parquet_folder_whose_files_disagree_on_a_type_names_the_column_and_th
     with pytest.raises(DataSourceError, match=r"data source .*sales: the files disagree on a column's type: column "
                                               r"'x' is int64 in a.parquet but string in b.parquet.*same type"):
         ingest_dataset(DataSource(uri=str(folder)), workspace=workspace)
+
+
+def test_a_whole_read_of_a_compressed_s3_csv_is_spooled_and_decompressed(bucket, frame):
+    import gzip
+
+    from prefect_mlops.tasks.ingest import read_source
+
+    boto3.client("s3", endpoint_url=bucket, aws_access_key_id="test", aws_secret_access_key="test",
+                 region_name="us-east-1").put_object(Bucket="lake", Key="labels/d.csv.gz",
+                                                     Body=gzip.compress(frame.to_csv(index=False).encode()))
+    got = read_source(s3_source(bucket, "s3://lake/labels/d.csv.gz"))
+    assert got["x"].tolist() == frame["x"].tolist() and got["c"].tolist() == frame["c"].tolist()
