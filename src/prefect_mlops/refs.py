@@ -1,6 +1,6 @@
 """Small, serialisable records that stages exchange instead of data frames.
 
-A stage hands the next one a reference to a Parquet snapshot (with a content
+A stage hands the next one a reference to a snapshot (an Arrow IPC file) (with a content
 fingerprint) or to an MLflow model, never the data itself, so any stage can run
 in another process or on another work pool, and Prefect can cache on fingerprints.
 """
@@ -193,7 +193,7 @@ def _naive_utc(moment: datetime | None) -> datetime | None:
 
 
 class DatasetRef(BaseModel):
-    """A Parquet snapshot in the run workspace, identified by its content.
+    """A snapshot (an Arrow IPC file; Parquet for older ones) in the run workspace, identified by its content.
 
     `fingerprint` hashes the data's values, column names and types, not the file's
     bytes: re-writing the same data gives the same fingerprint.
@@ -202,7 +202,7 @@ class DatasetRef(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     name: str = Field(description="Dataset name, used in messages and file names.")
-    uri: str = Field(description="Where the Parquet snapshot lies.")
+    uri: str = Field(description="Where the snapshot lies (.arrow; .parquet for snapshots written before Arrow IPC).")
     fingerprint: str = Field(description="SHA-256 of the data's values, column names and types.")
     rows: int = Field(description="Number of rows.")
     columns: dict[str, str] = Field(description="Column name to pandas dtype.")
