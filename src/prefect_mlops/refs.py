@@ -1,6 +1,6 @@
 """Small, serialisable records that stages exchange instead of data frames.
 
-A stage hands the next one a reference to a snapshot (an Arrow IPC file) (with a content
+A stage hands the next one a reference to an Arrow IPC snapshot (with a content
 fingerprint) or to an MLflow model, never the data itself, so any stage can run
 in another process or on another work pool, and Prefect can cache on fingerprints.
 """
