@@ -331,13 +331,20 @@ def _kind(arrow_type: Any, dtype: Any, nulls: int) -> str | None:
         return "bool"
     if pa.types.is_timestamp(arrow_type) and str(dtype).startswith("datetime64["):  # with or without a zone
         return "datetime"
+    if dtype is not None and not pa.types.is_nested(arrow_type):
+        return "other"  # any other type: its missing count and its dtype are pushed down, GX judges the rest
     return None
 
 
-def _final_dtype(kind: str | None, dtype: Any) -> Any:
+def _final_dtype(kind: str | None, dtype: Any, nulls: int = 0) -> Any:
+    """The whole data's pandas dtype: integers with a null read as float64, booleans with a null as object."""
     import numpy as np
 
-    return np.dtype("float64") if kind == "float" else dtype
+    if kind == "float":
+        return np.dtype("float64")
+    if kind == "other" and nulls and isinstance(dtype, np.dtype) and dtype.kind in "iub":
+        return np.dtype("float64") if dtype.kind in "iu" else np.dtype(object)
+    return dtype
 
 
 class _ArrowFacts:
@@ -363,7 +370,13 @@ class _ArrowFacts:
         return _kind(self.table.schema.field(column).type, self._dtypes[column], self.table.column(column).null_count)
 
     def dtype(self, column: str) -> Any:
-        return _final_dtype(self.kind(column), self._dtypes[column])
+        return _final_dtype(self.kind(column), self._dtypes[column], self.table.column(column).null_count)
+
+    def _floating(self, column: str) -> bool:
+        """pandas reads NaN as missing in float columns (any width)."""
+        import pyarrow as pa
+
+        return self.kind(column) == "float" or pa.types.is_floating(self.table.schema.field(column).type)
 
     def missing(self, column: str) -> Any:
         """Boolean mask of the values pandas reads as missing (null, and NaN in float columns)."""
@@ -371,13 +384,13 @@ class _ArrowFacts:
 
         if column not in self._missing:
             values = self.table.column(column)
-            self._missing[column] = pc.is_null(values, nan_is_null=self.kind(column) == "float")
+            self._missing[column] = pc.is_null(values, nan_is_null=self._floating(column))
         return self._missing[column]
 
     def missing_count(self, column: str) -> int:
         import pyarrow.compute as pc
 
-        if self.kind(column) != "float":
+        if not self._floating(column):
             return self.table.column(column).null_count
         return int(pc.sum(self.missing(column)).as_py() or 0)
 
@@ -477,7 +490,9 @@ class _Streamed:
                     if self.dtypes else None
                 if kind is None:
                     continue  # e.g. booleans that have nulls in some batch: GX judges the column
-                dtype = _final_dtype(kind, self.dtypes[column])
+                dtype = _final_dtype(kind, self.dtypes[column], self.nulls[column])
+                if kind == "other" and "table.column_types" in metrics and _per_value(dtype):
+                    continue  # e.g. booleans with a null in another batch: GX checks each value's type
                 if "table.column_types" in metrics:
                     metrics["table.column_types"] = [{"name": column, "type": dtype}]
             out[i] = _judge(expectation, _boxed(metrics, dtype), engine=_engine(self.metrics[i]))
@@ -532,6 +547,8 @@ def _not_null(expectation: Any, facts: _ArrowFacts, column: str, _kind: str, _kw
 
 
 def _type_list(expectation: Any, facts: _ArrowFacts, column: str, kind: str, kwargs: dict[str, Any]) -> Any:
+    if kind == "other" and _per_value(facts.dtype(column)):
+        return None  # object values (dates, booleans with nulls...): GX checks each value's type
     metrics: dict[str, Any] = {"table.column_types": [{"name": column, "type": facts.dtype(column)}], _ENGINE: True}
     if kind == "string":  # object dtype: GX checks each value's Python type
         types = kwargs.get("type_list")
@@ -539,6 +556,13 @@ def _type_list(expectation: Any, facts: _ArrowFacts, column: str, kind: str, kwa
             return None  # the values are all str: other type lists need GX's own per-value check
         metrics.update(_column_map(facts, column, "column_values.in_type_list", None))
     return metrics
+
+
+def _per_value(dtype: Any) -> bool:
+    """Whether GX checks the type of each value (an object column) rather than the column's dtype."""
+    import numpy as np
+
+    return isinstance(dtype, np.dtype) and dtype.kind == "O"
 
 
 def _outside(values: Any, kwargs: dict[str, Any], *, kinds: type | tuple[type, ...]) -> Any:
