@@ -1,16 +1,17 @@
 """The Arrow push-down engine behind `validate`: GX's results for a suite, computed on an Arrow table.
 
-For the expectation types that `learn_suite` writes (row count, column exists, type list, not null,
+For the expectation types that `learn_suite` writes (row count, column exists, type checks, not null,
 between, in set, value lengths, and a timestamp column's min and max), the metrics GX would compute
 on a pandas frame (row and null counts, unexpected counts, the first unexpected values and their row
 numbers, the column's pandas dtype, its min and max) are computed with `pyarrow.compute`, and GX's
 own expectation classes turn them into GX `ExpectationValidationResult`s: GX decides success
-(`mostly`) and formats the result, so the table is the one GX gives. Any other expectation, a column
-of another type, or anything unusual runs in GX on the pandas frame; if GX reports an error, the
-whole suite is re-run in GX, so error rows look exactly as GX orders them.
-`bench/gx_equivalence.py` compares the two engines row for row.
+(`mostly`) and formats the result, so the table is the one GX gives. Every Arrow type has its missing
+count and dtype pushed down; numbers, strings, booleans and timestamps (with or without a zone) the
+rest. Any other expectation runs in GX: on the pandas frame of the whole data, or, when that would be a
+sample (`run_suite_on_batches`'s `frame_rows`), batch by batch for per-row (map) expectations, their
+counts summed. If GX reports an error on the whole frame, the whole suite is re-run in GX, so error
+rows look exactly as GX orders them. `bench/gx_equivalence.py` compares the engines row for row.
 """
-
 from __future__ import annotations
 
 import datetime
@@ -290,6 +291,7 @@ _PUSHABLE: dict[str, set[str]] = {
     "expect_table_row_count_to_be_between": _BOUNDS,
     "expect_column_to_exist": {"column"},
     "expect_column_values_to_be_in_type_list": _MAP_KWARGS | {"type_list"},
+    "expect_column_values_to_be_of_type": _MAP_KWARGS | {"type_"},
     "expect_column_values_to_not_be_null": _MAP_KWARGS,
     "expect_column_values_to_be_between": _MAP_KWARGS | _BOUNDS,
     "expect_column_values_to_be_in_set": _MAP_KWARGS | {"value_set"},
@@ -491,7 +493,8 @@ class _Streamed:
                 if kind is None:
                     continue  # e.g. booleans that have nulls in some batch: GX judges the column
                 dtype = _final_dtype(kind, self.dtypes[column], self.nulls[column])
-                if kind == "other" and "table.column_types" in metrics and _per_value(dtype):
+                if (kind == "other" or expectation.configuration.type == "expect_column_values_to_be_of_type") \
+                        and "table.column_types" in metrics and _per_value(dtype):
                     continue  # e.g. booleans with a null in another batch: GX checks each value's type
                 if "table.column_types" in metrics:
                     metrics["table.column_types"] = [{"name": column, "type": dtype}]
@@ -556,6 +559,13 @@ def _type_list(expectation: Any, facts: _ArrowFacts, column: str, kind: str, kwa
             return None  # the values are all str: other type lists need GX's own per-value check
         metrics.update(_column_map(facts, column, "column_values.in_type_list", None))
     return metrics
+
+
+def _of_type(expectation: Any, facts: _ArrowFacts, column: str, kind: str, kwargs: dict[str, Any]) -> Any:
+    """A column's dtype against `type_`: GX reads the dtype, except for object columns (each value's type)."""
+    if _per_value(facts.dtype(column)):
+        return None
+    return {"table.column_types": [{"name": column, "type": facts.dtype(column)}], _ENGINE: True}
 
 
 def _per_value(dtype: Any) -> bool:
@@ -634,6 +644,7 @@ def _extreme(expectation: Any, facts: _ArrowFacts, column: str, kind: str, kwarg
 _COLUMN_RULES: dict[str, Callable[..., Any]] = {
     "expect_column_values_to_not_be_null": _not_null,
     "expect_column_values_to_be_in_type_list": _type_list,
+    "expect_column_values_to_be_of_type": _of_type,
     "expect_column_values_to_be_between": _between,
     "expect_column_value_lengths_to_be_between": _lengths,
     "expect_column_values_to_be_in_set": _in_set,
