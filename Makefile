@@ -77,10 +77,11 @@ bench-serve: $(STAMP)
 bench-scale: $(STAMP)
 	$(PY) bench/scale.py --sizes 100000,1000000,5000000,20000000 --readme
 
-# 50 models on one local Prefect server (PostgreSQL) and two process workers: drift checks per minute against a
-# bare flow, server and worker CPU and memory, retraining on drift under the model lock (about 15 minutes).
+# 50 models on one local Prefect server (PostgreSQL) and two process workers: drift checks per minute against two
+# bare flows (drift only; same work), arms interleaved, server and worker CPU and memory, retraining on drift under
+# the model lock (about 20 minutes).
 bench-models: $(STAMP)
-	$(PY) bench/many_models.py --models 50 --arm-seconds 180 --write
+	$(PY) bench/many_models.py --models 50 --rounds 2 --segment 100 --write
 
 bench-quick: $(STAMP)
 	$(PY) bench/run.py --sizes 100000

@@ -55,11 +55,43 @@ COLUMNS = FEATURES["numeric"] + FEATURES["categorical"]
 TRAINER = {"estimator": "sklearn.linear_model.LogisticRegression", "params": {"max_iter": 300}}
 POLICY = {"floors": {"roc_auc": 0.6}, "max_drop": 0.01}
 FINAL = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
+LABELS = {"bare": "bare flow, drift only", "same": "bare flow, same work", "monitor": "drift monitor"}
 
 
 @flow(name="bare-drift", log_prints=False)
 def bare_drift(reference: str, current: str, columns: list[str]) -> str:
-    """The floor: read two Parquet files, the same per-column statistics and decision as the monitor."""
+    """The drift-only floor: read two Parquet files, the same per-column statistics and decision as the monitor."""
+    return _drift_decision(reference, current, columns)
+
+
+@flow(name="bare-same-work", log_prints=False)
+def bare_same_work(reference: str, current: str, columns: list[str], model_name: str, target: str,
+                   tracking_uri: str) -> dict[str, Any]:
+    """The same-work floor: the drift statistics, and the champion's metric on the window's labelled rows.
+
+    What a plain script would write: the alias looked up with `MlflowClient`, the model loaded with MLflow's
+    own sklearn loader (its skops or cloudpickle file, as logged), `predict_proba` on the labelled rows and
+    scikit-learn's ROC AUC. No prefect_mlops code in the model's path: no checksum check, no bootstrap, no
+    live reference, no event, nothing logged back.
+    """
+    import mlflow.sklearn
+    import pyarrow.parquet as pq
+    from mlflow import MlflowClient
+    from sklearn.metrics import roc_auc_score
+
+    decision = _drift_decision(reference, current, columns)
+    client = MlflowClient(tracking_uri=tracking_uri)
+    version = client.get_model_version_by_alias(model_name, "champion")
+    # as a plain script would: the loader resolves models:/ through the global URI (one flow per process here)
+    mlflow.set_tracking_uri(tracking_uri)  # noqa: TID251
+    model = mlflow.sklearn.load_model(f"models:/{model_name}/{version.version}")
+    frame = pq.read_table(current, columns=[*columns, target]).to_pandas()
+    frame = frame[frame[target].notna()]
+    auc = float(roc_auc_score(frame[target].to_numpy(), model.predict_proba(frame[columns])[:, 1]))
+    return {"decision": decision, "version": version.version, "roc_auc": auc}
+
+
+def _drift_decision(reference: str, current: str, columns: list[str]) -> str:
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
@@ -188,6 +220,7 @@ def create_deployments(home: Path, data: dict[str, dict[str, Any]], mlflow: dict
         for key, flow_name, entrypoint in (
                 ("monitor", "drift-monitor", "prefect_mlops.flows.drift_monitor.drift_monitor"),
                 ("bare", "bare-drift", "bench/many_models.py:bare_drift"),
+                ("same", "bare-same-work", "bench/many_models.py:bare_same_work"),
                 ("retrain", "continuous-training", "prefect_mlops.flows.continuous_training.continuous_training"),
                 ("nightly", "continuous-training", "prefect_mlops.flows.continuous_training.continuous_training")):
             flow_id = client.create_flow_from_name(flow_name)
@@ -273,6 +306,11 @@ def monitor_parameters(name: str, model: dict[str, Any], mlflow: dict[str, Any])
 
 def bare_parameters(name: str, model: dict[str, Any], mlflow: dict[str, Any]) -> dict[str, Any]:
     return {"reference": model["reference"], "current": model["current"], "columns": COLUMNS}
+
+
+def same_parameters(name: str, model: dict[str, Any], mlflow: dict[str, Any]) -> dict[str, Any]:
+    return {**bare_parameters(name, model, mlflow), "model_name": name, "target": FEATURES["target"],
+            "tracking_uri": mlflow["tracking_uri"]}
 
 
 def train_champions(data: dict[str, dict[str, Any]], mlflow: dict[str, Any], procs: int) -> tuple[float, list[str]]:
@@ -366,6 +404,76 @@ def arm(name: str, deployment_id: Any, data: dict[str, dict[str, Any]], paramete
             "failures": [f"{r.name}: {r.state.message[:300] if r.state else '?'}" for r in failed[:5]]}
 
 
+def interleaved(arms: list[tuple[str, Any, Any]], data: dict[str, dict[str, Any]], mlflow: dict[str, Any],
+                sampler: Sampler, rounds: int, segment: float, queued: int, warmup: float) -> dict[str, Any]:
+    """The arms in turns of `segment` s (A, B, C, then B, C, A, ...), `rounds` turns each, so that the machine's
+    load falls on every arm alike. Each turn is a closed loop of one arm (`queued` runs kept not yet final); its
+    runs that complete after the turn's first `warmup` s and before its end are counted. At a turn's end its runs
+    not started yet are deleted and the started ones finish during the next turn's warm-up, uncounted.
+    """
+    names = list(data)
+    totals = {label: {"completed": 0, "measured": 0.0, "submitted": 0, "cpu": {}, "rss": {}, "durations": [],
+                      "lateness": [], "per_turn": [], "loads": []} for label, _, _ in arms}
+    index = 0
+    for turn in range(rounds):
+        order = arms[turn % len(arms):] + arms[:turn % len(arms)]
+        for label, deployment_id, parameters in order:
+            total = totals[label]
+            began = time.time()
+            window_start, load = began + warmup, os.getloadavg()[0]
+            cpu_before, rss_index = None, None
+            while time.time() < began + segment:
+                if cpu_before is None and time.time() >= window_start:
+                    cpu_before, rss_index = sampler.snapshot(), len(next(iter(sampler.rss.values())))
+                live = [r for r in runs_of(deployment_id) if state_of(r) not in FINAL]
+                for _ in range(queued - len(live)):
+                    model = names[index % len(names)]
+                    submit(deployment_id, parameters(model, data[model], mlflow), label)
+                    index += 1
+                    total["submitted"] += 1
+                time.sleep(1)
+            ended = time.time()
+            cpu_after = sampler.snapshot()
+            runs = runs_of(deployment_id)
+            done = [r for r in runs if state_of(r) == "COMPLETED" and r.end_time
+                    and window_start <= r.end_time.timestamp() <= ended]
+            with sync_client() as client:
+                for run in runs:
+                    if state_of(run) == "SCHEDULED":
+                        client.delete_flow_run(run.id)
+            total["completed"] += len(done)
+            total["measured"] += ended - window_start
+            total["per_turn"].append(len(done))
+            total["loads"].append(round(load, 1))
+            total["durations"] += [r.total_run_time.total_seconds() for r in done]
+            total["lateness"] += [(r.start_time - r.expected_start_time).total_seconds() for r in done if r.start_time]
+            for group, value in cpu_after.items():
+                total["cpu"][group] = total["cpu"].get(group, 0.0) + value - (cpu_before or {}).get(group, 0.0)
+                total["rss"].setdefault(group, []).extend(sampler.rss[group][rss_index or 0:])
+            print(f"turn {turn + 1}, {label}: {len(done)} completed in {ended - window_start:.0f} s "
+                  f"(load {load:.1f})", flush=True)
+    out = {}
+    for label, deployment_id, _ in arms:
+        total = totals[label]
+        runs = runs_of(deployment_id)
+        failed = [r for r in runs if state_of(r) in ("FAILED", "CRASHED")]
+        measured = total["measured"]
+        use = {g: {"cpu_s": round(c, 1), "cores": round(c / measured, 2),
+                   "rss_mean_mib": round(statistics.fmean(total["rss"][g] or [0.0])),
+                   "rss_peak_mib": round(max(total["rss"][g] or [0.0]))} for g, c in total["cpu"].items()}
+        out[label] = {"arm": label, "load_average": [min(total["loads"]), max(total["loads"])],
+                      "measured_s": round(measured, 1), "completed": total["completed"], "failed": len(failed),
+                      "submitted": total["submitted"], "per_turn": total["per_turn"],
+                      "checks_per_min": round(total["completed"] / measured * 60, 2),
+                      "run_time_median_s": round(statistics.median(total["durations"]), 2)
+                      if total["durations"] else None,
+                      "start_delay_median_s": round(statistics.median(total["lateness"]), 2)
+                      if total["lateness"] else None,
+                      "usage": use,
+                      "failures": [f"{r.name}: {r.state.message[:300] if r.state else '?'}" for r in failed[:5]]}
+    return out
+
+
 def retrain_phase(ids: dict[str, Any], data: dict[str, dict[str, Any]], mlflow: dict[str, Any],
                   timeout: float) -> dict[str, Any]:
     """A monitor run for each drifted model; when its event has started the retraining, a hand-started
@@ -407,6 +515,19 @@ PROFILED = {  # (file ending, function): what the profile reports
     ("tasks/performance.py", "check_performance"): "performance check",
     ("tasks/drift.py", "check_drift"): "drift check",
     ("tasks/drift.py", "log_drift_run"): "drift report logged to MLflow",
+    ("mlflow/sklearn/__init__.py", "load_model"): "mlflow.sklearn.load_model (skops import included)",
+    ("mlflow/tracking/client.py", "get_model_version_by_alias"): "MlflowClient alias lookup",
+    ("tasks/performance.py", "_bootstrap"): "performance check: bootstrap",
+    ("prefect_mlops/integrity.py", "verify_folder"): "model files checked against their digests",
+    ("tasks/performance.py", "_reference"): "performance check: hold-out reference (MLflow)",
+    ("tasks/performance.py", "_live_reference"): "performance check: live reference (MLflow)",
+    ("sklearn/metrics/_ranking.py", "roc_auc_score"): "roc_auc_score",
+    ("bench/many_models.py", "_drift_decision"): "drift statistics (bare flows)",
+    ("tasks/ingest.py", "ingest_dataset"): "ingest the window (snapshot)",
+    ("tasks/lineage.py", "read_importance"): "read the champion's feature importance (MLflow)",
+    ("tasks/retrain.py", "decide_retraining"): "retrain decision",
+    ("flows/drift_monitor.py", "drift_monitor"): "drift monitor's flow function (inside the engine)",
+    ("mlflow/__init__.py", "<module>"): "import mlflow",
 }
 
 
@@ -424,6 +545,8 @@ def profile_one(spec: Path, name: str, which: str) -> dict[str, float]:
         from prefect_mlops.flows.drift_monitor import drift_monitor
 
         drift_monitor(**monitor_parameters(name, model, mlflow))
+    elif which == "same":
+        bare_same_work(**same_parameters(name, model, mlflow))
     else:
         bare_drift(**bare_parameters(name, model, mlflow))
     profile.disable()
@@ -441,7 +564,7 @@ def profile_runs(data: dict[str, dict[str, Any]], mlflow: dict[str, Any]) -> dic
     spec.write_text(json.dumps({"data": data, "mlflow": mlflow}))
     name = next(n for n in data if not data[n]["drifted"])
     out = {}
-    for which in ("bare", "monitor"):
+    for which in ("bare", "same", "monitor"):
         done = subprocess.run([sys.executable, __file__, "--profile-one", str(spec), name, which],
                               capture_output=True, text=True, check=False)
         lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
@@ -496,8 +619,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", type=int, default=50)
     parser.add_argument("--drifted", type=int, default=None, help="models whose data drifts (default: 1 in 10)")
     parser.add_argument("--rows", type=int, default=1000, help="rows per window per model")
-    parser.add_argument("--arm-seconds", type=float, default=240)
-    parser.add_argument("--warmup", type=float, default=30)
+    parser.add_argument("--rounds", type=int, default=2, help="turns of each arm, interleaved")
+    parser.add_argument("--segment", type=float, default=90, help="seconds of one turn")
+    parser.add_argument("--warmup", type=float, default=30, help="seconds of a turn not counted")
+    parser.add_argument("--name", default="models", help="results to bench/results/<date>-<name>.json/.md")
     parser.add_argument("--concurrency", type=int, default=4, help="the work pool's concurrency limit")
     parser.add_argument("--queued", type=int, default=None, help="runs kept not yet final (default 2x concurrency)")
     parser.add_argument("--setup-procs", type=int, default=2, help="processes training the first champions")
@@ -532,7 +657,7 @@ def main(argv: list[str] | None = None) -> int:
     result: dict[str, Any] = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                               "models": args.models, "drifted": drifted, "rows_per_window": args.rows,
                               "pool_concurrency": args.concurrency, "queued": queued, "workers": 2,
-                              "arm_seconds": args.arm_seconds, "warmup_s": args.warmup,
+                              "rounds": args.rounds, "segment_s": args.segment, "warmup_s": args.warmup,
                               "load_before": os.getloadavg()[0], "machine": machine()}
     stack = Stack(server.start())
     sampler = None
@@ -562,15 +687,22 @@ def main(argv: list[str] | None = None) -> int:
                 result["retrain_phase"] = retrain_phase(ids, data, mlflow, timeout=600)
                 result["retrain_phase"]["seconds"] = round(time.perf_counter() - t0, 1)
                 print(json.dumps(result["retrain_phase"], indent=1), flush=True)
-            for name, key, parameters in (("bare flow", "bare", bare_parameters),
-                                          ("drift monitor", "monitor", monitor_parameters)):
-                result[key] = arm(name, ids[key], data, parameters, mlflow, sampler, args.arm_seconds, queued,
-                                  args.warmup)
+            arms = interleaved([(LABELS["bare"], ids["bare"], bare_parameters),
+                                (LABELS["same"], ids["same"], same_parameters),
+                                (LABELS["monitor"], ids["monitor"], monitor_parameters)],
+                               data, mlflow, sampler, args.rounds, args.segment, queued, args.warmup)
+            for key, label in LABELS.items():
+                result[key] = arms[label]
                 print(json.dumps(result[key], indent=1), flush=True)
-            result["ratio"] = round(result["monitor"]["checks_per_min"] / result["bare"]["checks_per_min"], 3) \
+            # the target is against the same-work floor; the drift-only floor is reported beside it
+            monitor = result["monitor"]["checks_per_min"]
+            result["ratio"] = round(monitor / result["same"]["checks_per_min"], 3) \
+                if result["same"]["checks_per_min"] else None
+            result["ratio_drift_only"] = round(monitor / result["bare"]["checks_per_min"], 3) \
                 if result["bare"]["checks_per_min"] else None
             # whatever the arms' monitor runs started on drift has to finish before the lock is judged
             runs = wait_final([ids["monitor"], ids["retrain"], ids["nightly"]], timeout=300)
+            wait_final([ids["bare"], ids["same"]], timeout=120)
             result["lock"] = check_lock(ids, data, runs)
             print(json.dumps(result["lock"], indent=1), flush=True)
             if not args.skip_profile:
@@ -584,9 +716,9 @@ def main(argv: list[str] | None = None) -> int:
         subprocess.run(["dropdb", "-h", "127.0.0.1", "-U", "postgres", "--if-exists", "--force", database],
                        check=False, capture_output=True)
     (home / "result.json").write_text(json.dumps(result, indent=2, default=str))
-    print(json.dumps({k: result.get(k) for k in ("ratio", "setup_s")}), flush=True)
+    print(json.dumps({k: result.get(k) for k in ("ratio", "ratio_drift_only", "setup_s")}), flush=True)
     if args.write:
-        write(result)
+        write(result, args.name)
     return 0 if result.get("ratio") is not None else 1
 
 
@@ -597,18 +729,22 @@ def machine() -> str:
             f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}")
 
 
-def _arm_row(arm: dict[str, Any], bare: dict[str, Any]) -> str:
+def _arm_row(arm: dict[str, Any], same: dict[str, Any], bare: dict[str, Any]) -> str:
     use = arm["usage"]
     workers = [use[g] for g in use if g.startswith("worker")]
     cpu = sum(w["cpu_s"] for w in workers) + use["server"]["cpu_s"]
-    ratio = arm["checks_per_min"] / bare["checks_per_min"] if bare["checks_per_min"] else float("nan")
-    return (f"| {arm['arm']} | {arm['checks_per_min']:.2f} | {ratio:.2f}x | {arm['completed']} ({arm['failed']}) | "
+
+    def ratio(floor: dict[str, Any]) -> str:
+        return f"{arm['checks_per_min'] / floor['checks_per_min']:.2f}x" if floor["checks_per_min"] else "-"
+
+    return (f"| {arm['arm']} | {arm['checks_per_min']:.2f} | **{ratio(same)}** | {ratio(bare)} | "
+            f"{arm['completed']} ({arm['failed']}) | {', '.join(map(str, arm.get('per_turn', [])))} | "
             f"{arm['run_time_median_s']} s | {arm['start_delay_median_s']} s | "
             f"{use['server']['cores']:.2f}, {use['server']['rss_mean_mib']:,} / "
             f"{use['server']['rss_peak_mib']:,} MiB | "
             + ", ".join(f"{w['cores']:.2f}" for w in workers) + " | "
             + ", ".join(f"{w['rss_mean_mib']:,} / {w['rss_peak_mib']:,}" for w in workers) + " MiB | "
-            f"{cpu / max(arm['completed'], 1):.1f} s | {arm['load_average'][0]}, {arm['load_average'][1]} |")
+            f"{cpu / max(arm['completed'], 1):.1f} s | {arm['load_average'][0]} to {arm['load_average'][1]} |")
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -621,43 +757,58 @@ def markdown(result: dict[str, Any]) -> str:
         f"(PostgreSQL), one process work pool (concurrency limit {result['pool_concurrency']}), "
         f"{result['workers']} process workers; {result['models']} models, {result['drifted']} of them drifted"
         + (f" ({len(result['left_out'])} left out: no first champion)" if result.get("left_out") else "") + ", "
-        f"{result['rows_per_window']:,} rows a window. Each arm: runs created through the API round-robin over "
-        f"the models, {result['queued']} kept queued (the workers never idle), {result['arm_seconds']:.0f} s of "
-        f"which the first {result['warmup_s']:.0f} s are not counted. Drift checks per minute: runs completed "
-        "in the window. CPU (cores used) and RSS (mean / peak MiB) of each process tree, flow-run processes "
-        "included in their worker's; CPU per check: server and workers together.", "",
-        "| arm | drift checks / min | / bare | completed (failed) | median run time | median start delay | "
-        "server: cores, RSS | workers: cores | workers: RSS | CPU per check | load average (start, end) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-        _arm_row(result["bare"], result["bare"]), _arm_row(result["monitor"], result["bare"]), "",
-        f"Retraining on drift ({result.get('retrain_phase', {}).get('seconds', '-')} s before the arms: a monitor run "
-        "of each drifted model, its event starting the retraining deployment through one automation, `for_each` "
-        "model, `within` an hour; the moment that run exists, a training run of the same model started by hand): "
-        f"retrainings per drifted model {lock.get('retrains_per_drifted_model')}, of stable models "
-        f"{lock.get('retrains_of_stable_models')}; {lock.get('ct_runs')} training runs, "
-        f"{lock.get('ct_runs_with_lock_spans')} of them reached evaluate; runs of one model overlapping as flow runs: "
-        f"{len(lock.get('flow_run_overlaps', []))}, inside the model lock (evaluate -> deploy task runs): "
-        f"{len(lock.get('lock_overlaps', []))}.",
-    ]
+        f"{result['rows_per_window']:,} rows a window. The three arms take turns of {result['segment_s']:.0f} s "
+        f"({result['rounds']} turns each, interleaved, so the machine's load falls on each alike); in a turn, runs "
+        f"of that arm are created through the API round-robin over the models, {result['queued']} kept queued "
+        f"(the workers never idle); runs completing after the turn's first {result['warmup_s']:.0f} s are "
+        "counted. Drift checks per minute: those runs over the counted seconds. **The target ratio is against "
+        "the same-work floor** (drift statistics, plus the champion looked up by alias, loaded with "
+        "`mlflow.sklearn.load_model` and scored on the window's labelled rows); the drift-only floor is shown "
+        "beside it. CPU (cores used) and RSS (mean / peak MiB) of each process tree, flow-run processes included "
+        "in their worker's; CPU per check: server and workers together.", "",
+        "| arm | drift checks / min | / same-work floor | / drift-only floor | completed (failed) | per turn | "
+        "median run time | median start delay | server: cores, RSS | workers: cores | workers: RSS | "
+        "CPU per check | load average (turn starts) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        *(_arm_row(result[key], result["same"], result["bare"]) for key in ("bare", "same", "monitor")), ""]
+    if result.get("retrain_phase"):
+        lines.append(
+            f"Retraining on drift ({result['retrain_phase'].get('seconds', '-')} s before the arms: a monitor run "
+            "of each drifted model, its event starting the retraining deployment through one automation, "
+            "`for_each` model, `within` an hour; the moment that run exists, a training run of the same model "
+            f"started by hand): retrainings per drifted model {lock.get('retrains_per_drifted_model')}, of stable "
+            f"models {lock.get('retrains_of_stable_models')}; {lock.get('ct_runs')} training runs, "
+            f"{lock.get('ct_runs_with_lock_spans')} of them reached evaluate; runs of one model overlapping as flow "
+            f"runs: {len(lock.get('flow_run_overlaps', []))}, inside the model lock (evaluate -> deploy task runs): "
+            f"{len(lock.get('lock_overlaps', []))}.")
+    else:
+        lines.append(
+            "Retraining on drift: not run in this run (`--skip-retrain`); the drifted models' monitor runs in the "
+            f"arms still started retrainings through the automation ({lock.get('ct_runs')} training runs, "
+            f"retrainings per drifted model {lock.get('retrains_per_drifted_model')}, of stable models "
+            f"{lock.get('retrains_of_stable_models')}, inside the model lock at once: "
+            f"{len(lock.get('lock_overlaps', []))}), on the same pool, during whichever turn they fell in.")
     profile = result.get("profile") or {}
-    if "total" in profile.get("monitor", {}) and "total" in profile.get("bare", {}):
-        monitor, bare = profile["monitor"], profile["bare"]
-        lines += ["", "**Where a monitor run's time goes** (one run of a stable model, cold in a fresh process as a "
+    if all("total" in profile.get(k, {}) for k in ("bare", "same", "monitor")):
+        labels = [label for label in PROFILED.values() if any(label in profile[k] for k in profile)]
+        lines += ["", "**Where a run's time goes** (one run of a stable model per flow, cold in a fresh process as a "
                   "worker starts it, under cProfile, after the arms; cumulative seconds, overlapping: an import is "
-                  "inside the step that triggers it)", "", "| | seconds |", "|---|---|",
-                  f"| bare flow, whole run | {bare['total']:.2f} |",
-                  f"| drift monitor, whole run | {monitor['total']:.2f} |"]
-        lines += [f"| {label} | {monitor[label]:.2f} |" for label in PROFILED.values() if label in monitor]
+                  "inside the step that triggers it)", "",
+                  "| | bare, drift only | bare, same work | drift monitor |", "|---|---|---|---|",
+                  "| whole run | " + " | ".join(f"{profile[k]['total']:.2f}" for k in ("bare", "same", "monitor"))
+                  + " |"]
+        lines += ["| " + label + " | " + " | ".join(f"{profile[k][label]:.2f}" if label in profile[k] else "-"
+                                                   for k in ("bare", "same", "monitor")) + " |" for label in labels]
     return "\n".join(lines) + "\n"
 
 
-def write(result: dict[str, Any]) -> None:
-    """Raw numbers to bench/results/<date>-models.json, the table to .md and between the README's markers."""
+def write(result: dict[str, Any], name: str = "models") -> None:
+    """Raw numbers to bench/results/<date>-<name>.json, the table to .md and between the README's markers."""
     day = result["date"][:10]
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{day}-models.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+    (RESULTS / f"{day}-{name}.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
     table = markdown(result)
-    (RESULTS / f"{day}-models.md").write_text(table)
+    (RESULTS / f"{day}-{name}.md").write_text(table)
     start, end = "<!-- models:start -->", "<!-- models:end -->"
     text = README.read_text()
     if start in text and end in text:
