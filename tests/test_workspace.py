@@ -12,7 +12,7 @@ import pytest
 
 from prefect_mlops.errors import DataSourceError
 from prefect_mlops.refs import DatasetRef
-from prefect_mlops.workspace import fingerprint, iter_batches, read_frame, read_table
+from prefect_mlops.workspace import BATCH_ROWS, fingerprint, iter_batches, read_frame, read_table
 
 
 @pytest.fixture
@@ -209,3 +209,18 @@ def test_iter_batches_does_not_keep_what_it_has_read_in_memory(workspace):
         peak = max(peak, _rss())
     assert rows == 48 * 65_536 and size > 90e6
     assert peak - before < size / 4, f"memory grew by {(peak - before) / 1e6:.0f} MB over a {size / 1e6:.0f} MB file"
+
+
+def test_a_frame_written_in_one_piece_is_stored_and_streamed_in_bounded_batches(workspace):
+    # pandas gives one record batch for a whole frame; stored as one, a streaming reader would hold it all.
+    frame = pd.DataFrame({"x": np.arange(300_000, dtype="float64"), "y": np.arange(300_000) % 7})
+    ref = workspace.write_snapshot(frame, name="one-piece")
+    stored = pa.ipc.open_file(ref.uri)
+    assert stored.num_record_batches == -(-300_000 // BATCH_ROWS)
+    assert max(stored.get_batch(i).num_rows for i in range(stored.num_record_batches)) == BATCH_ROWS
+    pa.default_memory_pool().release_unused()
+    before, peak = pa.total_allocated_bytes(), 0
+    for _piece in iter_batches(ref):
+        peak = max(peak, pa.total_allocated_bytes() - before)
+    assert peak <= 2 * BATCH_ROWS * 16, f"streaming held {peak} bytes of Arrow memory"
+    assert read_frame(ref).equals(frame)

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
 WORKSPACE_ENV = "PREFECT_MLOPS_WORKSPACE"
+BATCH_ROWS = 65_536  # rows per stored and streamed record batch
 SNAPSHOT_SUFFIX = ".arrow"
 _PARQUET_SUFFIXES = (".parquet", ".pq", ".parq")
 
@@ -184,7 +185,10 @@ class SnapshotWriter:
             arrays = [self._conform(i, batch.column(i)) for i in range(batch.num_columns)]
             batch = pa.RecordBatch.from_arrays(arrays, schema=self.schema)
             self.hasher.update(batch)  # re-raises a failure of an earlier batch's hashing
-            self._writer.write_batch(batch)
+            # Stored in batches of at most BATCH_ROWS (zero-copy slices): a reader streaming the file holds one
+            # stored batch at a time, so a frame written in one piece must not become one piece on disk.
+            for offset in range(0, batch.num_rows, BATCH_ROWS):
+                self._writer.write_batch(batch.slice(offset, BATCH_ROWS))
         except BaseException as exc:
             self._fail(exc)
 
@@ -503,7 +507,7 @@ def read_table(ref: DatasetRef, columns: list[str] | None = None) -> pa.Table:
 
 
 def iter_batches(
-    ref: DatasetRef, columns: list[str] | None = None, batch_rows: int = 65_536
+    ref: DatasetRef, columns: list[str] | None = None, batch_rows: int = BATCH_ROWS
 ) -> Iterator[pa.RecordBatch]:
     """Stream a snapshot as Arrow record batches of at most `batch_rows` rows: memory does not grow with the rows.
 
