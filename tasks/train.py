@@ -43,13 +43,13 @@ __all__ = ["TrainedModel", "TrainerSpec", "TrainingBudget", "budget_change", "bu
 
 EXPANSION = 18.0
 """Peak memory of a fit per byte of its rows' Arrow data (feature and target columns), when the budget sets no
-`expansion`: the largest ratio `make bench-scale` measured (bench/results/2026-11-30-scale.json, train step's
-peak less its start RSS over the Arrow bytes fit), 17.5x at 100,000 rows and 9.6x at 200,000, with
+`expansion`: the largest ratio `make bench-scale` measured (bench/results/2026-11-30-scale.md, the train step's
+peak less its start RSS over the Arrow bytes fit: 17.2x at 100,000 rows, 8.1x at 1M, 8.5x at 5M and 20M), with
 HistGradientBoostingClassifier on 11 numeric and 7 categorical columns (the pandas frame, its train copy, the
 one-hot matrix, the binned copy, and the model's logging). The ratio falls as rows grow (about 210 MiB of it is
-fixed), so on millions of rows it overstates and samples fewer rows than would fit: rounded up, not down,
-because too small a sample costs some accuracy and too large a fit ends the pod. Another estimator's ratio
-goes in `TrainingBudget.expansion`."""
+fixed), so on millions of rows it overstates about 2x and samples fewer rows than would fit: rounded up, not
+down, because too small a sample costs some accuracy and too large a fit ends the pod. Another estimator's
+ratio goes in `TrainingBudget.expansion`."""
 MIN_SAMPLE_ROWS = 100
 """A budget too small for even this many rows still fits on this many: a model from fewer says nothing."""
 TRANSFORM_ROWS = 100_000
