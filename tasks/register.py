@@ -54,10 +54,12 @@ def describe_version(trained: TrainedModel, verdict: GateVerdict, evaluation: Ev
         from types import SimpleNamespace as NS
         from prefect_mlops.tasks.register import describe_version
         data = NS(name="churn", fingerprint="ab" * 32, rows=200, window="2024-01-01/2024-02-01")
-        trained = NS(lineage=NS(dataset=data, trainer=NS(kind="sklearn", estimator="m.Est"),
+        fit = NS(method="sample", summary=lambda: "sample: 150 of 160 rows")
+        trained = NS(lineage=NS(dataset=data, trainer=NS(kind="sklearn", estimator="m.Est"), training=fit,
                                 trigger={"kind": "drift", "drift_share": 0.8}))
         text = describe_version(trained, NS(main_reason="better by 0.1"))
         assert text.startswith("Gate passed: better by 0.1") and "drift (drift share 0.8)" in text
+        assert "(200 rows, fit sample: 150 of 160 rows," in text
         ```
     """
     lineage = trained.lineage
@@ -70,7 +72,10 @@ def describe_version(trained: TrainedModel, verdict: GateVerdict, evaluation: Ev
         lines.append(f"Hold-out of {evaluation.holdout_rows} rows: {', '.join(shown)}.")
     trainer = lineage.trainer.estimator if lineage.trainer.kind == "sklearn" else "torch"
     data = lineage.dataset
-    lines.append(f"Trained with {trainer} on {data.name}@{data.fingerprint[:12]} ({data.rows} rows, window "
+    fit = lineage.training
+    # A fit on a sample says so: the data's row count alone would claim every row was learned from.
+    rows = f"{data.rows} rows" if fit is None or fit.method == "all" else f"{data.rows} rows, fit {fit.summary()}"
+    lines.append(f"Trained with {trainer} on {data.name}@{data.fingerprint[:12]} ({rows}, window "
                  f"{data.window or 'all rows'}).")
     trigger = dict(lineage.trigger or {})
     if trigger:
