@@ -294,7 +294,7 @@ def monitor(plan: JSON) -> JSON:
     importance = read_importance(champion, mlflow_server=server, workspace=ws)
     drift = check_drift(current, recipe.dataset, model_name=name, columns=recipe.features.feature_columns,
                         drift_share=drift_share, importance=importance, min_rows=retrain_policy.min_rows,
-                        alpha=retrain_policy.alpha, workspace=ws)
+                        alpha=retrain_policy.alpha, workspace=ws, report=plan.get("report") or "drifted")
     performance = check_performance(current, champion, policy=_policy(plan), retrain_policy=retrain_policy,
                                     mlflow_server=server, workspace=ws)
     decision = decide_retraining(model_name=name, champion=champion, window=window, policy=retrain_policy,
