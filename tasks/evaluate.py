@@ -272,7 +272,7 @@ def _replay(outputs: _Outputs, task: str) -> Any:
     if _REPLAY is None:
         from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 
-        class Classifier(ClassifierMixin, BaseEstimator):
+        class Replay(BaseEstimator):
             def __init__(self, outputs: Any = None) -> None:
                 self.outputs = outputs
 
@@ -282,18 +282,12 @@ def _replay(outputs: _Outputs, task: str) -> Any:
             def predict(self, x: Any) -> np.ndarray:
                 return self.outputs.labels
 
+        class Classifier(ClassifierMixin, Replay):
             def predict_proba(self, x: Any) -> np.ndarray:
                 return self.outputs.proba
 
-        class Regressor(RegressorMixin, BaseEstimator):
-            def __init__(self, outputs: Any = None) -> None:
-                self.outputs = outputs
-
-            def fit(self, x: Any, y: Any) -> Any:
-                return self
-
-            def predict(self, x: Any) -> np.ndarray:
-                return self.outputs.labels
+        class Regressor(RegressorMixin, Replay):
+            pass
 
         _REPLAY = {"classification": Classifier, "regression": Regressor}
     replay = _REPLAY[task](outputs)

@@ -253,12 +253,7 @@ def read_source_table(source: DataSource) -> pa.Table:
     scheme = source.scheme()
     fmt = _format(source)
     if scheme == "file":
-        path = Path(source.uri.removeprefix("file://")).expanduser()
-        if not path.exists():
-            raise DataSourceError(f"data source {source.uri}: no such file or folder; check the path")
-        if path.is_file() and path.stat().st_size == 0:
-            raise DataSourceError(f"data source {source.uri}: the file is empty (0 bytes); re-export it")
-        return _parse(path, fmt, source.uri)
+        return _parse(_local_path(source), fmt, source.uri)
     if scheme == "s3":
         import tempfile
 
@@ -568,18 +563,23 @@ def _type_conflict(files: list[str], folder: Path) -> str | None:
     return None
 
 
+def _local_path(source: DataSource) -> Path:
+    """A local source's file or folder, or a `DataSourceError` when it is missing or an empty file."""
+    path = Path(source.uri.removeprefix("file://")).expanduser()
+    if not path.exists():
+        raise DataSourceError(f"data source {source.uri}: no such file or folder; check the path")
+    if path.is_file() and path.stat().st_size == 0:
+        raise DataSourceError(f"data source {source.uri}: the file is empty (0 bytes); re-export it")
+    return path
+
+
 @contextlib.contextmanager
 def _open(source: DataSource, workspace: Workspace) -> Iterator[_Opened]:
     """Open a local file or folder in place; an S3 object is spooled to a temporary file, removed afterwards."""
     scheme = source.scheme()
     fmt = _format(source)
     if scheme == "file":
-        path = Path(source.uri.removeprefix("file://")).expanduser()
-        if not path.exists():
-            raise DataSourceError(f"data source {source.uri}: no such file or folder; check the path")
-        if path.is_file() and path.stat().st_size == 0:
-            raise DataSourceError(f"data source {source.uri}: the file is empty (0 bytes); re-export it")
-        yield _Opened(path, fmt, source.uri)
+        yield _Opened(_local_path(source), fmt, source.uri)
         return
     if scheme != "s3":
         raise DataSourceError(
