@@ -130,7 +130,8 @@ def test_a_cycle_imports_the_figure_libraries_on_no_second_thread(
         start(self)
 
     monkeypatch.setattr(threading.Thread, "start", record)
-    report = continuous_training("churn", churn_source, churn_features, fast_trainer, policy=policy,
+    # A model of its own: no other test of the session holds or leaves its lock.
+    report = continuous_training("figure-threads", churn_source, churn_features, fast_trainer, policy=policy,
                                  window=period_window(0), mlflow_server=mlflow_server, workspace=str(workspace.root))
     assert report.outcome == "promoted"
     assert not [name for name in started if "import" in name], started
