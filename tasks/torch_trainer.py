@@ -138,6 +138,17 @@ def build_network(n_inputs: int, hidden_layers: tuple[int, ...], n_outputs: int,
     return nn.Sequential(*layers)
 
 
+def _checked_rows(X: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
+    """The feature matrix and flat labels of one fit or partial_fit call, as many rows each and all finite."""
+    x = _as_matrix(X)
+    labels = np.asarray(y).ravel()
+    if len(x) != len(labels):
+        raise ValueError(f"X has {len(x)} rows but y has {len(labels)}")
+    if not np.isfinite(x).all():
+        raise TrainingError("the feature matrix holds NaN or infinite values; impute them in the feature transform")
+    return x, labels
+
+
 def _as_matrix(x: Any) -> np.ndarray:
     if hasattr(x, "toarray"):  # scipy sparse
         x = x.toarray()
@@ -231,14 +242,9 @@ class TabularNetEstimator(BaseEstimator):
         self.__dict__.pop("_stream", None)  # a fit starts over, whatever partial_fit did before
         config = self.config()
         torch = _torch()
-        x = _as_matrix(X)
-        labels = np.asarray(y).ravel()
-        if len(x) != len(labels):
-            raise ValueError(f"X has {len(x)} rows but y has {len(labels)}")
+        x, labels = _checked_rows(X, y)
         if len(x) < 2:
             raise TrainingError(f"the torch trainer needs at least 2 training rows (a validation split), got {len(x)}")
-        if not np.isfinite(x).all():
-            raise TrainingError("the feature matrix holds NaN or infinite values; impute them in the feature transform")
         task = self._task(config, labels)
         if task == "classification":
             classes, codes = np.unique(labels, return_inverse=True)
@@ -319,12 +325,7 @@ class TabularNetEstimator(BaseEstimator):
         """
         config = self.config()
         torch = _torch()
-        x = _as_matrix(X)
-        labels = np.asarray(y).ravel()
-        if len(x) != len(labels):
-            raise ValueError(f"X has {len(x)} rows but y has {len(labels)}")
-        if not np.isfinite(x).all():
-            raise TrainingError("the feature matrix holds NaN or infinite values; impute them in the feature transform")
+        x, labels = _checked_rows(X, y)
         stream = getattr(self, "_stream", None)
         if stream is None:
             stream = self._start_stream(config, x, labels, classes)
