@@ -143,9 +143,10 @@ def check() -> list[str]:
     import great_expectations as gx
 
     from prefect_mlops.tasks import _gx_arrow as engine
+    from prefect_mlops.tasks import _gx_rules as rules
     from prefect_mlops.tasks import validate as v
 
-    problems, pushed_count, cases, streamed_count, batched_count = [], 0, 0, 0, 0
+    problems, pushed_count, cases, streamed_count, batched_count, native_count = [], 0, 0, 0, 0, 0
     base = reference()
     folder = Path(tempfile.mkdtemp(prefix="gx-equivalence-"))
     for suite_name, suite in suites(base).items():
@@ -199,6 +200,26 @@ def check() -> list[str]:
                 key = json.dumps([result.expectation_config.type, kwargs],
                                  sort_keys=True, default=str)
                 by_config.setdefault(key, result)
+            # GX's rules without GX (`_gx_rules`), expectation by expectation, on the whole table and on batches.
+            subset = {**suite, "expectations": [e for e in suite["expectations"]
+                                                if rules.expectations({"expectations": [e]})]}
+            native = rules.expectations(subset) or []
+            twins = gx.ExpectationSuite(**{**subset, "name": "suite"}).expectations if native else []
+            streamed_native = engine._Streamed(native)
+            for batch in table.to_batches(max_chunksize=700):
+                streamed_native.add(batch)
+            by_stream = streamed_native.finish()
+            for i, (expectation, twin) in enumerate(zip(native, twins, strict=True)):
+                key = json.dumps([twin.configuration.type, twin.configuration.kwargs], sort_keys=True, default=str)
+                theirs = by_config.get(key)
+                for how, mine in (("whole", engine._pushed_down(expectation, facts)), ("batches", by_stream.get(i))):
+                    if mine is None:
+                        continue
+                    native_count += 1
+                    if theirs is None or mine.success != theirs.success or not same(
+                            _plain(mine.result), _plain(theirs.result)):
+                        problems.append(f"{suite_name}/{case}: {key}: GX's rules without GX ({how}) {mine.success} "
+                                        f"{mine.result} vs GX {theirs and theirs.success} {theirs and theirs.result}")
             for expectation in expectations:
                 mine = engine._pushed_down(expectation, facts)
                 if mine is None:
@@ -212,7 +233,8 @@ def check() -> list[str]:
                     problems.append(f"{suite_name}/{case}: {key}: pushed-down {mine.success} {mine.result} vs "
                                     f"GX {theirs and theirs.success} {theirs and theirs.result}")
     print(f"{cases} suite x data cases, {pushed_count} pushed-down, {streamed_count} streamed pushed-down and "
-          f"{batched_count} streamed pushed-down or GX-batch-by-batch results compared with GX's: "
+          f"{batched_count} streamed pushed-down or GX-batch-by-batch results and {native_count} results of GX's "
+          f"rules without GX compared with GX's: "
           f"{'all equal' if not problems else f'{len(problems)} differences'}")
     return problems
 

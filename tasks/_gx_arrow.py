@@ -19,6 +19,7 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from prefect_mlops.errors import ConfigError
+from prefect_mlops.tasks import _gx_rules
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
@@ -73,12 +74,19 @@ def run_suite_on_table(
     expectation classes; the rest run in GX on the pandas frame (`load_frame()`, else
     `table.to_pandas()`), which is only built when some expectation needs it.
     """
-    expectations = suite_expectations(suite_json)
+    native = _gx_rules.expectations(suite_json)
+    expectations = native or suite_expectations(suite_json)
     try:
         facts = _ArrowFacts(table)
         pushed = {i: _pushed_down(e, facts) for i, e in enumerate(expectations)}
     except Exception:  # anything unforeseen in the fast path: GX does it all, as before
         pushed = {}
+    if native and not _complete(pushed, expectations):  # GX is needed after all: GX judges every expectation
+        expectations = suite_expectations(suite_json)
+        try:
+            pushed = {i: _pushed_down(e, facts) for i, e in enumerate(expectations)}
+        except Exception:
+            pushed = {}
     return _assemble(expectations, suite_json, pushed,
                      load_frame if load_frame is not None else table.to_pandas)[0]
 
@@ -104,14 +112,25 @@ def run_suite_on_batches(
     counts summed: every row is judged. `check_rest` sees the expectations left for the frame
     before it is built (and may refuse them).
     """
-    expectations = suite_expectations(suite_json)
+    native = _gx_rules.expectations(suite_json)
+    expectations = native or suite_expectations(suite_json)
     streamed = _Streamed(expectations)
+    pushed: dict[int, Any] = {}
+    whole = False
     try:
         for batch in batches:
             streamed.add(batch)
+        whole = True
         pushed = streamed.finish()
     except Exception:  # anything unforeseen in the fast path: GX does it all, as before
         pushed = {}
+    if native and not _complete(pushed, expectations):
+        # Something is for GX after all: GX judges every expectation, from the same metrics.
+        expectations = streamed.expectations = suite_expectations(suite_json)
+        try:
+            pushed = streamed.finish() if whole else {}
+        except Exception:
+            pushed = {}
     if pushed and again is not None and frame_rows is not None and streamed.rows > frame_rows:
         pushed.update(_per_batch(expectations, suite_json, [i for i in range(len(expectations))
                                                             if pushed.get(i) is None], again, streamed))
@@ -120,6 +139,11 @@ def run_suite_on_batches(
 
 
 _TYPE_CHECKS = ("expect_column_values_to_be_in_type_list", "expect_column_values_to_be_of_type")
+
+
+def _complete(pushed: dict[int, Any], expectations: list[Any]) -> bool:
+    """Whether every expectation has its result from the push-down."""
+    return all(pushed.get(i) is not None for i in range(len(expectations)))
 
 
 def _per_batch(expectations: list[Any], suite_json: dict[str, Any], indices: list[int],
@@ -505,12 +529,9 @@ class _Streamed:
 _ENGINE = "_engine"  # a metrics key saying GX's pandas engine must judge (type checks read its dtypes)
 
 
-def _engine(metrics: dict[str, Any] | None) -> Any:
-    if not metrics or not metrics.get(_ENGINE):
-        return None
-    from great_expectations.execution_engine import PandasExecutionEngine
-
-    return PandasExecutionEngine()
+def _engine(metrics: dict[str, Any] | None) -> bool:
+    """Whether GX's pandas engine must judge (GX's type checks read its dtypes)."""
+    return bool(metrics and metrics.get(_ENGINE))
 
 
 def _pushed_down(expectation: Any, facts: _ArrowFacts) -> Any:
@@ -680,10 +701,18 @@ def _map(metric: str, count: int, values: list[Any], rows: list[int]) -> dict[st
             f"{metric}.unexpected_index_list": rows, f"{metric}.unexpected_index_query": None}
 
 
-def _judge(expectation: Any, metrics: dict[str, Any], engine: Any = None) -> Any:
-    """GX's own verdict and result dict for `metrics`, as its validator would build them."""
+def _judge(expectation: Any, metrics: dict[str, Any], engine: bool = False) -> Any:
+    """GX's own verdict and result dict for `metrics`, as its validator would build them (GX's rules without
+    GX for an expectation of `_gx_rules`)."""
+    if isinstance(expectation, _gx_rules.Expectation):
+        return expectation.judge(metrics)
     from great_expectations.expectations.expectation import parse_result_format
 
+    execution_engine = None
+    if engine:
+        from great_expectations.execution_engine import PandasExecutionEngine
+
+        execution_engine = PandasExecutionEngine()
     runtime = {"result_format": parse_result_format("SUMMARY")}
     return expectation._build_evr(expectation._validate(metrics=metrics, runtime_configuration=runtime,
-                                                        execution_engine=engine))
+                                                        execution_engine=execution_engine))

@@ -1,0 +1,130 @@
+"""A suite of standard expectations is judged with GX's rules without importing GX, and gives GX's table."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from prefect_mlops.tasks import _gx_rules
+from prefect_mlops.tasks import validate as v
+from prefect_mlops.workspace import read_frame
+
+
+def frame(rows: int = 2_000, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    usage = rng.normal(40, 12, rows)
+    usage[rng.random(rows) < 0.03] = np.nan
+    return pd.DataFrame({
+        "when": pd.date_range("2024-01-01", periods=rows, freq="min").astype("datetime64[us]"),
+        "amount": rng.uniform(10, 20, rows), "usage": usage, "calls": rng.poisson(2, rows),
+        "plan": rng.choice(["basic", "plus", "pro"], rows), "flag": rng.random(rows) < 0.3,
+        "region": pd.Series(rng.choice(["n", "s", None], rows, p=[0.5, 0.49, 0.01]), dtype=object),
+    })
+
+
+def broken(clean: pd.DataFrame) -> pd.DataFrame:
+    f = clean.copy()
+    f.loc[5:400, "amount"] = np.nan
+    f.loc[3:30, "usage"] = 1e6
+    f.loc[:9, "plan"] = "zzz" * 500
+    f.loc[12, "when"] = pd.Timestamp("2600-01-01").as_unit("us")
+    f.loc[20:1500, "region"] = "east"
+    return f
+
+
+def edited(suite: dict) -> dict:
+    """The learned suite plus a person's standard expectations (strict bounds, mostly, other type lists)."""
+    return {**suite, "expectations": [*suite["expectations"],
+        {"type": "expect_column_values_to_be_between", "kwargs": {"column": "amount", "min_value": 12,
+                                                                  "max_value": 18, "strict_min": True}},
+        {"type": "expect_column_values_to_be_between", "kwargs": {"column": "calls", "max_value": 3}},
+        {"type": "expect_column_values_to_be_in_type_list", "kwargs": {"column": "plan", "type_list": ["int"]}},
+        {"type": "expect_column_values_to_be_in_type_list", "kwargs": {"column": "calls",
+                                                                       "type_list": ["float", "Int64Dtype"]}},
+        {"type": "expect_column_values_to_be_of_type", "kwargs": {"column": "amount", "type_": "float64"}},
+        {"type": "expect_column_values_to_not_be_null", "kwargs": {"column": "usage", "mostly": 0.999}},
+        {"type": "expect_column_values_to_be_in_set", "kwargs": {"column": "flag", "value_set": [True]}},
+        {"type": "expect_table_row_count_to_be_between", "kwargs": {"min_value": 10, "max_value": 100,
+                                                                    "strict_max": True}},
+        {"type": "expect_column_to_exist", "kwargs": {"column": "not-there"}}]}
+
+
+@pytest.mark.parametrize("suite_kind", ["learned", "edited"])
+@pytest.mark.parametrize("data_kind", ["clean", "broken"])
+def test_the_table_without_gx_is_gxs_table(workspace, suite_kind, data_kind):
+    clean = frame()
+    suite = v.learn_suite(clean, name="orders")
+    suite = suite if suite_kind == "learned" else edited(suite)
+    assert _gx_rules.expectations(suite) is not None  # every expectation is judged without GX
+    data = clean if data_kind == "clean" else broken(clean)
+    ref = workspace.write_snapshot(data, name="orders")
+    without_gx = v.run_suite_streamed(ref, suite)
+    assert [o.model_dump() for o in without_gx] == [o.model_dump() for o in v.run_suite(read_frame(ref), suite)]
+    failed = {(o.column, o.expectation) for o in without_gx if not o.passed}
+    if suite_kind == "learned" and data_kind == "clean":
+        assert not failed
+    if data_kind == "broken":  # the breakage is seen, as GX sees it
+        assert {("plan", "expect_column_value_lengths_to_be_between"), ("when", "expect_column_max_to_be_between"),
+                ("usage", "expect_column_values_to_be_between")} <= failed
+
+
+def test_validating_a_learned_suite_does_not_import_great_expectations(tmp_path):
+    code = textwrap.dedent(f"""
+        import sys, numpy as np, pandas as pd
+        from prefect_mlops.tasks.validate import validate_dataset
+        from prefect_mlops.workspace import Workspace
+        ws = Workspace({str(tmp_path)!r})
+        rng = np.random.default_rng(0)
+        data = pd.DataFrame({{"x": rng.normal(size=500), "c": rng.choice(["a", "b"], 500),
+                             "t": pd.date_range("2024-01-01", periods=500, freq="h")}})
+        first = validate_dataset(ws.write_snapshot(data, name="d"), workspace=ws)
+        data.loc[3, "x"] = 1e9
+        second = validate_dataset(ws.write_snapshot(data, name="d"), workspace=ws, warn_only=True)
+        print(first.passed, second.passed, [o.column for o in second.failures],
+              "great_expectations" in sys.modules)
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["True", "False", "['x']", "False"]
+
+
+@pytest.mark.parametrize("expectation", [
+    {"type": "expect_column_values_to_match_regex", "kwargs": {"column": "plan", "regex": "^p"}},
+    {"type": "expect_column_values_to_be_between", "kwargs": {"column": "amount", "min_value": 1,
+                                                              "row_condition": "amount>2"}},
+    {"type": "expect_column_values_to_not_be_null", "kwargs": {"column": "usage", "mostly": "0.9"}},
+    {"type": "expect_column_values_to_be_between", "kwargs": {"column": "amount", "min_value": 5, "max_value": 1}},
+    {"type": "expect_column_max_to_be_between", "kwargs": {"column": "when", "max_value": "next year"}},
+    {"type": "expect_column_values_to_be_in_set", "kwargs": {"column": "calls", "value_set": [1, 2]}},
+    {"type": "expect_table_row_count_to_be_between", "kwargs": {"min_value": 1.5}},
+])
+def test_anything_gx_might_read_otherwise_goes_to_gx_with_the_whole_suite(workspace, expectation):
+    clean = frame(600)
+    suite = v.learn_suite(clean, name="orders")
+    suite = {**suite, "expectations": [*suite["expectations"], {**expectation, "meta": {"role": "profile"}}]}
+    assert _gx_rules.expectations(suite) is None
+    ref = workspace.write_snapshot(broken(clean), name="orders")
+    try:
+        expected = [o.model_dump() for o in v.run_suite(read_frame(ref), suite)]
+    except v.ConfigError:  # GX refuses the suite: so does validate, the same way
+        with pytest.raises(v.ConfigError, match="not a valid GX suite"):
+            v.run_suite_streamed(ref, suite)
+        return
+    assert [o.model_dump() for o in v.run_suite_streamed(ref, suite)] == expected
+
+
+def test_a_suite_with_unknown_keys_is_read_by_gx():
+    suite = {"name": "s", "expectations": [], "data_asset_type": "x"}
+    assert _gx_rules.expectations(suite) is None
+    extra = {"name": "s", "expectations": [{"type": "expect_column_to_exist", "kwargs": {"column": "a"},
+                                            "rendered_content": []}]}
+    assert _gx_rules.expectations(extra) is None
+    plain = json.loads(json.dumps({"name": "s", "expectations": [
+        {"type": "expect_column_to_exist", "kwargs": {"column": "a"}, "meta": {"role": "contract"}, "id": "1"}]}))
+    assert [e.configuration.type for e in _gx_rules.expectations(plain)] == ["expect_column_to_exist"]
