@@ -184,11 +184,11 @@ def preimport() -> float:
     return time.perf_counter() - started
 
 
-def requirements() -> list[str]:
+def requirements(*, skops: bool = False) -> list[str]:
     from prefect_mlops.tasks.lineage import TrainerSpec
     from prefect_mlops.tasks.train import _requirements
 
-    return _requirements(TrainerSpec())
+    return _requirements(TrainerSpec(), skops=skops)
 
 
 def instrument_fit() -> list[float]:
@@ -379,6 +379,9 @@ def mode_plain(opts: dict[str, Any]) -> dict[str, Any]:
     Read Parquet once; the learned suite's checks in pyarrow (the validation floor); the
     same time-ordered hold-out; the same pipeline and estimator; hold-out metrics overall
     and per slice; log to MLflow with explicit pip_requirements; register; set the alias.
+    The model is saved as the flow saves it: with skops, trusting the same types (a load that
+    runs no code from the file), or with `opts["format"] = "cloudpickle"`, as a script that
+    does not give that guarantee would.
     """
     started = time.perf_counter()
     import numpy as np
@@ -406,7 +409,13 @@ def mode_plain(opts: dict[str, Any]) -> dict[str, Any]:
     experiment = client.create_experiment("bench", artifact_location=(folder / "mlartifacts").as_uri())
     mlflow_init = time.perf_counter() - started
     suite = json.loads(Path(configs(rows, folder)["suite"]).read_text())
-    pip = requirements()
+    fmt = opts.get("format", "skops")
+    pip = requirements(skops=fmt == "skops")
+    save_options: dict[str, Any] = {"serialization_format": fmt}
+    if fmt == "skops":
+        from prefect_mlops.tasks.train import SKOPS_TRUSTED
+
+        save_options["skops_trusted_types"] = list(SKOPS_TRUSTED)
     fits = instrument_fit()
     rec = Recorder()
     cpu = time.process_time()
@@ -456,8 +465,8 @@ def mode_plain(opts: dict[str, Any]) -> dict[str, Any]:
             client.log_metric(run.info.run_id, key, float(value))
         signature = infer_signature(example, pipeline.predict(example))
         with tempfile.TemporaryDirectory() as tmp:
-            mlflow.sklearn.save_model(pipeline, f"{tmp}/model", serialization_format="cloudpickle",
-                                      signature=signature, input_example=example, pip_requirements=pip)
+            mlflow.sklearn.save_model(pipeline, f"{tmp}/model", signature=signature, input_example=example,
+                                      pip_requirements=pip, **save_options)
             client.log_artifacts(run.info.run_id, f"{tmp}/model", artifact_path="model")
         client.set_terminated(run.info.run_id, "FINISHED")
     with rec.step("register"):

@@ -256,9 +256,11 @@ def bench_cycle(args: argparse.Namespace) -> dict[str, Any]:
             repeat = args.repeat or (1 if rows > 1_000_000 else 3)
             print(f"{rows:,} rows: {repeat} run(s) of the plain script and the flow", flush=True)
             out: dict[str, Any] = {"rows": rows, "arrow_bytes": arrow_bytes(rows), "repeat": repeat,
-                                   "cycle": {"plain": [], "flow_server": [], **({"flow_before": []} if before else {})}}
+                                   "cycle": {"plain": [], "plain_cloudpickle": [], "flow_server": [],
+                                             **({"flow_before": []} if before else {})}}
             for _ in range(repeat):  # interleaved: a busy spell on the shared machine hits all alike
                 out["cycle"]["plain"].append(runner.run("plain", {"rows": rows}))
+                out["cycle"]["plain_cloudpickle"].append(runner.run("plain", {"rows": rows, "format": "cloudpickle"}))
                 out["cycle"]["flow_server"].append(runner.run("flow", {"rows": rows}, api_url=server.url))
                 if before:
                     out["cycle"]["flow_before"].append(runner.run("flow", {"rows": rows}, api_url=server.url,
@@ -310,6 +312,8 @@ def cycle_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         if "flow_before" in s:
             row["before"] = s["flow_before"]["seconds"] / s["plain"]["seconds"]
             row["before_equalised"] = equalised(s["flow_before"], s["plain"])
+        if "plain_cloudpickle" in s:  # the floor without the safe format, for reference
+            row["vs_cloudpickle"] = s["flow_server"]["seconds"] / s["plain_cloudpickle"]["seconds"]
         rows.append(row)
     return rows
 
@@ -320,10 +324,12 @@ def cycle_markdown(results: dict[str, Any]) -> str:
              f"Machine: {m['cores']} cores ({m['cpu']}), Python {m['python']}, OMP_NUM_THREADS=1; load average "
              f"{m['load_average_start'][0]:.1f} at the start, {m['load_average_end'][0]:.1f} at the end. Each run "
              "in a fresh process, the plain script and the flow (local Prefect server) interleaved; medians. "
-             "Cycle times exclude imports and Prefect's start-up.", "",
+             "Cycle times exclude imports and Prefect's start-up. The plain script saves the model as the flow "
+             "does, with skops (a load that runs no code from the file); the last column is the flow against "
+             "the same script saving with cloudpickle, which gives no such guarantee.", "",
              "| rows | runs | flow / plain | same, training time equalised | limit | holds | plain script | "
-             "flow | all but training: plain, flow | peak RSS plain, flow |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "flow | all but training: plain, flow | peak RSS plain, flow | flow / plain with cloudpickle |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     before = results["settings"].get("before")
     targets_ = {t["where"]: t for t in results["targets"]}
     for key, s in cycle_summary(results).items():
@@ -333,12 +339,13 @@ def cycle_markdown(results: dict[str, Any]) -> str:
         limit = "-" if t["limit"] is None else x(t["limit"])
         lines.append(f"| {int(key):,} | {s['repeat']} | {x(t['value'])} | {x(t['equalised'])} | {limit} | {holds} | "
                      f"{s_(plain['seconds'])} | {s_(flow['seconds'])} | {s_(plain['rest_seconds'])}, "
-                     f"{s_(flow['rest_seconds'])} | {mb(plain['peak_rss'])}, {mb(flow['peak_rss'])} |")
+                     f"{s_(flow['rest_seconds'])} | {mb(plain['peak_rss'])}, {mb(flow['peak_rss'])} | "
+                     f"{x(t['vs_cloudpickle']) if 'vs_cloudpickle' in t else '-'} |")
         if "flow_before" in s:
             old = s["flow_before"]
             lines.append(f"| {int(key):,}, before | {s['repeat']} | {x(t['before'])} | {x(t['before_equalised'])} "
                          f"| | | (same run) | {s_(old['seconds'])} | {s_(plain['rest_seconds'])}, "
-                         f"{s_(old['rest_seconds'])} | {mb(plain['peak_rss'])}, {mb(old['peak_rss'])} |")
+                         f"{s_(old['rest_seconds'])} | {mb(plain['peak_rss'])}, {mb(old['peak_rss'])} | |")
     lines += ["", "The flow runs with `RetrainPolicy(refit_full_window=False)`: the plain script fits once, on the "
               "train part, and so does the flow (the default refit on the whole window is a second fit)."]
     if before:

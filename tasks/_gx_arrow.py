@@ -131,9 +131,9 @@ def run_suite_on_batches(
             pushed = streamed.finish() if whole else {}
         except Exception:
             pushed = {}
-    if pushed and again is not None and frame_rows is not None and streamed.rows > frame_rows:
-        pushed.update(_per_batch(expectations, suite_json, [i for i in range(len(expectations))
-                                                            if pushed.get(i) is None], again, streamed))
+    left = [i for i in range(len(expectations)) if pushed.get(i) is None]
+    if pushed and left and again is not None and frame_rows is not None and streamed.rows > frame_rows:
+        pushed.update(_per_batch(expectations, suite_json, left, again, streamed))
     return _assemble(expectations, suite_json, pushed, load_frame, check_rest,
                      streamed.rows if streamed.schema is not None else None)
 

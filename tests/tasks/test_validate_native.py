@@ -74,11 +74,15 @@ def test_the_table_without_gx_is_gxs_table(workspace, suite_kind, data_kind):
                 ("usage", "expect_column_values_to_be_between")} <= failed
 
 
-def test_validating_a_learned_suite_does_not_import_great_expectations(tmp_path):
+@pytest.mark.parametrize("frame_rows", [250_000, 100])
+def test_validating_a_learned_suite_does_not_import_great_expectations(tmp_path, frame_rows):
+    # 100: the data is larger than GX's frame would be, the path where GX would run per batch.
     code = textwrap.dedent(f"""
         import sys, numpy as np, pandas as pd
+        from prefect_mlops.tasks import validate
         from prefect_mlops.tasks.validate import validate_dataset
         from prefect_mlops.workspace import Workspace
+        validate.GX_FRAME_ROWS = {frame_rows}
         ws = Workspace({str(tmp_path)!r})
         rng = np.random.default_rng(0)
         data = pd.DataFrame({{"x": rng.normal(size=500), "c": rng.choice(["a", "b"], 500),
