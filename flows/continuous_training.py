@@ -23,7 +23,7 @@ from prefect_mlops.tasks.register import register
 from prefect_mlops.tasks.retrain import record_retraining, why_untrainable
 from prefect_mlops.tasks.route import train_on_route
 from prefect_mlops.tasks.train import budget_change, git_commit, package_versions, refit, train
-from prefect_mlops.tasks.validate import update_suite, validate
+from prefect_mlops.tasks.validate import learn_suite_ahead, update_suite, validate
 
 
 class CycleReport(BaseModel):
@@ -122,6 +122,8 @@ def continuous_training(
             data_fingerprint=dataset.fingerprint, champion_version=champion.model.version if champion else None))
 
     validation = validate(dataset, suite_path=suite_path, warn_only=warn_only, workspace=workspace)
+    # The suite a promotion would re-learn from this data, learned while the challenger trains.
+    suite_ahead = learn_suite_ahead.submit(dataset)
     feature_set = feature_build(dataset, features, workspace=workspace)
     lineage = Lineage(model_name=model_name, dataset=dataset, features=features, trainer=trainer,
                       params_digest=digest, suite_path=validation.suite_path, code_version=__version__,
@@ -168,7 +170,8 @@ def continuous_training(
             return report.model_copy(update={"outcome": "on-trial", "message": message,
                                              "challenger_version": model.version})
         # The learned profile follows the new champion's data; a suite a person edited is left alone.
-        update_suite(validation.suite_path, dataset, promotion.champion_version, workspace=workspace)
+        update_suite(validation.suite_path, dataset, promotion.champion_version, workspace=workspace,
+                     learned=suite_ahead)
     message = f"{model_name} v{promotion.champion_version} promoted to champion: {verdict.main_reason}"
     logger.info(message)
     return report.model_copy(update={"outcome": "promoted", "message": message,

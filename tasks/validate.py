@@ -442,6 +442,7 @@ def evolve_suite(
     *,
     version: str,
     workspace: Workspace | None = None,
+    learned: dict[str, Any] | None = None,
 ) -> SuiteUpdate:
     """Re-learn a learned suite from `reference` (a new champion's training data), keeping the old one.
 
@@ -450,6 +451,7 @@ def evolve_suite(
     `history/<stem>.v<its version>.json` beside the suite, and the new one is written atomically
     with `meta.learned_version = version`. A suite whose expectations no longer match the digest
     `learn_suite` wrote (a person edited it), or that has none, is left untouched: `updated=False`.
+    `learned`: the suite `learn_suite_from(reference)` gives, when already learned (`learn_suite_ahead`).
 
     Example:
         ```python
@@ -467,7 +469,10 @@ def evolve_suite(
     """
     workspace = workspace or Workspace()
     path = Path(suite_path) if suite_path else workspace.folder("suites") / f"{reference.name}.json"
-    learned = learn_suite_from(reference, name=reference.name, version=version)
+    if learned is None:
+        learned = learn_suite_from(reference, name=reference.name, version=version)
+    else:
+        learned = {**learned, "meta": {**learned.get("meta", {}), "learned_version": version}}
     if not path.exists():
         _write_json(path, learned)
         return SuiteUpdate(path=str(path), version=version, updated=True,
@@ -601,7 +606,7 @@ def _impossible(series: pd.Series, values: pd.Series) -> list[tuple[str, dict[st
                 ("expect_column_max_to_be_between", {"max_value": f"{upper:04d}-01-01T00:00:00{zone}"})]
     strings = values.astype(object) if isinstance(kind, pd.CategoricalDtype) else values
     if len(strings) and pd.api.types.infer_dtype(strings, skipna=True) == "string":
-        longest = int(strings.map(len).max())
+        longest = int(strings.str.len().max())
         return [("expect_column_value_lengths_to_be_between",
                  {"max_value": max(LENGTH_FACTOR * longest, MIN_MAX_LENGTH)})]
     return []
@@ -749,15 +754,33 @@ def validate(
     return report
 
 
+@task(name="learn-suite", task_run_name="learn-suite-{reference.name}")
+def learn_suite_ahead(reference: DatasetRef) -> dict[str, Any] | None:
+    """The suite `update_suite` writes if this data's challenger is promoted, learned while it trains.
+
+    Submitted beside training (`learn_suite_ahead.submit(dataset)`), it takes the second core while the fit
+    takes the first, so a promotion does not wait for it. It writes nothing: a rejected challenger leaves
+    the suite as it was. None when it could not learn: `update_suite` then learns it itself (and says why).
+    """
+    try:
+        return learn_suite_from(reference, name=reference.name)
+    except Exception as exc:  # the update after a promotion learns it again and reports the error there
+        run_logger().warning("could not learn the suite of %s ahead (%s: %s); it is learned after a promotion",
+                             reference.short(), type(exc).__name__, exc)
+        return None
+
+
 @task(name="update-suite", task_run_name="update-suite-{reference.name}")
 def update_suite(
     suite_path: str | None,
     reference: DatasetRef,
     version: str,
     workspace: str | None = None,
+    learned: dict[str, Any] | None = None,
 ) -> SuiteUpdate:
-    """Re-learn the suite after a promotion (see `evolve_suite`) and say what happened in an artifact."""
-    update = evolve_suite(suite_path, reference, version=version, workspace=Workspace(workspace))
+    """Re-learn the suite after a promotion (see `evolve_suite`) and say what happened in an artifact.
+    `learned`: the suite `learn_suite_ahead` learned from `reference` while the challenger trained."""
+    update = evolve_suite(suite_path, reference, version=version, workspace=Workspace(workspace), learned=learned)
     run_logger().info("suite %s %s for version %s: %s", update.path,
                       "updated" if update.updated else "kept", version, update.reason)
     create_markdown_artifact(

@@ -79,6 +79,9 @@ def test_rejected_run_ends_in_a_rejected_state_with_reasons(
     assert state.name == "Rejected"
     assert "roc_auc" in state.message and "0.99" in state.message
     assert find_model("churn", mlflow_server=mlflow_server, workspace=workspace) is None
+    # The suite learned ahead for a promotion is not written: the suite is the one validate learned.
+    suite = json.loads((workspace.root / "suites" / "churn.json").read_text())
+    assert suite["meta"]["learned_version"] is None
 
 
 def test_failed_deploy_leaves_the_registry_as_it_was(churn_source, churn_features, fast_trainer, policy,
@@ -184,3 +187,18 @@ def test_a_drift_the_profile_explains_retrains_and_the_learned_suite_follows_the
     assert evolved["meta"]["learned_version"] == again.champion_version
     assert evolved["expectations"] != learned["expectations"]
     assert list((suite.parent / "history").glob("churn.v*.json"))
+    # The suite was learned while the challenger trained, and is the one learning it afterwards gives.
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, TaskRunFilter, TaskRunFilterName
+
+    from prefect_mlops.tasks.validate import _widened_contract, learn_suite_from
+
+    run_id = mlflow_server.client(workspace).get_model_version("churn", again.champion_version).tags[
+        "prefect_mlops.flow_run_id"]
+    with get_client(sync_client=True) as client:
+        ahead = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id])),
+                                      task_run_filter=TaskRunFilter(name=TaskRunFilterName(any_=["learn-suite-churn"])))
+    assert len(ahead) == 1 and ahead[0].state.is_completed()
+    dataset = find_model("churn", mlflow_server=mlflow_server, workspace=workspace).lineage.dataset
+    assert evolved["expectations"] == _widened_contract(
+        learned["expectations"], learn_suite_from(dataset, name="churn")["expectations"])
