@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -20,6 +21,7 @@ from prefect_mlops.tasks.validate import (
     engine_from_env,
     evolve_suite,
     learn_suite,
+    learn_suite_from,
     suite_digest,
     update_suite,
     validate,
@@ -269,6 +271,31 @@ def test_update_suite_task_learns_a_missing_suite_and_reports_it(workspace):
     update = promote()
     assert update.updated and "no suite yet" in update.reason
     assert json.loads((workspace.root / "suites" / "weather.json").read_text())["meta"]["learned_version"] == "1"
+
+
+def test_the_suite_learned_ahead_is_the_one_update_suite_writes_and_a_failed_one_is_learned_again(workspace):
+    from prefect_mlops.refs import DatasetRef
+    from prefect_mlops.tasks.validate import learn_suite_ahead
+
+    winter = workspace.write_snapshot(pd.DataFrame({"t": [-5.0, 0.0, 3.0]}), name="weather")
+    path = validate_dataset(winter, workspace=workspace).suite_path
+    summer = workspace.write_snapshot(_summer(), name="weather")
+    gone = DatasetRef(**{**summer.model_dump(), "uri": str(workspace.root / "no-such.arrow")})
+
+    @flow
+    def promote():
+        ahead = learn_suite_ahead.submit(summer)
+        failed = learn_suite_ahead.submit(gone)  # unreadable: None, and update_suite learns it itself
+        return ahead.result(), failed.result(), update_suite(path, summer, "2", workspace=str(workspace.root),
+                                                             learned=failed)
+
+    ahead, failed, update = promote()
+    assert failed is None and update.updated
+    written = json.loads(Path(path).read_text())
+    assert ahead["expectations"] == learn_suite_from(summer, name="weather")["expectations"]
+    assert written["meta"]["learned_version"] == "2"
+    again = evolve_suite(str(workspace.root / "copy.json"), summer, version="3", workspace=workspace, learned=ahead)
+    assert again.updated and json.loads(Path(again.path).read_text())["meta"]["learned_version"] == "3"
 
 
 def _arrow_batch(kind: str, seed: int, rows: int = 40) -> pa.Array:

@@ -132,3 +132,93 @@ def test_a_suite_with_unknown_keys_is_read_by_gx():
     plain = json.loads(json.dumps({"name": "s", "expectations": [
         {"type": "expect_column_to_exist", "kwargs": {"column": "a"}, "meta": {"role": "contract"}, "id": "1"}]}))
     assert [e.configuration.type for e in _gx_rules.expectations(plain)] == ["expect_column_to_exist"]
+
+
+TYPE_NAMES = ["int", "float", "str", "bool", "int64", "float64", "float32", "object", "datetime64[ns]",
+              "datetime64[us]", "Int64Dtype", "BooleanDtype", "StringDtype", "Timestamp", "bytes", "number"]
+
+
+def random_case(seed: int) -> tuple[pd.DataFrame, dict]:
+    """A frame with gaps and outliers, and a suite of standard expectations with arguments drawn at random."""
+    rng = np.random.default_rng(seed)
+    rows = int(rng.integers(0, 400)) if seed % 7 else 0
+    amount = rng.normal(10, 3, rows)
+    amount[rng.random(rows) < rng.uniform(0, 0.3)] = np.nan
+    words = np.array(["a", "bb", "ccc", "dddd", "x" * 40])
+    text = pd.Series(rng.choice(words, rows), dtype=object)
+    text[rng.random(rows) < 0.1] = None
+    when = pd.Series(pd.date_range("2024-01-01", periods=rows, freq="h"), dtype="datetime64[us]")
+    frame = pd.DataFrame({"amount": amount, "count": rng.integers(-5, 50, rows), "text": text,
+                          "flag": rng.random(rows) < 0.4, "when": when})
+    expectations = []
+    for _ in range(int(rng.integers(3, 15))):
+        column = str(rng.choice(frame.columns))
+        kind = str(rng.choice(["to_exist", "not_null", "between", "in_set", "lengths", "type_list", "of_type",
+                               "row_count", "min", "max"]))
+        kwargs: dict = {"column": column}
+        mostly = {} if rng.random() < 0.5 else {"mostly": float(np.round(rng.uniform(0, 1), 3))}
+        bounds = {}
+        low, high = sorted(float(v) for v in rng.normal(10, 6, 2))
+        if rng.random() < 0.8:
+            bounds["min_value"] = int(low) if column == "count" else low
+        if rng.random() < 0.8 or not bounds:
+            bounds["max_value"] = int(high) + 1 if column == "count" else high
+        for flag in ("strict_min", "strict_max"):
+            if rng.random() < 0.3:
+                bounds[flag] = bool(rng.random() < 0.5)
+        if kind == "to_exist":
+            kwargs["column"] = column if rng.random() < 0.8 else "missing"
+            entry = ("expect_column_to_exist", kwargs)
+        elif kind == "not_null":
+            entry = ("expect_column_values_to_not_be_null", {**kwargs, **mostly})
+        elif kind == "between" and column in ("amount", "count"):
+            entry = ("expect_column_values_to_be_between", {**kwargs, **mostly, **bounds})
+        elif kind == "in_set" and column in ("text", "flag"):
+            pool = list(words) if column == "text" else [True, False]
+            chosen = [pool[i] for i in sorted(set(rng.integers(0, len(pool), 3)))]
+            entry = ("expect_column_values_to_be_in_set", {**kwargs, **mostly, "value_set": chosen})
+        elif kind == "lengths" and column == "text":
+            entry = ("expect_column_value_lengths_to_be_between",
+                     {**kwargs, **mostly, "min_value": int(rng.integers(0, 3)), "max_value": int(rng.integers(2, 45))})
+        elif kind == "type_list":
+            names = [str(n) for n in rng.choice(TYPE_NAMES, int(rng.integers(1, 4)), replace=False)]
+            entry = ("expect_column_values_to_be_in_type_list", {**kwargs, **mostly, "type_list": names})
+        elif kind == "of_type" and column != "text":
+            entry = ("expect_column_values_to_be_of_type", {**kwargs, "type_": str(rng.choice(TYPE_NAMES))})
+        elif kind == "row_count":
+            entry = ("expect_table_row_count_to_be_between",
+                     {"min_value": int(rng.integers(0, 200)), "max_value": int(rng.integers(200, 500))})
+        elif kind in ("min", "max") and column == "when":
+            edge = str(pd.Timestamp("2024-01-01") + pd.Timedelta(hours=int(rng.integers(-10, 400))))
+            key = "min_value" if rng.random() < 0.5 else "max_value"
+            entry = (f"expect_column_{kind}_to_be_between", {**kwargs, key: edge.replace(" ", "T")})
+        else:
+            continue
+        expectations.append({"type": entry[0], "kwargs": entry[1], "meta": {"role": str(rng.choice(
+            ["contract", "profile"]))}})
+    return frame, {"name": f"random-{seed}", "expectations": expectations}
+
+
+@pytest.mark.parametrize("seed", range(24))
+def test_random_suites_on_random_data_give_gxs_table(workspace, seed):
+    frame, suite = random_case(seed)
+    ref = workspace.write_snapshot(frame, name="random")
+    expected = [o.model_dump() for o in v.run_suite(read_frame(ref), suite)]
+    got = [o.model_dump() for o in v.run_suite_streamed(ref, suite)]
+    assert got == expected
+
+
+def test_most_random_cases_are_judged_without_gx(workspace, monkeypatch):
+    """The random cases above exercise the rules without GX, not only GX's own path."""
+    from prefect_mlops.tasks import _gx_arrow
+
+    calls = []
+    read_by_gx = _gx_arrow.suite_expectations
+    monkeypatch.setattr(_gx_arrow, "suite_expectations", lambda suite: calls.append(1) or read_by_gx(suite))
+    native = 0
+    for seed in range(24):
+        frame, suite = random_case(seed)
+        calls.clear()
+        v.run_suite_streamed(workspace.write_snapshot(frame, name="random"), suite)
+        native += not calls
+    assert native >= 12
