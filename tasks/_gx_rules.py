@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import datetime
 import math
+import re
 from collections import Counter
 from typing import Any
 
@@ -84,17 +85,31 @@ class Expectation:
 
 def expectations(suite_json: dict[str, Any]) -> list[Expectation] | None:
     """The suite's expectations judged here, or None when any of them is for GX to read and judge."""
-    if not isinstance(suite_json, dict) or set(suite_json) - _SUITE_KEYS or suite_json.get("suite_parameters"):
+    if not isinstance(suite_json, dict) or set(suite_json) - _SUITE_KEYS or suite_json.get("suite_parameters") \
+            or not isinstance(suite_json.get("meta", {}), dict | None):
         return None
     found = suite_json.get("expectations")
     if not isinstance(found, list):
         return None
     out = []
     for item in found:
-        if not isinstance(item, dict) or set(item) - _KEYS or not isinstance(item.get("kwargs"), dict) \
-                or not isinstance(item.get("meta") or {}, dict) or not _plain_arguments(item["type"], item["kwargs"]):
+        if not isinstance(item, dict) or set(item) - _KEYS or not isinstance(item.get("type"), str) \
+                or not isinstance(item.get("kwargs"), dict) or not isinstance(item.get("meta"), dict | None) \
+                or not isinstance(item.get("id"), str | None) or not _plain_arguments(item["type"], item["kwargs"]):
             return None
-        out.append(Expectation(Configuration(item["type"], dict(item["kwargs"]), dict(item.get("meta") or {}))))
+        out.append(Expectation(Configuration(item["type"], _as_gx_reads(item["type"], item["kwargs"]),
+                                             dict(item.get("meta") or {}))))
+    return out
+
+
+def _as_gx_reads(kind: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The arguments as GX's models hold them: a values-between bound is a float (GX's `Comparable` tries float
+    first), so an int64 column is compared in float64, as GX compares it."""
+    out = dict(kwargs)
+    if kind == "expect_column_values_to_be_between":
+        for key in ("min_value", "max_value"):
+            if out.get(key) is not None:
+                out[key] = float(out[key])
     return out
 
 
@@ -102,8 +117,13 @@ def _number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
+# A date and a time, as both GX's model (pydantic's datetime, after float and date fail) and `fromisoformat` read
+# it. A date alone GX reads as a date (which a timestamp does not compare with), digits alone as a float.
+_ISO_DATETIME = re.compile(r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?(Z|[+-]\d{2}:\d{2})?")
+
+
 def _iso(value: Any) -> bool:
-    if not isinstance(value, str):
+    if not isinstance(value, str) or not _ISO_DATETIME.fullmatch(value):
         return False
     try:
         datetime.datetime.fromisoformat(value)
@@ -168,10 +188,8 @@ def _between(value: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
         return {"success": False, "result": {"observed_value": None}}
     low, high = kwargs.get("min_value"), kwargs.get("max_value")
     if isinstance(value, datetime.datetime):
-        from dateutil.parser import parse
-
-        low = parse(low) if isinstance(low, str) else low
-        high = parse(high) if isinstance(high, str) else high
+        low = datetime.datetime.fromisoformat(low) if isinstance(low, str) else low
+        high = datetime.datetime.fromisoformat(high) if isinstance(high, str) else high
     elif isinstance(low, str) or isinstance(high, str):
         raise TypeError("a string bound for a value that is not a timestamp: GX judges it")
     above = True if low is None else (value > low if kwargs.get("strict_min") else value >= low)

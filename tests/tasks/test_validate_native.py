@@ -222,3 +222,44 @@ def test_most_random_cases_are_judged_without_gx(workspace, monkeypatch):
         v.run_suite_streamed(workspace.write_snapshot(frame, name="random"), suite)
         native += not calls
     assert native >= 12
+
+
+@pytest.mark.parametrize("bound", ["2020-01-01", "20200101", "2020-01-01T00", "2020-01-01T00:00:00,5",
+                                   "20200101T000000"])
+def test_a_timestamp_bound_gx_reads_otherwise_is_judged_by_gx(workspace, bound):
+    """GX reads a date alone as a date and digits as a float (and refuses some ISO forms Python takes)."""
+    suite = {"name": "t", "expectations": [{"type": "expect_column_min_to_be_between",
+                                            "kwargs": {"column": "t", "min_value": bound}}]}
+    assert _gx_rules.expectations(suite) is None
+    frame = pd.DataFrame({"t": pd.to_datetime(["2021-01-01", "2021-06-01"])})
+    ref = workspace.write_snapshot(frame, name="t")
+    try:
+        expected = [o.model_dump() for o in v.run_suite(read_frame(ref), suite)]
+    except v.ConfigError:
+        with pytest.raises(v.ConfigError, match="not a valid GX suite"):
+            v.run_suite_streamed(ref, suite)
+        return
+    assert [o.model_dump() for o in v.run_suite_streamed(ref, suite)] == expected
+
+
+def test_integer_bounds_compare_as_gx_compares_them(workspace):
+    """GX holds a values-between bound as a float: an int64 column beyond 2**53 compares in float64."""
+    frame = pd.DataFrame({"x": np.array([2**53 + 1, 5, 2**63 - 1], dtype="int64")})
+    suite = {"name": "t", "expectations": [
+        {"type": "expect_column_values_to_be_between", "kwargs": {"column": "x", "max_value": 2**53}},
+        {"type": "expect_column_values_to_be_between", "kwargs": {"column": "x", "max_value": 2**63 - 2}}]}
+    assert _gx_rules.expectations(suite) is not None
+    ref = workspace.write_snapshot(frame, name="t")
+    assert [o.model_dump() for o in v.run_suite_streamed(ref, suite)] == \
+        [o.model_dump() for o in v.run_suite(read_frame(ref), suite)]
+
+
+@pytest.mark.parametrize("suite", [
+    {"name": "s", "meta": 0, "expectations": []},
+    {"name": "s", "expectations": [{"type": "expect_column_to_exist", "kwargs": {"column": "a"}, "meta": 0}]},
+    {"name": "s", "expectations": [{"type": "expect_column_to_exist", "kwargs": {"column": "a"}, "id": {"x": 1}}]},
+    {"name": "s", "expectations": [{"kwargs": {"column": "a"}}]},
+    {"name": "s", "expectations": [{"type": ["expect_column_to_exist"], "kwargs": {"column": "a"}}]},
+])
+def test_a_malformed_suite_is_left_to_gx_to_refuse_or_read(suite):
+    assert _gx_rules.expectations(suite) is None
