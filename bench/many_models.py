@@ -363,47 +363,6 @@ def train_only(spec: Path, names: list[str]) -> None:
             print(f"model {name}: the first cycle was not promoted: {report.message}", file=sys.stderr, flush=True)
 
 
-def arm(name: str, deployment_id: Any, data: dict[str, dict[str, Any]], parameters: Any, mlflow: dict[str, Any],
-        sampler: Sampler, seconds: float, queued: int, warmup: float) -> dict[str, Any]:
-    """Closed loop: keep `queued` runs not yet final; count the runs that end inside the window after `warmup`."""
-    names = list(data)
-    submitted, index = [], 0
-    began, load = time.time(), os.getloadavg()[0]
-    window_start = began + warmup
-    cpu_before, rss_index = None, None
-    while time.time() < began + seconds:
-        if cpu_before is None and time.time() >= window_start:
-            cpu_before, rss_index = sampler.snapshot(), len(next(iter(sampler.rss.values())))
-        live = [r for r in runs_of(deployment_id) if state_of(r) not in FINAL]
-        for _ in range(queued - len(live)):
-            model = names[index % len(names)]
-            submitted.append(submit(deployment_id, parameters(model, data[model], mlflow), name))
-            index += 1
-        time.sleep(1)
-    ended = time.time()
-    cpu_after = sampler.snapshot()
-    runs = runs_of(deployment_id)
-    done = [r for r in runs if state_of(r) == "COMPLETED" and r.end_time
-            and window_start <= r.end_time.timestamp() <= ended]
-    failed = [r for r in runs if state_of(r) in ("FAILED", "CRASHED")]
-    measured = ended - window_start
-    durations = [r.total_run_time.total_seconds() for r in done]
-    lateness = [(r.start_time - r.expected_start_time).total_seconds() for r in done if r.start_time]
-    # drain: runs not started yet are deleted, started ones finish uncounted; the next arm starts on idle workers
-    with sync_client() as client:
-        for run in runs:
-            if state_of(run) == "SCHEDULED":
-                client.delete_flow_run(run.id)
-    wait_final([deployment_id], timeout=180)
-    return {"arm": name, "load_average": [round(load, 1), round(os.getloadavg()[0], 1)],
-            "measured_s": round(measured, 1), "completed": len(done), "failed": len(failed),
-            "submitted": len(submitted), "checks_per_min": round(len(done) / measured * 60, 2),
-            "run_time_median_s": round(statistics.median(durations), 2) if durations else None,
-            "start_delay_median_s": round(statistics.median(lateness), 2) if lateness else None,
-            "usage": usage(cpu_before or {}, cpu_after, sampler.rss, rss_index or 0, measured),
-            "failures": [f"{r.name}: {r.state.message[:300] if r.state else '?'}" for r in failed[:5]]}
-
-
 def interleaved(arms: list[tuple[str, Any, Any]], data: dict[str, dict[str, Any]], mlflow: dict[str, Any],
                 sampler: Sampler, rounds: int, segment: float, queued: int, warmup: float) -> dict[str, Any]:
     """The arms in turns of `segment` s (A, B, C, then B, C, A, ...), `rounds` turns each, so that the machine's

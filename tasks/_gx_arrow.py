@@ -70,23 +70,23 @@ def run_suite_on_table(
 ) -> list[Any]:
     """GX's results of a suite on an Arrow table: the same, in the same order, as `gx_validate(table.to_pandas())`.
 
-    The standard expectations' metrics are computed with pyarrow and judged by GX's own
-    expectation classes; the rest run in GX on the pandas frame (`load_frame()`, else
+    The standard expectations' metrics are computed with pyarrow and judged by GX's rules (without
+    GX when the whole suite allows, `_judged_by`); the rest run in GX on the pandas frame (`load_frame()`, else
     `table.to_pandas()`), which is only built when some expectation needs it.
     """
     native = _gx_rules.expectations(suite_json)
-    expectations = native or suite_expectations(suite_json)
+    measured = native or suite_expectations(suite_json)
     try:
         facts = _ArrowFacts(table)
-        pushed = {i: _pushed_down(e, facts) for i, e in enumerate(expectations)}
+        found: list[dict[str, Any] | None] | None = [_metrics(e, facts) for e in measured]
     except Exception:  # anything unforeseen in the fast path: GX does it all, as before
-        pushed = {}
-    if native and not _complete(pushed, expectations):  # GX is needed after all: GX judges every expectation
-        expectations = suite_expectations(suite_json)
-        try:
-            pushed = {i: _pushed_down(e, facts) for i, e in enumerate(expectations)}
-        except Exception:
-            pushed = {}
+        found = None
+
+    def judge(expectations: list[Any]) -> dict[int, Any]:
+        return {i: _judged(e, m, facts) for i, (e, m) in enumerate(zip(expectations, found, strict=True))
+                if m is not None}
+
+    expectations, pushed = _judged_by(native, suite_json, judge if found is not None else None)
     return _assemble(expectations, suite_json, pushed,
                      load_frame if load_frame is not None else table.to_pandas)[0]
 
@@ -113,24 +113,14 @@ def run_suite_on_batches(
     before it is built (and may refuse them).
     """
     native = _gx_rules.expectations(suite_json)
-    expectations = native or suite_expectations(suite_json)
-    streamed = _Streamed(expectations)
-    pushed: dict[int, Any] = {}
-    whole = False
+    streamed = _Streamed(native or suite_expectations(suite_json))
+    judge: Callable[[list[Any]], dict[int, Any]] | None = streamed.finish
     try:
         for batch in batches:
             streamed.add(batch)
-        whole = True
-        pushed = streamed.finish()
     except Exception:  # anything unforeseen in the fast path: GX does it all, as before
-        pushed = {}
-    if native and not _complete(pushed, expectations):
-        # Something is for GX after all: GX judges every expectation, from the same metrics.
-        expectations = streamed.expectations = suite_expectations(suite_json)
-        try:
-            pushed = streamed.finish() if whole else {}
-        except Exception:
-            pushed = {}
+        judge = None
+    expectations, pushed = _judged_by(native, suite_json, judge)
     left = [i for i in range(len(expectations)) if pushed.get(i) is None]
     if pushed and left and again is not None and frame_rows is not None and streamed.rows > frame_rows:
         pushed.update(_per_batch(expectations, suite_json, left, again, streamed))
@@ -141,9 +131,24 @@ def run_suite_on_batches(
 _TYPE_CHECKS = ("expect_column_values_to_be_in_type_list", "expect_column_values_to_be_of_type")
 
 
-def _complete(pushed: dict[int, Any], expectations: list[Any]) -> bool:
-    """Whether every expectation has its result from the push-down."""
-    return all(pushed.get(i) is not None for i in range(len(expectations)))
+def _judged_by(native: list[Any] | None, suite_json: dict[str, Any],
+               judge: Callable[[list[Any]], dict[int, Any]] | None) -> tuple[list[Any], dict[int, Any]]:
+    """The expectations and their pushed-down results: judged by GX's rules without GX (`native`) when every
+    expectation has its metrics and is judged that way; otherwise GX reads the suite and judges every
+    expectation from the same metrics. `judge(expectations)`: the results from the metrics (None: there are no
+    metrics, GX computes everything)."""
+    if native and judge is not None:
+        try:
+            pushed = judge(native)
+        except Exception:  # a rule that cannot judge these values: GX judges them
+            pushed = {}
+        if all(pushed.get(i) is not None for i in range(len(native))):
+            return native, pushed
+    expectations = suite_expectations(suite_json)
+    try:
+        return expectations, judge(expectations) if judge is not None else {}
+    except Exception:  # anything unforeseen in the fast path: GX does it all, as before
+        return expectations, {}
 
 
 def _per_batch(expectations: list[Any], suite_json: dict[str, Any], indices: list[int],
@@ -498,15 +503,17 @@ class _Streamed:
             self.metrics[i] = None if part is None else _merge(self.metrics.get(i), part)
         self.rows += batch.num_rows
 
-    def finish(self) -> dict[int, Any]:
-        """GX's results for the expectations pushed down in every batch (None for the others)."""
+    def finish(self, expectations: list[Any] | None = None) -> dict[int, Any]:
+        """GX's results for the expectations pushed down in every batch (None for the others), judged as
+        `expectations` (the ones the metrics were computed for, or GX's of the same suite) judge them."""
+        expectations = self.expectations if expectations is None else expectations
         if self.schema is None:
             return {}  # no batch: GX sees the (empty) frame itself
         out: dict[int, Any] = {}
         for i, metrics in self.metrics.items():
             if metrics is None:
                 continue
-            expectation = self.expectations[i]
+            expectation = expectations[i]
             column = expectation.configuration.kwargs.get("column")
             metrics = {k: v for k, v in metrics.items() if k != _ENGINE}
             dtype = None
@@ -537,8 +544,11 @@ def _engine(metrics: dict[str, Any] | None) -> bool:
 def _pushed_down(expectation: Any, facts: _ArrowFacts) -> Any:
     """GX's result for one expectation from Arrow metrics, or None when GX must compute it itself."""
     metrics = _metrics(expectation, facts)
-    if metrics is None:
-        return None
+    return None if metrics is None else _judged(expectation, metrics, facts)
+
+
+def _judged(expectation: Any, metrics: dict[str, Any], facts: _ArrowFacts) -> Any:
+    """GX's result for one expectation from its Arrow metrics on a whole table."""
     column = expectation.configuration.kwargs.get("column")
     dtype = facts.dtype(column) if isinstance(column, str) and facts.kind(column) else None
     return _judge(expectation, _boxed({k: v for k, v in metrics.items() if k != _ENGINE}, dtype),
