@@ -123,7 +123,7 @@ def continuous_training(
 
     validation = validate(dataset, suite_path=suite_path, warn_only=warn_only, workspace=workspace)
     # The suite a promotion would re-learn from this data, learned while the challenger trains.
-    suite_ahead = learn_suite_ahead.submit(dataset)
+    suite_ahead = learn_suite_ahead.submit(dataset, validation.suite_path, workspace)
     feature_set = feature_build(dataset, features, workspace=workspace)
     lineage = Lineage(model_name=model_name, dataset=dataset, features=features, trainer=trainer,
                       params_digest=digest, suite_path=validation.suite_path, code_version=__version__,

@@ -468,26 +468,26 @@ def evolve_suite(
         ```
     """
     workspace = workspace or Workspace()
-    path = Path(suite_path) if suite_path else workspace.folder("suites") / f"{reference.name}.json"
+    path = _suite_file(suite_path, reference, workspace)
+    before: bytes | None = None
+    if path.exists():
+        before = path.read_bytes()
+        old = _read_suite(path)
+        meta = old.get("meta") if isinstance(old.get("meta"), dict) else {}
+        kept = _left_as_it_is(old)
+        if kept:  # nothing is learned for a suite that is not re-learned
+            return SuiteUpdate(path=str(path), version=version, updated=False, reason=kept)
     if learned is None:
         learned = learn_suite_from(reference, name=reference.name, version=version)
     else:
         learned = {**learned, "meta": {**learned.get("meta", {}), "learned_version": version}}
-    if not path.exists():
+    if before is None:
+        if path.exists():  # a suite was saved while this one was learned: theirs wins
+            return SuiteUpdate(path=str(path), version=version, updated=False,
+                               reason="saved while it was being learned: left as it is")
         _write_json(path, learned)
         return SuiteUpdate(path=str(path), version=version, updated=True,
                            reason=f"no suite yet: learned from {reference.short()}")
-    before = path.read_bytes()
-    old = _read_suite(path)
-    meta = old.get("meta") if isinstance(old.get("meta"), dict) else {}
-    if not meta.get("digest"):
-        return SuiteUpdate(path=str(path), version=version, updated=False,
-                           reason="not a learned suite (no learned digest in its meta): left as it is; delete "
-                                  "the file to have one learned")
-    if meta["digest"] != suite_digest(old["expectations"]):
-        return SuiteUpdate(path=str(path), version=version, updated=False,
-                           reason="edited by a person (its expectations no longer match the learned digest): "
-                                  "left as it is")
     expectations = _widened_contract(old["expectations"], learned["expectations"])
     suite = {**learned, "name": old.get("name", learned["name"]), "expectations": expectations}
     suite["meta"] = {**learned["meta"], "digest": suite_digest(expectations)}
@@ -503,6 +503,20 @@ def evolve_suite(
     _write_json(path, suite)
     return SuiteUpdate(path=str(path), version=version, updated=True, history_path=str(history),
                        reason=f"re-learned from {reference.short()}; the previous suite is kept in {history}")
+
+
+def _suite_file(suite_path: str | os.PathLike[str] | None, reference: DatasetRef, workspace: Workspace) -> Path:
+    return Path(suite_path) if suite_path else workspace.folder("suites") / f"{reference.name}.json"
+
+
+def _left_as_it_is(suite: dict[str, Any]) -> str | None:
+    """Why a suite file is never re-learned (no learned digest, or a person edited it), or None."""
+    meta = suite.get("meta") if isinstance(suite.get("meta"), dict) else {}
+    if not meta.get("digest"):
+        return "not a learned suite (no learned digest in its meta): left as it is; delete the file to have one learned"
+    if meta["digest"] != suite_digest(suite["expectations"]):
+        return "edited by a person (its expectations no longer match the learned digest): left as it is"
+    return None
 
 
 def describe_failures(report: ValidationReport) -> str:
@@ -755,14 +769,19 @@ def validate(
 
 
 @task(name="learn-suite", task_run_name="learn-suite-{reference.name}")
-def learn_suite_ahead(reference: DatasetRef) -> dict[str, Any] | None:
+def learn_suite_ahead(reference: DatasetRef, suite_path: str | None = None,
+                      workspace: str | None = None) -> dict[str, Any] | None:
     """The suite `update_suite` writes if this data's challenger is promoted, learned while it trains.
 
-    Submitted beside training (`learn_suite_ahead.submit(dataset)`), it takes the second core while the fit
-    takes the first, so a promotion does not wait for it. It writes nothing: a rejected challenger leaves
-    the suite as it was. None when it could not learn: `update_suite` then learns it itself (and says why).
+    Submitted beside training (`learn_suite_ahead.submit(dataset, suite_path)`), it takes the second core while
+    the fit takes the first, so a promotion does not wait for it. It writes nothing: a rejected challenger leaves
+    the suite as it was. None when there is nothing to learn (the suite at `suite_path` is one a person edited)
+    or it could not learn: `update_suite` then says why, or learns it itself.
     """
     try:
+        path = _suite_file(suite_path, reference, Workspace(workspace))
+        if path.exists() and _left_as_it_is(_read_suite(path)):
+            return None
         return learn_suite_from(reference, name=reference.name)
     except Exception as exc:  # the update after a promotion learns it again and reports the error there
         run_logger().warning("could not learn the suite of %s ahead (%s: %s); it is learned after a promotion",

@@ -259,6 +259,13 @@ def test_evolve_suite_never_overwrites_a_suite_a_person_edited(workspace):
     hand.write_text(json.dumps({"name": "hand", "expectations": []}))
     update = evolve_suite(str(hand), summer, version="2", workspace=workspace)
     assert not update.updated and "not a learned suite" in update.reason and hand.read_text().endswith("[]}")
+    # Nothing is learned for a suite that is kept: not ahead, not at the update (an unreadable snapshot is not read).
+    from prefect_mlops.refs import DatasetRef
+    from prefect_mlops.tasks.validate import learn_suite_ahead
+
+    gone = DatasetRef(**{**summer.model_dump(), "uri": str(workspace.root / "no-such.arrow")})
+    assert learn_suite_ahead.fn(gone, str(path), str(workspace.root)) is None
+    assert "edited by a person" in evolve_suite(str(path), gone, version="3", workspace=workspace).reason
 
 
 def test_update_suite_task_learns_a_missing_suite_and_reports_it(workspace):
