@@ -7,6 +7,7 @@ champion on the primary metric.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from pathlib import Path
@@ -315,6 +316,20 @@ def evaluate_models(
 
     With `plot_to`, also draws both models' curves on (a sample of) the hold-out into that PNG.
     """
+    from prefect_mlops.tasks._plots import Painter
+
+    # The figure's process starts first: it imports matplotlib while the models are scored, and draws
+    # while the importance is computed.
+    with contextlib.nullcontext() if plot_to is None else Painter() as painter:
+        return _evaluate_models(trained, features, champion=champion, policy=policy, mlflow_server=mlflow_server,
+                                workspace=workspace, bootstrap_samples=bootstrap_samples,
+                                champion_degraded=champion_degraded, plot_to=plot_to, painter=painter)
+
+
+def _evaluate_models(trained: TrainedModel, features: FeatureSet, *, champion: Champion | None,
+                     policy: ModelPolicy | None, mlflow_server: MlflowServer | None, workspace: Workspace | None,
+                     bootstrap_samples: int, champion_degraded: str | None, plot_to: Path | None,
+                     painter: Any) -> Evaluation:
     server = mlflow_server or MlflowServer()
     workspace = workspace or Workspace()
     policy = policy or ModelPolicy()
@@ -342,18 +357,22 @@ def evaluate_models(
             interval = bootstrap_interval(y, challenger_out, champion_out, task=spec.task, metric=metric,
                                           samples=bootstrap_samples, seed=spec.seed)
 
-    if plot_to is not None:
+    if painter is not None:
         outputs = [challenger_out] + ([champion_out] if champion is not None else [])
         names = ["challenger"] + ([f"champion v{champion.model.version}"] if champion is not None else [])
         try:
-            draw_outputs(plot_to, y, outputs, names, task=spec.task, seed=spec.seed,
+            draw_outputs(plot_to, y, outputs, names, task=spec.task, seed=spec.seed, painter=painter,
                          title=f"{trained.lineage.model_name}: challenger (run {trained.run_id[:8]}) against "
                                f"{names[-1] if champion is not None else 'no champion yet'}, {len(y)} hold-out rows")
-        except Exception as exc:  # the figure illustrates; it never decides, so it never fails the evaluation
-            run_logger().warning("could not draw the evaluation figure of run %s (%s: %s); the metrics stand",
-                                 trained.run_id, type(exc).__name__, exc)
+        except Exception as exc:  # reported below as the painter's error
+            painter.error = f"{type(exc).__name__}: {exc}"
     importance = feature_importance(challenger_model, x, y, metric=metric, seed=spec.seed, outputs=challenger_out,
                                     task=spec.task)
+    if painter is not None:
+        failed = painter.result()
+        if failed:  # the figure illustrates; it never decides, so it never fails the evaluation
+            run_logger().warning("could not draw the evaluation figure of run %s (%s); the metrics stand",
+                                 trained.run_id, failed)
     sample = x.head(20).copy()
     sample["__prediction__"] = challenger_out.labels[:20]
     path = write_atomic(workspace.folder("samples") / f"{trained.run_id}.parquet",
@@ -365,17 +384,20 @@ def evaluate_models(
 
 
 def draw_outputs(path: Path, y: np.ndarray, outputs: list[_Outputs], names: list[str], *, task: str,
-                 seed: int, title: str) -> Path:
-    """The evaluation figure of these models' outputs, on a seeded sample of at most `PLOT_MAX_ROWS` rows."""
+                 seed: int, title: str, painter: Any = None) -> Path:
+    """The evaluation figure of these models' outputs, on a seeded sample of at most `PLOT_MAX_ROWS` rows.
+
+    With a `Painter`, the figure is handed to its process and drawn there (collect it with `painter.result()`).
+    """
     from prefect_mlops.tasks._plots import PLOT_MAX_ROWS, Drawn, draw, sample_rows
 
-    # matplotlib is imported here, on the stage's own thread. An import on a background thread while
-    # training ran saved nothing measurable at 1M rows and risks the deadlock of two threads importing
-    # the same modules at once.
     rows = sample_rows(len(y), seed=seed)
     drawn = [Drawn(name, out.labels[rows], None if out.proba is None else out.proba[rows], out.classes)
              for name, out in zip(names, outputs, strict=True)]
     shown = f"{title}" + (f" (a sample of {PLOT_MAX_ROWS})" if len(y) > PLOT_MAX_ROWS else "")
+    if painter is not None:
+        painter.draw(path, y[rows], drawn, task=task, title=shown)
+        return path
     return draw(path, y[rows], drawn, task=task, title=shown)
 
 

@@ -1,0 +1,109 @@
+"""The evaluation figure's own process: it draws what the stage's figure would, and whatever happens to it
+(cannot start, too slow, never asked, fails) the stage goes on and no process is left behind."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from prefect_mlops.tasks._plots import Drawn, Painter, _read_request, _write_request, draw, figure_data
+from tests.tasks.test_mlflow_outputs import png_size
+
+
+def outputs(rows: int = 500, seed: int = 0) -> tuple[np.ndarray, list[Drawn]]:
+    rng = np.random.default_rng(seed)
+    y = rng.choice(["stayed", "churned é"], size=rows)
+    models = []
+    for name in ("challenger", "champion v3"):
+        p = rng.random(rows)
+        proba = np.column_stack([1 - p, p])
+        models.append(Drawn(name, np.where(p > 0.5, "stayed", "churned é"), proba, np.array(["churned é", "stayed"])))
+    return y, models
+
+
+def test_the_painter_draws_the_same_figure_as_the_stage_would_in_another_process(tmp_path):
+    y, models = outputs()
+    here = draw(tmp_path / "here.png", y, models, task="classification", title="churn")
+    with Painter() as painter:
+        painter.draw(tmp_path / "there.png", y, models, task="classification", title="churn")
+        assert painter.result() is None
+        assert painter.proc.pid != __import__("os").getpid() and painter.proc.returncode == 0
+    assert png_size(tmp_path / "there.png") == png_size(here)
+    # The same pixels: the process renders the very arrays the stage computed.
+    assert (tmp_path / "there.png").read_bytes() == here.read_bytes()
+
+
+def test_a_regression_figure_is_drawn_there_too(tmp_path):
+    rng = np.random.default_rng(1)
+    y = rng.normal(size=300)
+    models = [Drawn("challenger", y + rng.normal(scale=0.1, size=300), None, None)]
+    with Painter() as painter:
+        painter.draw(tmp_path / "r.png", y, models, task="regression", title="price")
+        assert painter.result() is None
+    assert png_size(tmp_path / "r.png")[0] > 600
+
+
+def test_the_request_keeps_every_array_and_text_and_holds_no_pickle(tmp_path):
+    y, models = outputs(rows=200)
+    data = figure_data(y, models, task="classification")
+    back = _read_request(_write_request(tmp_path, {"path": "x.png", "title": "t", "data": data}))
+    assert back["data"]["labels"] == data["labels"] == ["churned é", "stayed"]
+    for sent, got in zip(data["curves"], back["data"]["curves"], strict=True):
+        assert set(sent) == set(got)
+        for key, value in sent.items():
+            assert np.array_equal(value, got[key]) if isinstance(value, np.ndarray) else value == got[key]
+    assert all(np.array_equal(a[1], b[1]) for a, b in zip(data["matrices"], back["data"]["matrices"], strict=True))
+    with np.load(tmp_path / "arrays.npz", allow_pickle=False) as arrays:  # would raise on an object array
+        assert all(arrays[k].dtype != object for k in arrays.files)
+
+
+def test_a_painter_that_cannot_start_says_why_and_the_stage_goes_on(tmp_path, monkeypatch):
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "no-python-here"))
+    y, models = outputs()
+    with Painter() as painter:
+        painter.draw(tmp_path / "c.png", y, models, task="classification", title="churn")
+        failed = painter.result()
+    assert failed and "did not start" in failed and "no-python-here" in failed
+    assert not (tmp_path / "c.png").exists()
+
+
+def test_a_painter_that_takes_too_long_is_stopped(tmp_path):
+    y, models = outputs()
+    painter = Painter(timeout=0.01)  # less than its imports take
+    painter.draw(tmp_path / "c.png", y, models, task="classification", title="churn")
+    failed = painter.result()
+    painter.close()
+    assert failed and "longer than" in failed
+    assert painter.proc.returncode is not None  # stopped, not left running
+    assert not painter.folder.exists()
+
+
+def test_a_painter_never_asked_is_stopped_and_leaves_no_files():
+    painter = Painter()
+    painter.close()
+    assert painter.proc.returncode is not None and not painter.folder.exists()
+    assert painter.result() == "no figure was asked for"
+
+
+def test_a_failed_drawing_names_the_error(tmp_path):
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a folder")
+    y, models = outputs()
+    with Painter() as painter:
+        painter.draw(blocked / "c.png", y, models, task="classification", title="churn")
+        failed = painter.result()
+    assert failed and "failed (exit 1" in failed and "a-file" in failed
+
+
+@pytest.mark.parametrize("task", ["classification", "regression"])
+def test_draw_in_the_stage_and_figure_data_agree_on_what_is_shown(tmp_path, task):
+    y, models = outputs(rows=120)
+    if task == "regression":
+        y = np.arange(120.0)
+        models = [Drawn("challenger", y * 1.1, None, None)]
+    data = figure_data(y, models, task=task)
+    assert data["task"] == task
+    assert Path(draw(tmp_path / "f.png", y, models, task=task, title="t")).stat().st_size > 0
