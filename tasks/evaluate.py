@@ -260,11 +260,35 @@ def feature_importance(model: Any, x: pd.DataFrame, y: np.ndarray, *, metric: st
         every = _Outputs(model, pd.DataFrame(stacked, columns=columns), task)
         plain = outputs if outputs is not None else _Outputs(model, x, task)
         baseline = scorer(_replay(plain, task), None, y)
-        shuffled = np.array([scorer(_replay(every.subset(slice(b * size, (b + 1) * size)), task), None, y)
-                             for b in range(blocks)]).reshape(len(columns), repeats)
+        shuffled = _binary_auc(every, y, blocks) if metric == "roc_auc" else None
+        if shuffled is None:
+            shuffled = np.array([scorer(_replay(every.subset(slice(b * size, (b + 1) * size)), task), None, y)
+                                 for b in range(blocks)])
+        shuffled = shuffled.reshape(len(columns), repeats)
     except (ValueError, IndexError):  # e.g. one class in the sample: importance is unknown, not an error
         return {}
     return {str(c): float(v) for c, v in zip(columns, baseline - shuffled.mean(axis=1), strict=True)}
+
+
+def _binary_auc(outputs: _Outputs, y: np.ndarray, blocks: int) -> np.ndarray | None:
+    """ROC AUC of each of `blocks` equal row blocks of `outputs` against `y`, all at once; None unless binary.
+
+    The rank-sum (Mann-Whitney) form of the area scikit-learn integrates under the ROC curve, ties
+    counted half as its curve counts them: equal to `roc_auc_score` to rounding (about 1e-16), in one
+    sort instead of one scorer call per block.
+    """
+    from scipy.stats import rankdata
+
+    classes = outputs.classes
+    if outputs.proba is None or classes is None or len(classes) != 2 or outputs.proba.ndim != 2 \
+            or not np.array_equal(np.unique(y), classes):
+        return None  # multiclass, one class, or labels the model never saw: the scorer decides
+    positive = y == classes[1]
+    n1 = int(positive.sum())
+    n0 = len(y) - n1
+    scores = outputs.proba[:, 1].reshape(blocks, len(y))
+    ranks = rankdata(scores, axis=1)
+    return (ranks[:, positive].sum(axis=1) - n1 * (n1 + 1) / 2) / (n1 * n0)
 
 
 def _replay(outputs: _Outputs, task: str) -> Any:

@@ -135,3 +135,24 @@ def test_a_cycle_imports_the_figure_libraries_on_no_second_thread(
                                  window=period_window(0), mlflow_server=mlflow_server, workspace=str(workspace.root))
     assert report.outcome == "promoted"
     assert not [name for name in started if "import" in name], started
+
+
+@pytest.mark.parametrize("labels", [[0, 1], ["no", "yes"], [False, True]])
+def test_the_block_auc_is_scikit_learns_roc_auc_with_ties_and_any_labels(labels):
+    from sklearn.metrics import roc_auc_score
+
+    from prefect_mlops.tasks.evaluate import _binary_auc, _Outputs
+
+    rng = np.random.default_rng(11)
+    rows, blocks = 400, 7
+    y = np.array(labels, dtype=object if isinstance(labels[0], str) else None)[rng.integers(0, 2, rows)]
+    score = rng.integers(0, 5, size=rows * blocks) / 4  # few distinct values: ties in every block
+    outputs = _Outputs(None, None, "")
+    outputs.proba, outputs.classes = np.column_stack([1 - score, score]), np.unique(y)
+    found = _binary_auc(outputs, y, blocks)
+    expected = [roc_auc_score(y, score[b * rows:(b + 1) * rows]) for b in range(blocks)]
+    assert found == pytest.approx(expected, abs=1e-12, rel=0)
+
+    outputs.classes = np.array([labels[0], "never-seen"], dtype=object)  # the scorer decides, not this shortcut
+    assert _binary_auc(outputs, y, blocks) is None
+    assert _binary_auc(outputs, np.full(rows, labels[0]), blocks) is None
