@@ -159,9 +159,10 @@ class Painter:
     """A process that imports matplotlib as soon as it starts, then draws one figure when asked.
 
     Start it before the work that precedes the figure, ask with `draw`, collect with `result`; `close`
-    (or leaving the `with` block) stops it whatever happened. A painter that cannot start, fails or
-    takes longer than `timeout` seconds is reported by `result` as an error text, never raised: the
-    figure illustrates, it does not decide.
+    (or leaving the `with` block) stops it whatever happened. A process that cannot start or fails
+    leaves the figure to be drawn in the stage, as without a painter; one that takes longer than
+    `timeout` seconds is stopped. Whatever goes wrong is reported by `result` as a text, never
+    raised: the figure illustrates, it does not decide.
 
     Example:
         ```python
@@ -183,7 +184,7 @@ class Painter:
         self.folder = Path(tempfile.mkdtemp(prefix="prefect-mlops-figure-"))  # private (0700): the request
         self.log = self.folder / "painter.log"
         self.proc: subprocess.Popen[bytes] | None = None
-        self.asked = False
+        self.asked: tuple[Path, dict[str, Any], str] | None = None
         try:
             with self.log.open("wb") as log:
                 self.proc = subprocess.Popen([sys.executable, "-m", "prefect_mlops.tasks._plots"],
@@ -199,27 +200,39 @@ class Painter:
 
     def draw(self, path: Path, y: np.ndarray, models: list[Drawn], *, task: str, title: str) -> None:
         """Hand the figure's data to the process, which draws it into `path` (returns at once)."""
+        # The curves are computed here, where scikit-learn is loaded: the process imports matplotlib only.
+        self.asked = (path, figure_data(y, models, task=task), title)
         if self.proc is None:
             return
-        # The curves are computed here, where scikit-learn is loaded: the process imports matplotlib only.
-        request = _write_request(self.folder, {"path": str(path), "title": title,
-                                               "data": figure_data(y, models, task=task)})
+        request = _write_request(self.folder, {"path": str(path), "title": title, "data": self.asked[1]})
         try:
             self.proc.stdin.write(f"{request}\n".encode())
             self.proc.stdin.close()
-            self.asked = True
         except OSError as exc:  # the process died before it was asked
             self.error = f"the drawing process ended early ({exc}; {self._tail()})"
 
     def result(self) -> str | None:
-        """Wait for the figure; None when it was drawn, else why not."""
-        if self.error or self.proc is None or not self.asked:
+        """Wait for the figure; None when it was drawn, else why not.
+
+        When the process could not start or failed, the figure is drawn here instead, as it would be
+        without a painter (a figure that cannot be drawn at all is reported, not raised).
+        """
+        if not self.asked:
             return self.error or "no figure was asked for"
+        if self.error is None and self.proc is not None:
+            try:
+                code = self.proc.wait(self.timeout)
+            except subprocess.TimeoutExpired:
+                return f"the drawing process took longer than {self.timeout:.0f} s and was stopped"
+            if code == 0:
+                return None
+            self.error = f"the drawing process failed (exit {code}: {self._tail()})"
+        path, data, title = self.asked
         try:
-            code = self.proc.wait(self.timeout)
-        except subprocess.TimeoutExpired:
-            return f"the drawing process took longer than {self.timeout:.0f} s and was stopped"
-        return None if code == 0 else f"the drawing process failed (exit {code}: {self._tail()})"
+            render(path, data, title=title)
+        except Exception as exc:
+            return f"{self.error}; drawing it here failed too ({type(exc).__name__}: {exc})"
+        return None
 
     def close(self) -> None:
         """Stop the process if it still runs, and remove its request."""

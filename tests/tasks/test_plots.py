@@ -60,14 +60,28 @@ def test_the_request_keeps_every_array_and_text_and_holds_no_pickle(tmp_path):
         assert all(arrays[k].dtype != object for k in arrays.files)
 
 
-def test_a_painter_that_cannot_start_says_why_and_the_stage_goes_on(tmp_path, monkeypatch):
+def test_a_painter_that_cannot_start_leaves_the_figure_to_the_stage(tmp_path, monkeypatch):
+    y, models = outputs()
+    here = draw(tmp_path / "here.png", y, models, task="classification", title="churn")
     monkeypatch.setattr(sys, "executable", str(tmp_path / "no-python-here"))
+    with Painter() as painter:
+        assert painter.proc is None and "did not start" in painter.error and "no-python-here" in painter.error
+        painter.draw(tmp_path / "c.png", y, models, task="classification", title="churn")
+        assert painter.result() is None
+    assert (tmp_path / "c.png").read_bytes() == here.read_bytes()
+
+
+def test_a_painter_whose_process_fails_leaves_the_figure_to_the_stage(tmp_path, monkeypatch):
+    broken = tmp_path / "site" / "matplotlib"
+    broken.mkdir(parents=True)
+    (broken / "__init__.py").write_text("raise ImportError('a broken matplotlib on this path')\n")
+    monkeypatch.setenv("PYTHONPATH", str(broken.parent))  # the process's own; this one keeps its matplotlib
     y, models = outputs()
     with Painter() as painter:
         painter.draw(tmp_path / "c.png", y, models, task="classification", title="churn")
-        failed = painter.result()
-    assert failed and "did not start" in failed and "no-python-here" in failed
-    assert not (tmp_path / "c.png").exists()
+        assert painter.result() is None
+        assert painter.proc.returncode == 1 and "a broken matplotlib" in painter.error
+    assert png_size(tmp_path / "c.png")[0] > 600
 
 
 def test_a_painter_that_takes_too_long_is_stopped(tmp_path):
@@ -88,14 +102,14 @@ def test_a_painter_never_asked_is_stopped_and_leaves_no_files():
     assert painter.result() == "no figure was asked for"
 
 
-def test_a_failed_drawing_names_the_error(tmp_path):
+def test_a_figure_that_cannot_be_drawn_anywhere_names_both_errors(tmp_path):
     blocked = tmp_path / "a-file"
     blocked.write_text("not a folder")
     y, models = outputs()
     with Painter() as painter:
         painter.draw(blocked / "c.png", y, models, task="classification", title="churn")
         failed = painter.result()
-    assert failed and "failed (exit 1" in failed and "a-file" in failed
+    assert failed and "failed (exit 1" in failed and "a-file" in failed and "drawing it here failed too" in failed
 
 
 @pytest.mark.parametrize("task", ["classification", "regression"])
