@@ -181,11 +181,12 @@ class Painter:
 
     def __init__(self, timeout: float = 120.0) -> None:
         self.timeout, self.error = timeout, None
-        self.folder = Path(tempfile.mkdtemp(prefix="prefect-mlops-figure-"))  # private (0700): the request
-        self.log = self.folder / "painter.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.asked: tuple[Path, dict[str, Any], str] | None = None
+        self.folder = self.log = None
         try:
+            self.folder = Path(tempfile.mkdtemp(prefix="prefect-mlops-figure-"))  # private (0700): the request
+            self.log = self.folder / "painter.log"
             with self.log.open("wb") as log:
                 self.proc = subprocess.Popen([sys.executable, "-m", "prefect_mlops.tasks._plots"],
                                              stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=log)
@@ -243,7 +244,8 @@ class Painter:
             if self.proc.stdin is not None and not self.proc.stdin.closed:
                 with contextlib.suppress(OSError):
                     self.proc.stdin.close()
-        shutil.rmtree(self.folder, ignore_errors=True)
+        if self.folder is not None:
+            shutil.rmtree(self.folder, ignore_errors=True)
 
     def _tail(self) -> str:
         try:
