@@ -9,7 +9,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR ?= false
 export GX_ANALYTICS_ENABLED ?= false
 
-.PHONY: install demo demo-server test test-fast lint browser bench bench-quick bench-serve bench-scale bench-models backtest backtest-quick clean
+.PHONY: install demo demo-server test test-slow test-fast lint browser bench bench-quick bench-serve bench-scale bench-models backtest backtest-quick clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -48,10 +48,15 @@ lint: $(STAMP)
 	cd build/lint && PYTHONPATH=. ../../$(VENV)/bin/lint-imports --config ../../pyproject.toml
 
 # Two pytest sessions: unit and flow tests share one embedded Prefect API; system tests start
-# their own Prefect server, workers, MLflow and S3 servers. `make test-fast` skips the latter.
+# their own Prefect server, workers, MLflow and S3 servers. `make test-fast` skips the latter;
+# `make test` leaves the slowest system tests (`slow`, about 16 minutes) to `make test-slow`.
 test: lint browser $(AIRFLOW_STAMP)
 	PREFECT_MLOPS_REQUIRE_AIRFLOW=1 $(PY) -m pytest -q -m "not system"
-	PREFECT_MLOPS_REQUIRE_AIRFLOW=1 $(PY) -m pytest -q -m system
+	PREFECT_MLOPS_REQUIRE_AIRFLOW=1 $(PY) -m pytest -q -m "system and not slow"
+
+# The system tests of minutes each (marked `slow`): CI runs them after `make test`.
+test-slow: browser $(STAMP) $(AIRFLOW_STAMP)
+	PREFECT_MLOPS_REQUIRE_AIRFLOW=1 $(PY) -m pytest -q -m slow
 
 # The UI system test drives Debian's chromium through Playwright (no browser download).
 browser:

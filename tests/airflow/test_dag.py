@@ -19,7 +19,7 @@ from prefect_mlops.workspace import Workspace
 from tests.airflow.conftest import FEATURES, POLICY, TRAINER, airflow_env, needs_airflow, run_dags
 
 # Nine stage processes a run, five runs: a few minutes alone on two cores, more on a busy machine.
-pytestmark = [needs_airflow, pytest.mark.system, pytest.mark.timeout(2400)]
+pytestmark = [needs_airflow, pytest.mark.system, pytest.mark.slow, pytest.mark.timeout(2400)]
 
 DUMMY = {"estimator": "sklearn.dummy.DummyClassifier", "params": {"strategy": "prior"}}
 COMPARED = ("outcome", "champion_version", "challenger_version", "primary_metric", "challenger_metric",

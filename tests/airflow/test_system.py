@@ -23,7 +23,7 @@ from prefect_mlops.workspace import Workspace
 from tests.airflow.conftest import AIRFLOW_PYTHON, FEATURES, POLICY, airflow_env, needs_airflow
 from tests.conftest import free_port, wait_for_port
 
-pytestmark = [needs_airflow, pytest.mark.system, pytest.mark.timeout(1800)]
+pytestmark = [needs_airflow, pytest.mark.system, pytest.mark.slow, pytest.mark.timeout(1800)]
 
 COMPONENTS = (["api-server", "--host", "127.0.0.1", "--port", "{port}"], ["scheduler"], ["dag-processor"],
               ["triggerer"])

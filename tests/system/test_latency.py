@@ -16,7 +16,7 @@ import pytest
 from prefect_mlops.tasks.drift import DRIFT_EVENT
 from tests.system.stack import drift_event, emit, median_and_all, record, running_at
 
-pytestmark = pytest.mark.system
+pytestmark = [pytest.mark.system, pytest.mark.slow]
 PROBES = 10
 
 

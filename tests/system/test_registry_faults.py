@@ -278,6 +278,7 @@ def _brief(args: tuple) -> str:
     return "(" + ", ".join(str(a)[:20] for a in args[1:3]) + ")"
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(3600)
 def test_mlflow_server_killed_at_each_registry_write(cycles, fault_env, mlflow_proc, monkeypatch):
     workspace = fault_env.workspace
