@@ -488,11 +488,13 @@ def record_evaluation(trained: TrainedModel, evaluation: Evaluation, *, mlflow_s
 
     They are its reference performance and drift weights once it is champion (the monitor reads them).
     """
+    from mlflow.entities import Metric
+
     client = mlflow_server.client(workspace)
-    for name, value in evaluation.challenger.overall.items():
-        if math.isfinite(value):
-            client.log_metric(trained.run_id, f"holdout_{name}", value)
-    client.log_metric(trained.run_id, "holdout_rows", evaluation.holdout_rows)
+    now = int(time.time() * 1000)
+    found = {f"holdout_{name}": value for name, value in evaluation.challenger.overall.items() if math.isfinite(value)}
+    client.log_batch(trained.run_id, metrics=[Metric(key, float(value), now, 0) for key, value in
+                                              {**found, "holdout_rows": evaluation.holdout_rows}.items()])
     if evaluation.importance:
         client.log_dict(trained.run_id, evaluation.importance, IMPORTANCE_ARTIFACT)
 

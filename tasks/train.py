@@ -405,14 +405,16 @@ def log_model(
             params.update({"torch.device": estimator.device_, "torch.amp": estimator.amp_,
                            "torch.best_epoch": estimator.best_epoch_, "torch.epochs_run": estimator.n_epochs_,
                            "torch.resumed_from_epoch": estimator.resumed_from_epoch_})
-        for key, value in params.items():
-            client.log_param(run_id, key, str(value)[:6000])
+        from mlflow.entities import Metric, Param
+
+        stamp = int(time.time() * 1000)
+        # A write per 100 params (MLflow's batch limit), not one per param: each is a store round trip.
+        logged = [Param(key, str(value)[:6000]) for key, value in params.items()]
+        for start in range(0, len(logged), 100):
+            client.log_batch(run_id, params=logged[start:start + 100])
         client.log_metric(run_id, "fit_seconds", fit_seconds)
         history = getattr(estimator, "history_", None) or []
         if history:  # per-epoch curves: one metric per loss, step = epoch
-            from mlflow.entities import Metric
-
-            stamp = int(time.time() * 1000)
             curves = [Metric(name, float(row[name]), stamp, int(row["epoch"])) for row in history
                       for name in ("train_loss", "val_loss") if name in row]
             for start in range(0, len(curves), 1000):  # MLflow's batch limit
