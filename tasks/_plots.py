@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -106,7 +107,13 @@ def render(path: Path, data: dict[str, Any], *, title: str) -> Path:
         figure.subplots_adjust(top=0.91, bottom=0.07, left=0.05, right=0.98, hspace=0.32, wspace=0.22)
     figure.suptitle(title)
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path)
+    # Written beside and renamed into place: a drawing stopped half-way never leaves a cut PNG to upload.
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        figure.savefig(partial, format=path.suffix.lstrip(".") or "png")
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
     return path
 
 
@@ -190,8 +197,11 @@ class Painter:
             with self.log.open("wb") as log:
                 self.proc = subprocess.Popen([sys.executable, "-m", "prefect_mlops.tasks._plots"],
                                              stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=log)
-        except OSError as exc:
-            self.error = f"the drawing process did not start ({exc})"
+        except Exception as exc:  # no folder, no interpreter (sys.executable can be empty): the stage draws
+            self.error = f"the drawing process did not start ({type(exc).__name__}: {exc})"
+            if self.folder is not None:
+                shutil.rmtree(self.folder, ignore_errors=True)
+                self.folder = self.log = None
 
     def __enter__(self) -> Painter:
         return self
@@ -203,7 +213,7 @@ class Painter:
         """Hand the figure's data to the process, which draws it into `path` (returns at once)."""
         # The curves are computed here, where scikit-learn is loaded: the process imports matplotlib only.
         self.asked = (path, figure_data(y, models, task=task), title)
-        if self.proc is None:
+        if self.proc is None or self.folder is None:
             return
         request = _write_request(self.folder, {"path": str(path), "title": title, "data": self.asked[1]})
         try:
@@ -224,6 +234,8 @@ class Painter:
             try:
                 code = self.proc.wait(self.timeout)
             except subprocess.TimeoutExpired:
+                self.proc.kill()  # now, not when the stage ends: it must not write the figure after this
+                self.proc.wait()
                 return f"the drawing process took longer than {self.timeout:.0f} s and was stopped"
             if code == 0:
                 return None
@@ -264,6 +276,8 @@ def _paint() -> int:
     if not line:  # not asked: the stage decided against a figure, or stopped
         return 0
     request = _read_request(Path(line))
+    for name in ("request.json", "arrays.npz"):  # read: nothing of the data stays on disk, whatever follows
+        Path(line).with_name(name).unlink(missing_ok=True)
     render(Path(request["path"]), request["data"], title=request["title"])
     return 0
 

@@ -287,6 +287,8 @@ def _binary_auc(outputs: _Outputs, y: np.ndarray, blocks: int) -> np.ndarray | N
     n1 = int(positive.sum())
     n0 = len(y) - n1
     scores = outputs.proba[:, 1].reshape(blocks, len(y))
+    if not np.isfinite(scores).all():
+        return None  # the scorer refuses NaN probabilities (importance unknown), so does this
     ranks = rankdata(scores, axis=1)
     return (ranks[:, positive].sum(axis=1) - n1 * (n1 + 1) / 2) / (n1 * n0)
 

@@ -153,6 +153,8 @@ def test_the_block_auc_is_scikit_learns_roc_auc_with_ties_and_any_labels(labels)
     expected = [roc_auc_score(y, score[b * rows:(b + 1) * rows]) for b in range(blocks)]
     assert found == pytest.approx(expected, abs=1e-12, rel=0)
 
+    outputs.proba[3, 1] = np.nan  # the scorer refuses NaN probabilities (importance unknown): so does this
+    assert _binary_auc(outputs, y, blocks) is None
     outputs.classes = np.array([labels[0], "never-seen"], dtype=object)  # the scorer decides, not this shortcut
     assert _binary_auc(outputs, y, blocks) is None
     assert _binary_auc(outputs, np.full(rows, labels[0]), blocks) is None

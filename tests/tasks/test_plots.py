@@ -84,15 +84,40 @@ def test_a_painter_whose_process_fails_leaves_the_figure_to_the_stage(tmp_path, 
     assert png_size(tmp_path / "c.png")[0] > 600
 
 
-def test_a_painter_that_takes_too_long_is_stopped(tmp_path):
+@pytest.mark.parametrize("executable", ["", None])
+def test_an_interpreter_that_is_not_there_never_fails_the_stage_nor_leaves_a_folder(tmp_path, monkeypatch,
+                                                                                     executable):
+    monkeypatch.setattr(sys, "executable", executable)  # what an embedded interpreter may report
+    y, models = outputs()
+    with Painter() as painter:
+        assert painter.proc is None and painter.folder is None and "did not start" in painter.error
+        painter.draw(tmp_path / "c.png", y, models, task="classification", title="churn")
+        assert painter.result() is None
+    assert png_size(tmp_path / "c.png")[0] > 600
+
+
+def test_a_painter_that_takes_too_long_is_stopped_and_draws_nothing_after(tmp_path):
+    import time
+
     y, models = outputs()
     painter = Painter(timeout=0.01)  # less than its imports take
     painter.draw(tmp_path / "c.png", y, models, task="classification", title="churn")
     failed = painter.result()
-    painter.close()
     assert failed and "longer than" in failed
-    assert painter.proc.returncode is not None  # stopped, not left running
+    assert painter.proc.returncode is not None  # stopped when given up on, not when the stage ends
+    time.sleep(3)  # longer than a drawing takes: a process left running would have written the figure by now
+    painter.close()
     assert not painter.folder.exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_figure_is_renamed_into_place_and_the_request_read_once(tmp_path):
+    y, models = outputs()
+    with Painter() as painter:
+        painter.draw(tmp_path / "c.png", y, models, task="classification", title="churn")
+        assert painter.result() is None
+        assert sorted(p.name for p in painter.folder.iterdir()) == ["painter.log"]  # the data is gone
+    assert [p.name for p in tmp_path.iterdir()] == ["c.png"]  # no partial file beside it
 
 
 def test_a_painter_never_asked_is_stopped_and_leaves_no_files():
