@@ -49,12 +49,12 @@ lint: $(STAMP)
 
 # Two pytest sessions: unit and flow tests share one embedded Prefect API; system tests start
 # their own Prefect server, workers, MLflow and S3 servers. `make test-fast` skips the latter;
-# `make test` leaves the slowest system tests (`slow`, about 16 minutes) to `make test-slow`.
+# `make test` leaves the slowest system tests (`slow`, about 20 minutes) to `make test-slow`.
 test: lint browser $(AIRFLOW_STAMP)
 	PREFECT_MLOPS_REQUIRE_AIRFLOW=1 $(PY) -m pytest -q -m "not system"
 	PREFECT_MLOPS_REQUIRE_AIRFLOW=1 $(PY) -m pytest -q -m "system and not slow"
 
-# The system tests of minutes each (marked `slow`): CI runs them after `make test`.
+# The slowest system tests (marked `slow`): CI runs them after `make test`.
 test-slow: browser $(STAMP) $(AIRFLOW_STAMP)
 	PREFECT_MLOPS_REQUIRE_AIRFLOW=1 $(PY) -m pytest -q -m slow
 

@@ -8,7 +8,7 @@ import pytest
 
 from prefect_mlops.demo import period_window
 
-pytestmark = pytest.mark.system
+pytestmark = [pytest.mark.system, pytest.mark.slow]
 FAST = {"estimator": "sklearn.linear_model.LogisticRegression", "params": {"max_iter": 200}}
 
 

@@ -463,8 +463,10 @@ SIGNAL_FAULTS = [
 ]
 
 
-@pytest.mark.parametrize(("sig", "pause"), SIGNAL_FAULTS,
-                         ids=[f"{s}-{p['method']}-{p.get('arg', '')}" for s, p in SIGNAL_FAULTS])
+# `make test` runs one case, the kill that leaves a half-registered version; `make test-slow` runs the others.
+@pytest.mark.parametrize(("sig", "pause"), [
+    pytest.param(s, p, marks=() if p["method"] == "create_model_version" else pytest.mark.slow,
+                 id=f"{s}-{p['method']}-{p.get('arg', '')}") for s, p in SIGNAL_FAULTS])
 def test_flow_process_signalled_between_registry_writes(flows, cycles, sig, pause):
     flows.home.mkdir(exist_ok=True)
     model = f"sig-{sig.lower()}-{pause['method'].split('_')[-1]}-{pause.get('arg', 'x')}".replace(".", "-")
