@@ -125,15 +125,17 @@ _ARGMAX_PREDICT = {"HistGradientBoostingClassifier", "RandomForestClassifier", "
 class _Outputs:
     """One model's predictions on the hold-out, enough to compute any metric on any subset."""
 
-    def __init__(self, model: Any, x: pd.DataFrame | None, task: str) -> None:
+    def __init__(self, model: Any, x: pd.DataFrame | None, task: str, *, transformed: Any = None) -> None:
         from sklearn.pipeline import Pipeline
 
         self.proba = None
         self.classes = None
-        if x is None:  # filled in by `subset`
+        if x is None and transformed is None:  # filled in by `subset`
             return
         wants_proba = task == "classification" and hasattr(model, "predict_proba")
-        if isinstance(model, Pipeline) and len(model.steps) > 1 and wants_proba:
+        if transformed is not None:  # `model[:-1].transform(x)`, computed by the caller
+            final, xt = model.steps[-1][1], transformed
+        elif isinstance(model, Pipeline) and len(model.steps) > 1 and wants_proba:
             # What Pipeline.predict and .predict_proba each do, with the feature transform run once, not twice.
             final, xt = model.steps[-1][1], model[:-1].transform(x)
         else:
@@ -248,16 +250,20 @@ def feature_importance(model: Any, x: pd.DataFrame, y: np.ndarray, *, metric: st
     base = x.reset_index(drop=True)
     columns = list(base.columns)
     blocks = len(columns) * repeats
-    stacked = {}
-    for j, column in enumerate(columns):
-        take = np.tile(np.arange(size), blocks)
-        for r, shuffled in enumerate(orders):
-            block = j * repeats + r
-            take[block * size:(block + 1) * size] = shuffled
-        stacked[column] = base[column].take(take).reset_index(drop=True)
     scorer = get_scorer(_SCORERS[metric])
     try:
-        every = _Outputs(model, pd.DataFrame(stacked, columns=columns), task)
+        transformed = _shuffled_transform(model, base, orders)
+        if transformed is not None:
+            every = _Outputs(model, None, task, transformed=transformed)
+        else:
+            stacked = {}
+            for j, column in enumerate(columns):
+                take = np.tile(np.arange(size), blocks)
+                for r, shuffled in enumerate(orders):
+                    block = j * repeats + r
+                    take[block * size:(block + 1) * size] = shuffled
+                stacked[column] = base[column].take(take).reset_index(drop=True)
+            every = _Outputs(model, pd.DataFrame(stacked, columns=columns), task)
         plain = outputs if outputs is not None else _Outputs(model, x, task)
         baseline = scorer(_replay(plain, task), None, y)
         shuffled = _binary_auc(every, y, blocks) if metric == "roc_auc" else None
@@ -268,6 +274,59 @@ def feature_importance(model: Any, x: pd.DataFrame, y: np.ndarray, *, metric: st
     except (ValueError, IndexError):  # e.g. one class in the sample: importance is unknown, not an error
         return {}
     return {str(c): float(v) for c, v in zip(columns, baseline - shuffled.mean(axis=1), strict=True)}
+
+
+def _shuffled_transform(model: Any, base: pd.DataFrame, orders: list[np.ndarray]) -> np.ndarray | None:
+    """`model[:-1].transform` of every shuffled copy of `base`, stacked as `feature_importance` stacks them
+    (column by column, each column's repeats in order), or None where it cannot be built part by part.
+
+    A pipeline whose transform starts with a fitted ColumnTransformer transforms `base` once; a shuffled
+    column then changes only the output columns of the parts that read it (`output_indices_`), so only
+    those parts transform the shuffled rows. Each part sees exactly the rows and columns it sees inside
+    the ColumnTransformer, so the result is the whole transform's, value for value; any other layout
+    (weights, sparse or pandas output, columns chosen by position or by a callable) returns None and the
+    caller transforms the stacked frame whole.
+    """
+    import pandas as pd
+    from scipy import sparse
+    from sklearn.compose import ColumnTransformer
+    from sklearn.pipeline import Pipeline
+
+    if not isinstance(model, Pipeline) or len(model.steps) < 2:
+        return None
+    head = model.steps[0][1]
+    if not isinstance(head, ColumnTransformer) or head.transformer_weights or head.sparse_output_ \
+            or not hasattr(head, "output_indices_"):
+        return None
+    parts = []
+    for name, part, selected in head.transformers_:
+        if isinstance(part, str) and part == "drop":
+            continue
+        cut = head.output_indices_[name]
+        if cut.stop == cut.start:
+            continue
+        if not isinstance(selected, list) or not all(isinstance(c, str) and c in base.columns for c in selected):
+            return None
+        parts.append((part, selected, cut))
+    unshuffled = head.transform(base)
+    if not isinstance(unshuffled, np.ndarray) or unshuffled.ndim != 2:
+        return None
+    size, repeats, columns = len(base), len(orders), list(base.columns)
+    out = np.tile(unshuffled, (len(columns) * repeats, 1))
+    for j, column in enumerate(columns):
+        rows = slice(j * repeats * size, (j + 1) * repeats * size)
+        shuffled = pd.concat([base[column].take(order) for order in orders], ignore_index=True)
+        for part, selected, cut in parts:
+            if column not in selected:
+                continue
+            frame = pd.concat([base[selected]] * repeats, ignore_index=True)
+            frame[column] = shuffled
+            result = frame.to_numpy() if isinstance(part, str) else part.transform(frame)
+            result = result.toarray() if sparse.issparse(result) else np.asarray(result)
+            if result.shape != (repeats * size, cut.stop - cut.start):
+                return None
+            out[rows, cut] = result
+    return model[1:-1].transform(out) if len(model.steps) > 2 else out
 
 
 def _binary_auc(outputs: _Outputs, y: np.ndarray, blocks: int) -> np.ndarray | None:

@@ -102,6 +102,61 @@ def test_one_pass_importance_is_scikit_learns_permutation_importance(shop, estim
     assert feature_importance(model, x, y, metric=metric, seed=3, task=task) == found  # without outputs too
 
 
+def _layouts():
+    from sklearn.compose import ColumnTransformer
+    from sklearn.decomposition import PCA
+    from sklearn.impute import SimpleImputer
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, StandardScaler
+
+    onehot = OneHotEncoder(handle_unknown="ignore", sparse_output=False)
+    return {
+        # built part by part
+        "passthrough and a part reading two columns": (ColumnTransformer(
+            [("ab", PCA(n_components=2), ["a", "b"]), ("c", onehot, ["c"]), ("copy", "passthrough", ["d"])]), True),
+        "dropped part, remainder passed through": (ColumnTransformer(
+            [("a", StandardScaler(), ["a"]), ("gone", "drop", ["c"])], remainder="passthrough"), True),
+        "a sparse part in a dense output": (ColumnTransformer(
+            [("a", StandardScaler(), ["a", "b", "d"]), ("c", OneHotEncoder(), ["c"])], sparse_threshold=0), True),
+        "a step after the column transformer": (make_pipeline(ColumnTransformer(
+            [("ab", SimpleImputer(), ["a", "b", "d"]), ("c", onehot, ["c"])]), StandardScaler()), True),
+        # transformed whole
+        "weighted parts": (ColumnTransformer([("a", StandardScaler(), ["a", "b", "d"]), ("c", onehot, ["c"])],
+                                             transformer_weights={"a": 2.0, "c": 0.5}), False),
+        "sparse output": (ColumnTransformer([("a", StandardScaler(), ["a", "b", "d"]),
+                                             ("c", OneHotEncoder(), ["c"])], sparse_threshold=1.0), False),
+        "columns by position": (ColumnTransformer([("a", StandardScaler(), [0, 1, 3]), ("c", onehot, [2])]), False),
+        "no column transformer": (FunctionTransformer(lambda x: x[["a", "b", "d"]].to_numpy()), False),
+    }
+
+
+@pytest.mark.parametrize("layout", list(_layouts()))
+def test_importance_transformed_part_by_part_is_scikit_learns_for_any_layout(shop, layout):
+    # A shuffled column re-transforms only the parts that read it; the numbers stay scikit-learn's.
+    import pandas as pd
+    from sklearn.inspection import permutation_importance
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
+
+    from prefect_mlops.tasks import evaluate
+    from prefect_mlops.tasks.evaluate import _SCORERS, feature_importance
+
+    x, label, value = shop
+    x = x.assign(d=pd.Series(value).round(1))
+    transform, by_parts = _layouts()[layout]
+    steps = transform.steps if isinstance(transform, Pipeline) else [("features", transform)]
+    model = Pipeline([*steps, ("model", LogisticRegression(max_iter=500))]).fit(x, label)
+    rows = np.sort(np.random.default_rng(5).choice(len(x), size=2000, replace=False))
+    orders = [np.random.default_rng(r).permutation(2000) for r in range(3)]
+    transformed = evaluate._shuffled_transform(model, x.iloc[rows].reset_index(drop=True), orders)
+    assert (transformed is not None) == by_parts
+    for metric in ("roc_auc", "log_loss"):
+        found = feature_importance(model, x, label, metric=metric, seed=5)
+        expected = permutation_importance(model, x.iloc[rows], label[rows], scoring=_SCORERS[metric], n_repeats=3,
+                                          random_state=5).importances_mean
+        assert found == pytest.approx(dict(zip(x.columns, expected, strict=True)), abs=1e-12)
+
+
 def test_importance_on_one_class_is_unknown_as_scikit_learn_says(shop):
     from sklearn.linear_model import LogisticRegression
 
