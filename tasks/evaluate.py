@@ -7,7 +7,6 @@ champion on the primary metric.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from pathlib import Path
@@ -396,19 +395,38 @@ def evaluate_models(
     bootstrap_samples: int = 200,
     champion_degraded: str | None = None,
     plot_to: Path | None = None,
+    painter: Any = None,
 ) -> Evaluation:
     """Score challenger and champion on the feature set's hold-out; the plain function behind `evaluate`.
 
-    With `plot_to`, also draws both models' curves on (a sample of) the hold-out into that PNG.
+    With `plot_to`, also draws both models' curves on (a sample of) the hold-out into that PNG. With a
+    `painter` (a `Painter` the caller started and closes), the figure is handed to it and is in place
+    once `collect_figure(painter, ...)` returns: the caller does other work meanwhile.
     """
     from prefect_mlops.tasks._plots import Painter
 
-    # The figure's process starts first: it imports matplotlib while the models are scored, and draws
-    # while the importance is computed.
-    with contextlib.nullcontext() if plot_to is None else Painter() as painter:
+    def run(drawing: Any) -> Evaluation:
         return _evaluate_models(trained, features, champion=champion, policy=policy, mlflow_server=mlflow_server,
                                 workspace=workspace, bootstrap_samples=bootstrap_samples,
-                                champion_degraded=champion_degraded, plot_to=plot_to, painter=painter)
+                                champion_degraded=champion_degraded, plot_to=plot_to, painter=drawing)
+
+    if plot_to is None or painter is not None:
+        return run(painter if plot_to is not None else None)
+    # The figure's process starts first: it imports matplotlib while the models are scored, and draws
+    # while the importance is computed.
+    with Painter() as own:
+        evaluation = run(own)
+        collect_figure(own, trained.run_id)
+        return evaluation
+
+
+def collect_figure(painter: Any, run_id: str) -> bool:
+    """Wait for the figure `painter` draws; False (with a warning) when it could not be drawn."""
+    failed = painter.result()
+    if failed:  # the figure illustrates; it never decides, so it never fails the evaluation
+        run_logger().warning("could not draw the evaluation figure of run %s (%s); the metrics stand", run_id,
+                             failed)
+    return not failed
 
 
 def _evaluate_models(trained: TrainedModel, features: FeatureSet, *, champion: Champion | None,
@@ -453,11 +471,6 @@ def _evaluate_models(trained: TrainedModel, features: FeatureSet, *, champion: C
             painter.error = f"{type(exc).__name__}: {exc}"
     importance = feature_importance(challenger_model, x, y, metric=metric, seed=spec.seed, outputs=challenger_out,
                                     task=spec.task)
-    if painter is not None:
-        failed = painter.result()
-        if failed:  # the figure illustrates; it never decides, so it never fails the evaluation
-            run_logger().warning("could not draw the evaluation figure of run %s (%s); the metrics stand",
-                                 trained.run_id, failed)
     sample = x.head(20).copy()
     sample["__prediction__"] = challenger_out.labels[:20]
     path = write_atomic(workspace.folder("samples") / f"{trained.run_id}.parquet",
@@ -577,25 +590,31 @@ def evaluate(
     champion's metrics and the differences (`champion_<metric>`, `delta_<metric>`) and the figure
     of both models on the hold-out (`evaluation/challenger-vs-champion.png`).
     """
+    from prefect_mlops.tasks._plots import Painter
+
     server = mlflow_server or MlflowServer()
     ws = Workspace(workspace)
     plot = ws.folder("plots", trained.run_id) / PLOT_ARTIFACT.rsplit("/", 1)[-1]
-    evaluation = evaluate_models(trained, features, champion=champion, policy=policy, mlflow_server=server,
-                                 workspace=ws, champion_degraded=champion_degraded, plot_to=plot)
-    record_evaluation(trained, evaluation, mlflow_server=server, workspace=ws)
-    create_markdown_artifact(render_evaluation(evaluation), key=artifact_key("metrics", evaluation.model_name),
-                             description="Challenger against champion on the hold-out")
-    run_logger().info("challenger %s=%.4f, champion %s", evaluation.primary_metric,
+    # The figure is drawn in its own process from the start of the stage to its upload, the last step.
+    with Painter() as painter:
+        evaluation = evaluate_models(trained, features, champion=champion, policy=policy, mlflow_server=server,
+                                     workspace=ws, champion_degraded=champion_degraded, plot_to=plot,
+                                     painter=painter)
+        record_evaluation(trained, evaluation, mlflow_server=server, workspace=ws)
+        create_markdown_artifact(render_evaluation(evaluation), key=artifact_key("metrics", evaluation.model_name),
+                                 description="Challenger against champion on the hold-out")
+        run_logger().info("challenger %s=%.4f, champion %s", evaluation.primary_metric,
                           evaluation.challenger.overall[evaluation.primary_metric],
                           f"{evaluation.champion.overall[evaluation.primary_metric]:.4f}"
                           if evaluation.champion else "none")
-    log_comparison(trained, evaluation, plot, mlflow_server=server, workspace=ws)
+        log_comparison(trained, evaluation, plot, mlflow_server=server, workspace=ws, painter=painter)
     return evaluation
 
 
 def log_comparison(trained: TrainedModel, evaluation: Evaluation, plot: Path | None, *,
-                   mlflow_server: MlflowServer, workspace: Workspace) -> None:
-    """The comparison with the champion as metrics, and the evaluation figure, on the challenger's run."""
+                   mlflow_server: MlflowServer, workspace: Workspace, painter: Any = None) -> None:
+    """The comparison with the champion as metrics, and the evaluation figure, on the challenger's run.
+    With the `painter` drawing the figure, it is waited for after the metrics are logged."""
     from mlflow.entities import Metric
 
     client = mlflow_server.client(workspace)
@@ -603,5 +622,7 @@ def log_comparison(trained: TrainedModel, evaluation: Evaluation, plot: Path | N
     found = comparison_metrics(evaluation)
     if found:
         client.log_batch(trained.run_id, metrics=[Metric(k, v, now, 0) for k, v in found.items()])
+    if painter is not None and plot is not None:
+        collect_figure(painter, trained.run_id)
     if plot is not None and plot.exists():
         client.log_artifact(trained.run_id, str(plot), PLOT_ARTIFACT.rsplit("/", 1)[0])

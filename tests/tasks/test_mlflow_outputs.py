@@ -96,6 +96,33 @@ def test_regression_figure_has_residuals_and_predicted_against_actual(tmp_path, 
     keep(plot, "evaluation-regression.png")
 
 
+def test_the_task_uploads_its_figure_last_and_draws_it_itself_when_the_drawing_process_fails(
+        tmp_path, mlflow_server, workspace, monkeypatch):
+    # The task keeps its painter open past the metrics and the markdown; a process that fails still leaves
+    # the figure (drawn in the stage) on the run, and nothing of the painter behind.
+    import tempfile as tf
+
+    broken = tmp_path / "site" / "matplotlib"
+    broken.mkdir(parents=True)
+    (broken / "__init__.py").write_text("raise ImportError('a broken matplotlib on this path')\n")
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(400, 2))
+    frame = pd.DataFrame({"a": x[:, 0], "b": x[:, 1], "y": 2 * x[:, 0] + rng.normal(scale=0.3, size=400)})
+    frame.to_parquet(tmp_path / "reg.parquet", index=False)
+    spec = FeatureSpec(target="y", numeric=["a", "b"], task="regression")
+    features, trained = second_model(DataSource(uri=str(tmp_path / "reg.parquet")), spec,
+                                     TrainerSpec(estimator="sklearn.linear_model.Ridge"), server=mlflow_server,
+                                     workspace=workspace, name="prices")
+    before = set(Path(tf.gettempdir()).glob("prefect-mlops-figure-*"))
+    monkeypatch.setenv("PYTHONPATH", str(broken.parent))  # the drawing process's; this one keeps matplotlib
+    evaluate(trained, features, policy=ModelPolicy(floors={"rmse": 10}), mlflow_server=mlflow_server,
+             workspace=str(workspace.root))
+    plot = Path(mlflow_server.client(workspace).download_artifacts(trained.run_id, PLOT_ARTIFACT, str(tmp_path)))
+    assert png_size(plot)[0] > 600
+    assert "holdout_rmse" in mlflow_server.client(workspace).get_run(trained.run_id).data.metrics
+    assert set(Path(tf.gettempdir()).glob("prefect-mlops-figure-*")) == before
+
+
 def test_a_version_has_few_tags_its_lineage_as_json_its_trigger_and_a_description(
         churn_source, churn_features, fast_trainer, mlflow_server, workspace, window0):
     cycle = train_and_judge(churn_source, churn_features, fast_trainer, server=mlflow_server, workspace=workspace,
