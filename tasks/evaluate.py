@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -149,6 +150,14 @@ class _Outputs:
         else:
             self.labels = np.asarray(final.predict(xt))
 
+    @staticmethod
+    def stack(parts: list[_Outputs]) -> _Outputs:
+        """The outputs of several row blocks, one after the other."""
+        whole = _Outputs(None, None, "")
+        whole.labels, whole.classes = np.concatenate([p.labels for p in parts]), parts[0].classes
+        whole.proba = None if parts[0].proba is None else np.concatenate([p.proba for p in parts])
+        return whole
+
     def subset(self, rows: np.ndarray | slice) -> _Outputs:
         """These outputs on some rows only."""
         part = _Outputs(None, None, "")
@@ -252,8 +261,8 @@ def feature_importance(model: Any, x: pd.DataFrame, y: np.ndarray, *, metric: st
     scorer = get_scorer(_SCORERS[metric])
     try:
         transformed = _shuffled_transform(model, base, orders)
-        if transformed is not None:
-            every = _Outputs(model, None, task, transformed=transformed)
+        if transformed is not None:  # one column's shuffled copies at a time
+            every = _Outputs.stack([_Outputs(model, None, task, transformed=xt) for xt in transformed])
         else:
             stacked = {}
             for j, column in enumerate(columns):
@@ -275,19 +284,18 @@ def feature_importance(model: Any, x: pd.DataFrame, y: np.ndarray, *, metric: st
     return {str(c): float(v) for c, v in zip(columns, baseline - shuffled.mean(axis=1), strict=True)}
 
 
-def _shuffled_transform(model: Any, base: pd.DataFrame, orders: list[np.ndarray]) -> np.ndarray | None:
-    """`model[:-1].transform` of every shuffled copy of `base`, stacked as `feature_importance` stacks them
-    (column by column, each column's repeats in order), or None where it cannot be built part by part.
+def _shuffled_transform(model: Any, base: pd.DataFrame, orders: list[np.ndarray]) -> Iterator[np.ndarray] | None:
+    """`model[:-1].transform` of the shuffled copies of `base`, one column at a time (that column shuffled
+    by each of `orders` in turn, stacked), or None where it cannot be built part by part.
 
     A pipeline whose transform starts with a fitted ColumnTransformer transforms `base` once; a shuffled
     column then changes only the output columns of the parts that read it (`output_indices_`), so only
     those parts transform the shuffled rows. Each part sees exactly the rows and columns it sees inside
     the ColumnTransformer, so the result is the whole transform's, value for value; any other layout
     (weights, sparse or pandas output, columns chosen by position or by a callable) returns None and the
-    caller transforms the stacked frame whole.
+    caller transforms the stacked frame whole. One column's block is built at a time, in one buffer:
+    the memory is that of `len(orders)` copies of the sample, not of every column's.
     """
-    import pandas as pd
-    from scipy import sparse
     from sklearn.compose import ColumnTransformer
     from sklearn.pipeline import Pipeline
 
@@ -310,10 +318,18 @@ def _shuffled_transform(model: Any, base: pd.DataFrame, orders: list[np.ndarray]
     unshuffled = head.transform(base)
     if not isinstance(unshuffled, np.ndarray) or unshuffled.ndim != 2:
         return None
-    size, repeats, columns = len(base), len(orders), list(base.columns)
-    out = np.tile(unshuffled, (len(columns) * repeats, 1))
-    for j, column in enumerate(columns):
-        rows = slice(j * repeats * size, (j + 1) * repeats * size)
+    return _shuffled_blocks(model, base, orders, unshuffled, parts)
+
+
+def _shuffled_blocks(model: Any, base: pd.DataFrame, orders: list[np.ndarray], unshuffled: np.ndarray,
+                     parts: list[tuple[Any, list[str], slice]]) -> Iterator[np.ndarray]:
+    import pandas as pd
+    from scipy import sparse
+
+    repeats, size = len(orders), len(base)
+    buffer = np.empty((repeats * size, unshuffled.shape[1]), dtype=unshuffled.dtype)
+    for column in base.columns:
+        buffer.reshape(repeats, size, -1)[:] = unshuffled
         shuffled = pd.concat([base[column].take(order) for order in orders], ignore_index=True)
         for part, selected, cut in parts:
             if column not in selected:
@@ -321,11 +337,8 @@ def _shuffled_transform(model: Any, base: pd.DataFrame, orders: list[np.ndarray]
             frame = pd.concat([base[selected]] * repeats, ignore_index=True)
             frame[column] = shuffled
             result = frame.to_numpy() if isinstance(part, str) else part.transform(frame)
-            result = result.toarray() if sparse.issparse(result) else np.asarray(result)
-            if result.shape != (repeats * size, cut.stop - cut.start):
-                return None
-            out[rows, cut] = result
-    return model[1:-1].transform(out) if len(model.steps) > 2 else out
+            buffer[:, cut] = result.toarray() if sparse.issparse(result) else np.asarray(result)
+        yield model[1:-1].transform(buffer) if len(model.steps) > 2 else buffer
 
 
 def _binary_auc(outputs: _Outputs, y: np.ndarray, blocks: int) -> np.ndarray | None:
