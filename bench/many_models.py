@@ -45,6 +45,8 @@ from typing import Any
 
 from prefect import flow
 
+from prefect_mlops.heartbeats import end_heartbeats_with_run
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 README = ROOT / "bench" / "README.md"
@@ -89,6 +91,10 @@ def bare_same_work(reference: str, current: str, columns: list[str], model_name:
     frame = frame[frame[target].notna()]
     auc = float(roc_auc_score(frame[target].to_numpy(), model.predict_proba(frame[columns])[:, 1]))
     return {"decision": decision, "version": version.version, "roc_auc": auc}
+
+
+# The floors end their runs as the monitor does (prefect_mlops.heartbeats): same Prefect, same exit.
+end_heartbeats_with_run(bare_drift, bare_same_work)
 
 
 def _drift_decision(reference: str, current: str, columns: list[str]) -> str:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -230,8 +231,7 @@ class Painter:
             try:
                 code = self.proc.wait(self.timeout)
             except subprocess.TimeoutExpired:
-                self.proc.kill()  # now, not when the stage ends: it must not write the figure after this
-                self.proc.wait()
+                self._stop()  # now, not when the stage ends: it must not write the figure after this
                 return f"the drawing process took longer than {self.timeout:.0f} s and was stopped"
             if code == 0:
                 return None
@@ -247,13 +247,22 @@ class Painter:
         """Stop the process if it still runs, and remove its request."""
         if self.proc is not None:
             if self.proc.poll() is None:  # not asked, or given up on: nothing to wait for
-                self.proc.kill()
-                self.proc.wait()
+                self._stop()
             if self.proc.stdin is not None and not self.proc.stdin.closed:
                 with contextlib.suppress(OSError):
                     self.proc.stdin.close()
         if self.folder is not None:
             shutil.rmtree(self.folder, ignore_errors=True)
+
+    def _stop(self, grace: float = 5.0) -> None:
+        """SIGTERM first: the process then removes a half-written figure (its SIGTERM ends it through
+        `SystemExit`, which `write_atomic` cleans up after); SIGKILL if it has not ended within `grace`."""
+        self.proc.terminate()
+        try:
+            self.proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
 
     def _tail(self) -> str:
         try:
@@ -265,6 +274,8 @@ class Painter:
 
 def _paint() -> int:
     """The painter's side: import what drawing needs, then draw the one figure asked for on stdin."""
+    # Stopped (SIGTERM), it unwinds: a figure being written is removed, never left cut beside the real one.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     import matplotlib.figure  # noqa: F401 - imported while the stage still computes
     from matplotlib.backends import backend_agg  # noqa: F401
 

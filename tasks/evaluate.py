@@ -224,8 +224,10 @@ def feature_importance(model: Any, x: pd.DataFrame, y: np.ndarray, *, metric: st
     cannot be computed on these rows (one class in the hold-out, say).
 
     The numbers are scikit-learn's `permutation_importance` (same scorer, same shuffles), computed
-    in one pass: every shuffled copy of the sample is stacked into one frame the model predicts
-    once, and the unshuffled score comes from `outputs` (the model's predictions on `x`) when given.
+    with fewer passes: a ColumnTransformer's parts re-transform only the columns shuffled
+    (`_shuffled_transform`), the model predicts each column's shuffled copies at once (or, for other
+    transforms, every copy stacked in one frame), and the unshuffled score comes from `outputs` (the
+    model's predictions on `x`) when given.
 
     Example:
         ```python
@@ -291,32 +293,33 @@ def _shuffled_transform(model: Any, base: pd.DataFrame, orders: list[np.ndarray]
     A pipeline whose transform starts with a fitted ColumnTransformer transforms `base` once; a shuffled
     column then changes only the output columns of the parts that read it (`output_indices_`), so only
     those parts transform the shuffled rows. Each part sees exactly the rows and columns it sees inside
-    the ColumnTransformer, so the result is the whole transform's, value for value; any other layout
-    (weights, sparse or pandas output, columns chosen by position or by a callable) returns None and the
-    caller transforms the stacked frame whole. One column's block is built at a time, in one buffer:
-    the memory is that of `len(orders)` copies of the sample, not of every column's.
+    the ColumnTransformer, so the result is the whole transform's, value for value. Any other layout
+    (a subclass, weights, sparse or pandas output, a part's columns given by position or as one name, no
+    output at all) returns None, and the caller transforms the stacked frame whole. One column's block
+    is built at a time, in one buffer: the memory is that of `len(orders)` copies of the sample.
     """
     from sklearn.compose import ColumnTransformer
     from sklearn.pipeline import Pipeline
 
-    if not isinstance(model, Pipeline) or len(model.steps) < 2:
+    if not isinstance(model, Pipeline) or len(model.steps) < 2 or len(base) == 0:
         return None
     head = model.steps[0][1]
-    if not isinstance(head, ColumnTransformer) or head.transformer_weights or head.sparse_output_ \
-            or not hasattr(head, "output_indices_"):
+    # Exactly ColumnTransformer: a subclass may stack or transform its parts its own way.
+    if type(head) is not ColumnTransformer or not hasattr(head, "output_indices_") \
+            or getattr(head, "sparse_output_", True) or head.transformer_weights:
         return None
     parts = []
     for name, part, selected in head.transformers_:
         if isinstance(part, str) and part == "drop":
             continue
-        cut = head.output_indices_[name]
-        if cut.stop == cut.start:
-            continue
-        if not isinstance(selected, list) or not all(isinstance(c, str) and c in base.columns for c in selected):
-            return None
-        parts.append((part, selected, cut))
+        cut = head.output_indices_.get(name)
+        if cut is None or isinstance(part, str) or not isinstance(selected, list) \
+                or not all(isinstance(c, str) and c in base.columns for c in selected):
+            return None  # fitted parts are estimators (passthrough is a FunctionTransformer), by name
+        if cut.stop > cut.start:
+            parts.append((part, selected, cut))
     unshuffled = head.transform(base)
-    if not isinstance(unshuffled, np.ndarray) or unshuffled.ndim != 2:
+    if not isinstance(unshuffled, np.ndarray) or unshuffled.ndim != 2 or unshuffled.shape[1] == 0:
         return None
     return _shuffled_blocks(model, base, orders, unshuffled, parts)
 
@@ -336,7 +339,7 @@ def _shuffled_blocks(model: Any, base: pd.DataFrame, orders: list[np.ndarray], u
                 continue
             frame = pd.concat([base[selected]] * repeats, ignore_index=True)
             frame[column] = shuffled
-            result = frame.to_numpy() if isinstance(part, str) else part.transform(frame)
+            result = part.transform(frame)
             buffer[:, cut] = result.toarray() if sparse.issparse(result) else np.asarray(result)
         yield model[1:-1].transform(buffer) if len(model.steps) > 2 else buffer
 

@@ -42,10 +42,14 @@ def test_our_flow_runs_end_without_waiting_for_the_heartbeat_thread_and_others_k
     monkeypatch.setattr(flow_engine._send_heartbeats, "prefect_mlops_original", spy)
     monkeypatch.setattr(flow_engine.FlowRunEngine, "_emit_flow_run_heartbeat", record)
     with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: 30}):
-        for module in ("prefect_mlops.flows.probe", "someone.elses.flows"):
+        for module in ("prefect_mlops.flows.probe", "someone.elses.flows", "someone.elses.chosen"):
             sent[f"probe-{module}"] = threading.Event()
-            assert _probe(module, sent[f"probe-{module}"])() is True  # a heartbeat was sent during the run
-    assert joined == [("probe-prefect_mlops.flows.probe", False), ("probe-someone.elses.flows", True)]
+            probe = _probe(module, sent[f"probe-{module}"])
+            if module.endswith("chosen"):
+                assert end_heartbeats_with_run(probe)  # a user's flow given the same exit
+            assert probe() is True  # a heartbeat was sent during the run
+    assert joined == [("probe-prefect_mlops.flows.probe", False), ("probe-someone.elses.flows", True),
+                      ("probe-someone.elses.chosen", False)]
 
 
 def test_a_prefect_with_another_heartbeat_context_is_left_alone(monkeypatch):

@@ -103,30 +103,48 @@ def test_one_pass_importance_is_scikit_learns_permutation_importance(shop, estim
 
 
 def _layouts():
-    from sklearn.compose import ColumnTransformer
+    from sklearn.compose import ColumnTransformer, make_column_selector
     from sklearn.decomposition import PCA
     from sklearn.impute import SimpleImputer
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, StandardScaler
 
+    class Subclass(ColumnTransformer):
+        pass
+
     onehot = OneHotEncoder(handle_unknown="ignore", sparse_output=False)
+    numbers = ["a", "b", "d"]
     return {
         # built part by part
         "passthrough and a part reading two columns": (ColumnTransformer(
             [("ab", PCA(n_components=2), ["a", "b"]), ("c", onehot, ["c"]), ("copy", "passthrough", ["d"])]), True),
         "dropped part, remainder passed through": (ColumnTransformer(
             [("a", StandardScaler(), ["a"]), ("gone", "drop", ["c"])], remainder="passthrough"), True),
+        "remainder an estimator": (ColumnTransformer([("c", onehot, ["c"])], remainder=StandardScaler()), True),
+        "a column read by two parts": (ColumnTransformer(
+            [("ab", StandardScaler(), ["a", "b"]), ("squares", FunctionTransformer(np.square), ["a", "d"]),
+             ("c", onehot, ["c"])]), True),
+        "columns chosen by dtype": (ColumnTransformer(
+            [("n", StandardScaler(), make_column_selector(dtype_include=np.number)),
+             ("c", onehot, make_column_selector(dtype_exclude=np.number))]), True),
+        "pandas categories": (ColumnTransformer([("a", StandardScaler(), numbers), ("c", onehot, ["c"])]), True),
         "a sparse part in a dense output": (ColumnTransformer(
-            [("a", StandardScaler(), ["a", "b", "d"]), ("c", OneHotEncoder(), ["c"])], sparse_threshold=0), True),
+            [("a", StandardScaler(), numbers), ("c", OneHotEncoder(), ["c"])], sparse_threshold=0), True),
         "a step after the column transformer": (make_pipeline(ColumnTransformer(
-            [("ab", SimpleImputer(), ["a", "b", "d"]), ("c", onehot, ["c"])]), StandardScaler()), True),
+            [("ab", SimpleImputer(), numbers), ("c", onehot, ["c"])]), StandardScaler()), True),
         # transformed whole
-        "weighted parts": (ColumnTransformer([("a", StandardScaler(), ["a", "b", "d"]), ("c", onehot, ["c"])],
+        "weighted parts": (ColumnTransformer([("a", StandardScaler(), numbers), ("c", onehot, ["c"])],
                                              transformer_weights={"a": 2.0, "c": 0.5}), False),
-        "sparse output": (ColumnTransformer([("a", StandardScaler(), ["a", "b", "d"]),
+        "sparse output": (ColumnTransformer([("a", StandardScaler(), numbers),
                                              ("c", OneHotEncoder(), ["c"])], sparse_threshold=1.0), False),
+        "pandas output": (ColumnTransformer([("a", StandardScaler(), numbers), ("c", onehot, ["c"])])
+                          .set_output(transform="pandas"), False),
         "columns by position": (ColumnTransformer([("a", StandardScaler(), [0, 1, 3]), ("c", onehot, [2])]), False),
-        "no column transformer": (FunctionTransformer(lambda x: x[["a", "b", "d"]].to_numpy()), False),
+        "a part's column as one name": (ColumnTransformer(
+            [("a", StandardScaler(), ["a", "b"]), ("d", FunctionTransformer(lambda s: s.to_numpy()[:, None]), "d"),
+             ("c", onehot, ["c"])]), False),
+        "a column transformer subclass": (Subclass([("a", StandardScaler(), numbers), ("c", onehot, ["c"])]), False),
+        "no column transformer": (FunctionTransformer(lambda x: x[numbers].to_numpy()), False),
     }
 
 
@@ -143,18 +161,46 @@ def test_importance_transformed_part_by_part_is_scikit_learns_for_any_layout(sho
 
     x, label, value = shop
     x = x.assign(d=pd.Series(value).round(1))
+    if layout == "pandas categories":
+        x = x.assign(c=x["c"].astype("category"))
     transform, by_parts = _layouts()[layout]
     steps = transform.steps if isinstance(transform, Pipeline) else [("features", transform)]
     model = Pipeline([*steps, ("model", LogisticRegression(max_iter=500))]).fit(x, label)
     rows = np.sort(np.random.default_rng(5).choice(len(x), size=2000, replace=False))
+    sample = x.iloc[rows].reset_index(drop=True)
     orders = [np.random.default_rng(r).permutation(2000) for r in range(3)]
-    transformed = evaluate._shuffled_transform(model, x.iloc[rows].reset_index(drop=True), orders)
-    assert (transformed is not None) == by_parts
+    blocks = evaluate._shuffled_transform(model, sample, orders)
+    assert (blocks is not None) == by_parts
+    if by_parts:  # each column's block is the whole transform of that column's shuffled copies
+        for column, block in zip(sample.columns, blocks, strict=True):
+            copies = pd.concat([sample.assign(**{column: sample[column].take(o).to_numpy()}) for o in orders],
+                               ignore_index=True)
+            if layout == "pandas categories":
+                copies["c"] = copies["c"].astype(x["c"].dtype)
+            np.testing.assert_array_equal(block, model[:-1].transform(copies))
     for metric in ("roc_auc", "log_loss"):
         found = feature_importance(model, x, label, metric=metric, seed=5)
         expected = permutation_importance(model, x.iloc[rows], label[rows], scoring=_SCORERS[metric], n_repeats=3,
                                           random_state=5).importances_mean
         assert found == pytest.approx(dict(zip(x.columns, expected, strict=True)), abs=1e-12)
+
+
+def test_importance_of_a_transform_with_no_output_is_scikit_learns(shop):
+    # Every part dropped: the ColumnTransformer outputs nothing (and sets few attributes); nothing fails.
+    from sklearn.compose import ColumnTransformer
+    from sklearn.dummy import DummyClassifier
+    from sklearn.inspection import permutation_importance
+    from sklearn.pipeline import Pipeline
+
+    from prefect_mlops.tasks.evaluate import feature_importance
+
+    x, label, _ = shop
+    model = Pipeline([("f", ColumnTransformer([("x", "drop", ["a"])])), ("m", DummyClassifier())]).fit(x, label)
+    found = feature_importance(model, x, label, metric="accuracy", seed=5)
+    rows = np.sort(np.random.default_rng(5).choice(len(x), size=2000, replace=False))
+    expected = permutation_importance(model, x.iloc[rows], label[rows], scoring="f1_macro", n_repeats=3,
+                                      random_state=5).importances_mean
+    assert found == pytest.approx(dict(zip(x.columns, expected, strict=True)), abs=1e-12)
 
 
 def test_importance_on_one_class_is_unknown_as_scikit_learn_says(shop):

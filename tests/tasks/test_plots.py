@@ -111,6 +111,33 @@ def test_a_painter_that_takes_too_long_is_stopped_and_draws_nothing_after(tmp_pa
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_painter_stopped_while_it_writes_leaves_no_cut_figure(tmp_path, monkeypatch):
+    # The stage fails (or gives up) while the process is half-way through the PNG: stopped, it removes it.
+    import time
+
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(
+        "import time\n"
+        "import matplotlib.figure\n"
+        "def stalled(self, fname, *args, **kwargs):\n"
+        "    open(fname, 'wb').write(b'half a png')\n"
+        "    time.sleep(60)\n"
+        "matplotlib.figure.Figure.savefig = stalled\n")
+    monkeypatch.setenv("PYTHONPATH", str(site))  # the process's own; this one keeps its matplotlib
+    out = tmp_path / "figures"
+    y, models = outputs()
+    painter = Painter()
+    painter.draw(out / "c.png", y, models, task="classification", title="churn")
+    deadline = time.monotonic() + 60
+    while not list(out.glob("c.png.*.tmp")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert list(out.glob("c.png.*.tmp")), "the process never started writing"
+    painter.close()
+    assert painter.proc.returncode == 128 + 15  # it ended through its SIGTERM handler, not SIGKILL
+    assert list(out.iterdir()) == [] and not painter.folder.exists()
+
+
 def test_the_figure_is_renamed_into_place_and_the_request_read_once(tmp_path):
     y, models = outputs()
     with Painter() as painter:
