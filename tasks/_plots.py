@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -192,7 +193,8 @@ class Painter:
             self.folder = Path(tempfile.mkdtemp(prefix="prefect-mlops-figure-"))  # private (0700): the request
             self.log = self.folder / "painter.log"
             with self.log.open("wb") as log:
-                self.proc = subprocess.Popen([sys.executable, "-m", "prefect_mlops.tasks._plots"],
+                self.proc = subprocess.Popen([sys.executable, "-m", "prefect_mlops.tasks._plots", str(self.folder),
+                                              str(os.getpid())],
                                              stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=log)
         except Exception as exc:  # no folder, no interpreter (sys.executable can be empty): the stage draws
             self.error = f"the drawing process did not start ({type(exc).__name__}: {exc})"
@@ -272,8 +274,20 @@ class Painter:
         return lines[-1][-500:] if lines else "no output"
 
 
-def _paint() -> int:
-    """The painter's side: import what drawing needs, then draw the one figure asked for on stdin."""
+def _paint(folder: Path | None = None, parent: int | None = None) -> int:
+    """The painter's side: import what drawing needs, then draw the one figure asked for on stdin.
+
+    `folder` is the painter's own: the stage (process `parent`) removes it when it closes the painter;
+    if the stage's process died instead (killed: its pipe closed, this process adopted), this one does.
+    """
+    try:
+        return _draw_when_asked()
+    finally:
+        if folder is not None and parent is not None and os.getppid() != parent:
+            shutil.rmtree(folder, ignore_errors=True)  # the stage is gone: nobody else will remove it
+
+
+def _draw_when_asked() -> int:
     # Stopped (SIGTERM), it unwinds: a figure being written is removed, never left cut beside the real one.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     import matplotlib.figure  # noqa: F401 - imported while the stage still computes
@@ -325,4 +339,4 @@ def _read_request(path: Path) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    sys.exit(_paint())
+    sys.exit(_paint(Path(sys.argv[1]), int(sys.argv[2])) if len(sys.argv) > 2 else _paint())

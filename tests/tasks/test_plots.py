@@ -138,6 +138,35 @@ def test_a_painter_stopped_while_it_writes_leaves_no_cut_figure(tmp_path, monkey
     assert list(out.iterdir()) == [] and not painter.folder.exists()
 
 
+@pytest.mark.parametrize("asked", [False, True])
+def test_a_stage_killed_outright_leaves_no_painter_folder(tmp_path, asked):
+    # SIGKILL gives the stage no time to close its painter: the painter, adopted, removes its own folder.
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    stage = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from tests.tasks.test_plots import outputs\n"
+        "from prefect_mlops.tasks._plots import Painter\n"
+        "painter = Painter()\n"
+        f"if {asked}:\n"
+        "    y, models = outputs()\n"
+        f"    painter.draw(Path({str(tmp_path)!r}) / 'c.png', y, models, task='classification', title='t')\n"
+        "print(painter.folder, flush=True)\n"
+        "time.sleep(120)\n")], stdout=subprocess.PIPE, text=True)
+    folder = Path(stage.stdout.readline().strip())
+    assert folder.name.startswith("prefect-mlops-figure-") and folder.is_dir()
+    stage.send_signal(signal.SIGKILL)
+    stage.wait()
+    deadline = time.monotonic() + 60
+    while folder.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not folder.exists()
+
+
 def test_the_figure_is_renamed_into_place_and_the_request_read_once(tmp_path):
     y, models = outputs()
     with Painter() as painter:
