@@ -331,14 +331,16 @@ def _shuffled_blocks(model: Any, base: pd.DataFrame, orders: list[np.ndarray], u
 
     repeats, size = len(orders), len(base)
     buffer = np.empty((repeats * size, unshuffled.shape[1]), dtype=unshuffled.dtype)
+    # Each part's input rows, repeated once per shuffle: built once, a shuffled column swapped in per copy.
+    inputs = [pd.concat([base[selected]] * repeats, ignore_index=True) for _, selected, _ in parts]
     for column in base.columns:
         buffer.reshape(repeats, size, -1)[:] = unshuffled
         shuffled = pd.concat([base[column].take(order) for order in orders], ignore_index=True)
-        for part, selected, cut in parts:
+        for (part, selected, cut), repeated in zip(parts, inputs, strict=True):
             if column not in selected:
                 continue
-            frame = pd.concat([base[selected]] * repeats, ignore_index=True)
-            frame[column] = shuffled
+            frame = repeated.copy(deep=False)
+            frame[column] = shuffled  # replaces the column in this copy only: `repeated` keeps the original
             result = part.transform(frame)
             buffer[:, cut] = result.toarray() if sparse.issparse(result) else np.asarray(result)
         yield model[1:-1].transform(buffer) if len(model.steps) > 2 else buffer
