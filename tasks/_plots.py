@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from prefect_mlops.workspace import write_atomic
+from prefect_mlops.workspace import remove_partial_writes, write_atomic
 
 PLOT_MAX_ROWS = 20_000
 
@@ -238,6 +238,7 @@ class Painter:
             if code == 0:
                 return None
             self.error = f"the drawing process failed (exit {code}: {self._tail()})"
+            self._remove_partial()  # however it ended (SIGKILL, out of memory), nothing cut stays beside it
         path, data, title = self.asked
         try:
             render(path, data, title=title)
@@ -258,13 +259,19 @@ class Painter:
 
     def _stop(self, grace: float = 5.0) -> None:
         """SIGTERM first: the process then removes a half-written figure (its SIGTERM ends it through
-        `SystemExit`, which `write_atomic` cleans up after); SIGKILL if it has not ended within `grace`."""
+        `SystemExit`, which `write_atomic` cleans up after); SIGKILL if it has not ended within `grace`,
+        and what it was writing is removed here."""
         self.proc.terminate()
         try:
             self.proc.wait(grace)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+        self._remove_partial()
+
+    def _remove_partial(self) -> None:
+        if self.asked and self.proc is not None:
+            remove_partial_writes(self.asked[0], self.proc.pid)
 
     def _tail(self) -> str:
         try:

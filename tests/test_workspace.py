@@ -224,3 +224,16 @@ def test_a_frame_written_in_one_piece_is_stored_and_streamed_in_bounded_batches(
         peak = max(peak, pa.total_allocated_bytes() - before)
     assert peak <= 2 * BATCH_ROWS * 16, f"streaming held {peak} bytes of Arrow memory"
     assert read_frame(ref).equals(frame)
+
+
+def test_remove_partial_writes_takes_only_that_process_s_temp_files(tmp_path):
+    from prefect_mlops.workspace import remove_partial_writes, write_atomic
+
+    target = tmp_path / "c[1].png"  # glob characters in the name are taken literally
+    mine = tmp_path / "c[1].png.4242.ab12cd34.tmp"
+    other = tmp_path / "c[1].png.4343.ab12cd34.tmp"
+    for leftover in (mine, other):
+        leftover.write_bytes(b"half")
+    write_atomic(target, lambda tmp: tmp.write_bytes(b"whole"), stage="test")  # a finished write leaves no temp file
+    assert remove_partial_writes(target, 4242) == [mine]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([target.name, other.name])

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import glob
 import hashlib
 import os
 import secrets
@@ -91,6 +92,21 @@ class Workspace:
 
 
 
+_PARTIAL = "{name}.{pid}.{tag}.tmp"  # write_atomic's temp file beside `name`
+
+
+def remove_partial_writes(path: str | os.PathLike[str], pid: int) -> list[Path]:
+    """Remove the temp files `write_atomic` of process `pid` left beside `path` (a process killed while
+    writing cannot remove its own); returns them. Only that process's: another writer's are untouched."""
+    path = Path(path)
+    removed = []
+    for tmp in path.parent.glob(_PARTIAL.format(name=glob.escape(path.name), pid=pid, tag="*")):
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+            removed.append(tmp)
+    return removed
+
+
 def write_atomic(path: str | os.PathLike[str], write: Callable[[Path], object], *, stage: str,
                  advice: str = WORKSPACE_ADVICE) -> Path:
     """Write `path` through `write(temp)` and an atomic rename; on any failure the temp file goes.
@@ -110,7 +126,7 @@ def write_atomic(path: str | os.PathLike[str], write: Callable[[Path], object], 
     """
     path = Path(path)
     # pid and a random tag: two writers of one path (processes or threads) never share a temp file.
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    tmp = path.with_name(_PARTIAL.format(name=path.name, pid=os.getpid(), tag=secrets.token_hex(4)))
     try:
         write(tmp)
         os.replace(tmp, path)

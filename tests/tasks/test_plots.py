@@ -138,6 +138,36 @@ def test_a_painter_stopped_while_it_writes_leaves_no_cut_figure(tmp_path, monkey
     assert list(out.iterdir()) == [] and not painter.folder.exists()
 
 
+def test_a_drawing_process_killed_while_it_writes_leaves_no_cut_figure_and_the_stage_draws_it(tmp_path,
+                                                                                              monkeypatch):
+    # SIGKILL (the kernel's out-of-memory killer, say) gives it no time to clean up: the stage does.
+    import signal
+    import time
+
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(
+        "import time\n"
+        "import matplotlib.figure\n"
+        "def stalled(self, fname, *args, **kwargs):\n"
+        "    open(fname, 'wb').write(b'half a png')\n"
+        "    time.sleep(60)\n"
+        "matplotlib.figure.Figure.savefig = stalled\n")
+    monkeypatch.setenv("PYTHONPATH", str(site))
+    out = tmp_path / "figures"
+    y, models = outputs()
+    with Painter() as painter:
+        painter.draw(out / "c.png", y, models, task="classification", title="churn")
+        deadline = time.monotonic() + 60
+        while not list(out.glob("c.png.*.tmp")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert list(out.glob("c.png.*.tmp")), "the process never started writing"
+        painter.proc.send_signal(signal.SIGKILL)
+        assert painter.result() is None  # drawn here instead
+        assert painter.proc.returncode == -signal.SIGKILL
+    assert [p.name for p in out.iterdir()] == ["c.png"] and png_size(out / "c.png")[0] > 600
+
+
 @pytest.mark.parametrize("asked", [False, True])
 def test_a_stage_killed_outright_leaves_no_painter_folder(tmp_path, asked):
     # SIGKILL gives the stage no time to close its painter: the painter, adopted, removes its own folder.
