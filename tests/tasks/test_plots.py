@@ -111,39 +111,8 @@ def test_a_painter_that_takes_too_long_is_stopped_and_draws_nothing_after(tmp_pa
     assert list(tmp_path.iterdir()) == []
 
 
-def test_a_painter_stopped_while_it_writes_leaves_no_cut_figure(tmp_path, monkeypatch):
-    # The stage fails (or gives up) while the process is half-way through the PNG: stopped, it removes it.
-    import time
-
-    site = tmp_path / "site"
-    site.mkdir()
-    (site / "sitecustomize.py").write_text(
-        "import time\n"
-        "import matplotlib.figure\n"
-        "def stalled(self, fname, *args, **kwargs):\n"
-        "    open(fname, 'wb').write(b'half a png')\n"
-        "    time.sleep(60)\n"
-        "matplotlib.figure.Figure.savefig = stalled\n")
-    monkeypatch.setenv("PYTHONPATH", str(site))  # the process's own; this one keeps its matplotlib
-    out = tmp_path / "figures"
-    y, models = outputs()
-    painter = Painter()
-    painter.draw(out / "c.png", y, models, task="classification", title="churn")
-    deadline = time.monotonic() + 60
-    while not list(out.glob("c.png.*.tmp")) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert list(out.glob("c.png.*.tmp")), "the process never started writing"
-    painter.close()
-    assert painter.proc.returncode == 128 + 15  # it ended through its SIGTERM handler, not SIGKILL
-    assert list(out.iterdir()) == [] and not painter.folder.exists()
-
-
-def test_a_drawing_process_killed_while_it_writes_leaves_no_cut_figure_and_the_stage_draws_it(tmp_path,
-                                                                                              monkeypatch):
-    # SIGKILL (the kernel's out-of-memory killer, say) gives it no time to clean up: the stage does.
-    import signal
-    import time
-
+def stall_the_drawing_process(tmp_path, monkeypatch):
+    """The drawing process (only it: PYTHONPATH is its own) writes half a PNG, then hangs."""
     site = tmp_path / "site"
     site.mkdir()
     (site / "sitecustomize.py").write_text(
@@ -154,14 +123,42 @@ def test_a_drawing_process_killed_while_it_writes_leaves_no_cut_figure_and_the_s
         "    time.sleep(60)\n"
         "matplotlib.figure.Figure.savefig = stalled\n")
     monkeypatch.setenv("PYTHONPATH", str(site))
+
+
+def wait_for_a_partial_write(folder: Path) -> None:
+    import time
+
+    deadline = time.monotonic() + 60
+    while not list(folder.glob("c.png.*.tmp")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert list(folder.glob("c.png.*.tmp")), "the process never started writing"
+
+
+def test_a_painter_stopped_while_it_writes_leaves_no_cut_figure(tmp_path, monkeypatch):
+    # The stage fails (or gives up) while the process is half-way through the PNG: stopped, it removes it.
+
+    stall_the_drawing_process(tmp_path, monkeypatch)
+    out = tmp_path / "figures"
+    y, models = outputs()
+    painter = Painter()
+    painter.draw(out / "c.png", y, models, task="classification", title="churn")
+    wait_for_a_partial_write(out)
+    painter.close()
+    assert painter.proc.returncode == 128 + 15  # it ended through its SIGTERM handler, not SIGKILL
+    assert list(out.iterdir()) == [] and not painter.folder.exists()
+
+
+def test_a_drawing_process_killed_while_it_writes_leaves_no_cut_figure_and_the_stage_draws_it(tmp_path,
+                                                                                              monkeypatch):
+    # SIGKILL (the kernel's out-of-memory killer, say) gives it no time to clean up: the stage does.
+    import signal
+
+    stall_the_drawing_process(tmp_path, monkeypatch)
     out = tmp_path / "figures"
     y, models = outputs()
     with Painter() as painter:
         painter.draw(out / "c.png", y, models, task="classification", title="churn")
-        deadline = time.monotonic() + 60
-        while not list(out.glob("c.png.*.tmp")) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert list(out.glob("c.png.*.tmp")), "the process never started writing"
+        wait_for_a_partial_write(out)
         painter.proc.send_signal(signal.SIGKILL)
         assert painter.result() is None  # drawn here instead
         assert painter.proc.returncode == -signal.SIGKILL
