@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from prefect.blocks.core import Block
 from pydantic import Field, SecretStr, model_validator
 
+from prefect_mlops import model_io
 from prefect_mlops.errors import ConfigError, IntegrityError, RegistryError, disk_full_error, shorten
 from prefect_mlops.log import run_logger
 from prefect_mlops.refs import reject_unknown_keys
@@ -223,14 +224,12 @@ class MlflowServer(Block):
 
     def _load_verified(self, source: str, local: str, label: str, sha256: str | None, flavor: str,
                        workspace: Workspace | None) -> object:
-        import mlflow.pyfunc
-        import mlflow.sklearn
-
         if not os.path.exists(local):
             raise FileNotFoundError(errno.ENOENT, "No such file or directory", local)
         self._verify(source, local, label, sha256, workspace)  # before the loader unpickles anything
-        loader = mlflow.sklearn.load_model if flavor == "sklearn" else mlflow.pyfunc.load_model
-        return loader(local)
+        if _saved_with_skops(local):  # read where skops is imported: the run's model-files process, if any
+            return model_io.run(_load_local, local, flavor)
+        return _load_local(local, flavor)
 
     def _verify(self, source: str, local: str, label: str, sha256: str | None, workspace: Workspace | None) -> None:
         """Raise `IntegrityError` unless the files at `local` are those recorded for `source`."""
@@ -302,6 +301,26 @@ class MlflowServer(Block):
         """Whether a model without a recorded checksum may load (with a warning): the field or the variable."""
         return self.allow_unverified_models or os.environ.get(ALLOW_UNVERIFIED_ENV, "").strip().lower() in (
             "1", "true", "yes")
+
+
+def _load_local(local: str, flavor: str) -> object:
+    """The model in the folder `local`, as the scikit-learn pipeline or as pyfunc."""
+    import mlflow.pyfunc
+    import mlflow.sklearn
+
+    return (mlflow.sklearn.load_model if flavor == "sklearn" else mlflow.pyfunc.load_model)(local)
+
+
+def _saved_with_skops(local: str) -> bool:
+    """Whether the model in `local` was saved in the skops format (its MLmodel says so)."""
+    import yaml
+
+    try:
+        with open(os.path.join(local, "MLmodel"), encoding="utf-8") as file:
+            meta = yaml.safe_load(file) or {}
+        return (meta.get("flavors") or {}).get("sklearn", {}).get("serialization_format") == "skops"
+    except (OSError, ValueError, AttributeError, yaml.YAMLError):  # MLflow's own loader names what is wrong
+        return False
 
 
 def _run_artifact(source: str) -> tuple[str | None, str | None]:

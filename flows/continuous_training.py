@@ -22,7 +22,7 @@ from prefect_mlops.tasks.reconcile import model_lock, reconcile
 from prefect_mlops.tasks.register import register
 from prefect_mlops.tasks.retrain import record_retraining, why_untrainable
 from prefect_mlops.tasks.route import train_on_route
-from prefect_mlops.tasks.train import budget_change, git_commit, package_versions, refit, train
+from prefect_mlops.tasks.train import budget_change, git_commit, package_versions, refit, start_model_files, train
 from prefect_mlops.tasks.validate import learn_suite_ahead, update_suite, validate
 
 
@@ -94,6 +94,7 @@ def continuous_training(
     server = mlflow_server or MlflowServer()
     retrain_policy = retrain_policy or RetrainPolicy()
     digest = recipe_digest(features, trainer)
+    start_model_files(trainer)  # skops' import runs on another core while the data is read and the model fits
     reconcile(model_name, mlflow_server=server, workspace=workspace)  # settle what a killed run left
 
     dataset = ingest(source, name=model_name, window=window, workspace=workspace, max_rows=max_rows)

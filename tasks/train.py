@@ -11,6 +11,7 @@ through `partial_fit`. `Lineage.training` records which and why.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 import shutil
@@ -24,6 +25,7 @@ from prefect import task
 from prefect.runtime import flow_run
 from pydantic import BaseModel, ConfigDict, Field
 
+from prefect_mlops import model_io
 from prefect_mlops.blocks.mlflow_server import MlflowServer
 from prefect_mlops.blocks.retrain_policy import TrainingBudget
 from prefect_mlops.errors import ConfigError, TrainingError, disk_full_error, shorten
@@ -442,26 +444,55 @@ def _save_pipeline(pipeline: Pipeline, local: str, trainer: TrainerSpec, run_id:
 
     skops rebuilds a model from data without running code from the file. A torch network, or an
     estimator that needs a type outside the list, is saved with cloudpickle, whose load runs code:
-    the checksums checked before every load are what protect it.
+    the checksums checked before every load are what protect it. The files are written by the
+    run's model-files process when it has one (`prefect_mlops.model_io`), where skops is imported.
     """
+    # A torch network stays here: its tensors would cross by shared memory, and it is not saved with skops.
+    write = _write_model if trainer.kind == "torch" else functools.partial(model_io.run, _write_model)
+    fmt, refused = write(pipeline, local, trainer, **options)
+    if refused:
+        run_logger().warning("run %s: skops cannot save %s with only %s trusted (%s); saved with cloudpickle",
+                             run_id, trainer.estimator, ", ".join(SKOPS_TRUSTED), shorten(refused, 500))
+    return fmt
+
+
+def _write_model(pipeline: Pipeline, local: str, trainer: TrainerSpec, **options: Any) -> tuple[str, str | None]:
+    """Write the model's files into `local`: (the format, why skops refused it or None)."""
     import mlflow.sklearn
     from mlflow.exceptions import MlflowException
 
+    shutil.rmtree(local, ignore_errors=True)  # what an attempt cut short wrote (this folder is the caller's own)
+    refused = None
     if trainer.kind != "torch":
         try:
             mlflow.sklearn.save_model(pipeline, local, serialization_format="skops",
                                       skops_trusted_types=list(SKOPS_TRUSTED),
                                       pip_requirements=_requirements(trainer, skops=True), **options)
-            return "skops"
+            return "skops", None
         except MlflowException as exc:
             if "untrusted types" not in str(exc) and "skops serialization format" not in str(exc):
                 raise
             shutil.rmtree(local, ignore_errors=True)
-            run_logger().warning("run %s: skops cannot save %s with only %s trusted (%s); saved with cloudpickle",
-                                 run_id, trainer.estimator, ", ".join(SKOPS_TRUSTED), shorten(str(exc), 500))
+            refused = str(exc)
     mlflow.sklearn.save_model(pipeline, local, serialization_format="cloudpickle",
                               pip_requirements=_requirements(trainer), **options)
-    return "cloudpickle"
+    return "cloudpickle", refused
+
+
+def start_model_files(trainer: TrainerSpec) -> bool:
+    """Fork the process that writes and reads this run's model files, as the run starts (`prefect_mlops.model_io`).
+
+    skops' import (seconds) then runs on another core while the data is read, checked and fitted. A
+    torch network is saved with cloudpickle and needs none; True when a process was started.
+
+    Example:
+        ```python
+        from prefect_mlops.tasks.lineage import TrainerSpec
+        from prefect_mlops.tasks.train import start_model_files
+        start_model_files(TrainerSpec())
+        ```
+    """
+    return trainer.kind != "torch" and model_io.start()
 
 
 def _log_pipeline(client: Any, run_id: str, pipeline: Pipeline, example: Any, trainer: TrainerSpec, *,

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from prefect_mlops import model_io
 from prefect_mlops.blocks import MlflowServer
 from prefect_mlops.tasks.features import FeatureSpec, make_transform
 from prefect_mlops.tasks.lineage import TrainerSpec
@@ -34,6 +35,18 @@ SKOPS_ESTIMATORS = [
     "sklearn.ensemble.GradientBoostingRegressor",
     "sklearn.dummy.DummyClassifier",
 ]
+
+
+@pytest.fixture(scope="module", autouse=True, params=["here", "in the model-files process"])
+def where(request):
+    """Each kind saved and loaded in this process, and again in the forked copy that a run starts."""
+    if request.param == "here":
+        yield request.param
+        return
+    if not model_io.start():
+        pytest.skip("no model-files process on this platform")
+    yield request.param
+    model_io.stop()
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +72,7 @@ def log_and_load(estimator: str, rows: pd.DataFrame, store) -> tuple[object, obj
     from sklearn.pipeline import Pipeline
 
     mlflow_server, workspace = store
+    served = model_io._copy.served if model_io._copy is not None else None
     module, _, name = estimator.rpartition(".")
     model = getattr(importlib.import_module(module), name)()
     target = rows["b"] * 0.5 if is_regressor(model) else (rows["b"] > 4).astype(int)
@@ -72,6 +86,8 @@ def log_and_load(estimator: str, rows: pd.DataFrame, store) -> tuple[object, obj
     loaded = mlflow_server.load_model(source, workspace, flavor="pyfunc", sha256=digest)
     with open(f"{source.removeprefix('file://')}/MLmodel") as handle:
         flavor = yaml.safe_load(handle)["flavors"]["sklearn"]
+    if served is not None:  # the save, and the load of a skops model, were the copy's
+        assert model_io._copy.served == served + (2 if flavor["serialization_format"] == "skops" else 1)
     return pipeline, loaded, flavor
 
 

@@ -1,0 +1,188 @@
+"""The model-files process: work done in a forked copy, and done here whenever the copy cannot do it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from prefect_mlops import model_io
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the copy is forked on Linux only")
+
+
+def pid() -> int:
+    return os.getpid()
+
+
+def refuse(column: str) -> None:
+    raise KeyError(f"column {column!r} is missing")
+
+
+def wait_then(seconds: float, value: str) -> str:
+    time.sleep(seconds)
+    return value
+
+
+def a_lambda() -> object:
+    return lambda: "made where it ran"
+
+
+def gone(process_id: int, within: float = 10.0) -> bool:
+    """Whether the process exited (a zombie nobody reaped counts as exited)."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{process_id}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (FileNotFoundError, ProcessLookupError):
+            return True
+        if state in ("Z", "X"):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.fixture
+def copy():
+    assert model_io.start(imports=())
+    yield model_io._copy
+    model_io.stop()
+
+
+def test_the_work_runs_in_the_copy_and_its_result_comes_back(copy):
+    assert model_io.run(pid) == copy.process.pid != os.getpid()
+    assert model_io.run(wait_then, 0, "twice") == "twice"  # the copy serves one call after another
+
+
+def test_an_error_in_the_copy_is_raised_here_with_its_own_type_and_the_copy_serves_on(copy):
+    with pytest.raises(KeyError, match="column 'amount' is missing"):
+        model_io.run(refuse, "amount")
+    assert model_io.run(pid) == copy.process.pid
+
+
+def test_a_killed_copy_leaves_the_work_to_this_process(copy):
+    os.kill(copy.process.pid, signal.SIGKILL)
+    assert gone(copy.process.pid)
+    assert model_io.run(pid) == os.getpid()
+    assert model_io._copy is None  # not asked again
+    assert model_io.run(pid) == os.getpid()
+
+
+def test_what_does_not_pickle_runs_here_and_the_copy_serves_on(copy):
+    assert model_io.run(len, [lambda: 1]) == 1  # an argument that cannot cross
+    assert model_io.run(a_lambda)() == "made where it ran"  # a result that cannot come back
+    assert model_io.run(pid) == copy.process.pid
+
+
+def test_a_copy_stuck_importing_is_stopped_and_the_work_done_here(tmp_path, monkeypatch):
+    (tmp_path / "never_done_importing.py").write_text("import time\ntime.sleep(60)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(model_io, "READY_SECONDS", 1.0)
+    assert model_io.start(imports=("never_done_importing",))
+    stuck = model_io._copy.process.pid
+    started = time.monotonic()
+    assert model_io.run(pid) == os.getpid()
+    assert time.monotonic() - started < 5
+    assert gone(stuck) and model_io._copy is None
+
+
+def test_a_call_slower_than_the_limit_is_stopped_and_done_here(copy, monkeypatch):
+    monkeypatch.setattr(model_io, "CALL_SECONDS", 0.3)
+    assert model_io.run(wait_then, 1.0, "done here") == "done here"
+    assert gone(copy.process.pid) and model_io._copy is None
+
+
+def test_a_copy_that_cannot_import_what_it_needs_leaves_the_work_here():
+    assert model_io.start(imports=("prefect_mlops_no_such_module",))
+    try:
+        assert model_io.run(pid) == os.getpid() and model_io._copy is None
+    finally:
+        model_io.stop()
+
+
+def test_an_idle_copy_exits_and_the_next_call_runs_here(monkeypatch):
+    monkeypatch.setattr(model_io, "IDLE_SECONDS", 0.3)  # read by the copy, which is forked after this
+    assert model_io.start(imports=())
+    idle = model_io._copy.process.pid
+    assert model_io.run(pid) == idle
+    assert gone(idle, within=5)
+    assert model_io.run(pid) == os.getpid()
+
+
+def test_start_replaces_the_copy_so_the_new_one_sees_this_process_as_it_is_now(copy):
+    first = copy.process.pid
+    assert model_io.start(imports=())
+    assert gone(first)
+    assert model_io.run(pid) == model_io._copy.process.pid != first
+    model_io.stop()
+
+
+def test_turned_off_nothing_is_forked(monkeypatch):
+    monkeypatch.setenv("PREFECT_MLOPS_MODEL_PROCESS", "0")
+    assert not model_io.start(imports=()) and model_io._copy is None
+    assert model_io.run(pid) == os.getpid()
+
+
+def test_the_copy_ends_when_its_process_is_killed(tmp_path):
+    script = textwrap.dedent("""
+        import os, signal
+        from prefect_mlops import model_io
+        model_io.start(imports=())
+        print(model_io._copy.process.pid, flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == -signal.SIGKILL
+    assert gone(int(done.stdout.strip()))
+
+
+def test_a_run_saves_and_loads_skops_models_without_importing_skops(tmp_path):
+    """The point of the copy: skops is imported there, never in the process that fits and predicts."""
+    script = textwrap.dedent("""
+        import json, sys
+        import numpy as np, pandas as pd
+        from sklearn.ensemble import HistGradientBoostingClassifier
+        from sklearn.pipeline import Pipeline
+        from prefect_mlops.blocks import MlflowServer
+        from prefect_mlops.tasks.features import FeatureSpec, make_transform
+        from prefect_mlops.tasks.lineage import TrainerSpec
+        from prefect_mlops.tasks.train import _log_pipeline, start_model_files
+        from prefect_mlops.workspace import Workspace
+
+        folder = sys.argv[1]
+        assert start_model_files(TrainerSpec())
+        rng = np.random.default_rng(0)
+        rows = pd.DataFrame({"a": rng.normal(size=300), "c": rng.choice(["x", "y"], size=300)})
+        target = (rows["a"] > 0).astype(int)
+        spec = FeatureSpec(target="t", numeric=["a"], categorical=["c"])
+        pipeline = Pipeline([("features", make_transform(spec)),
+                             ("model", HistGradientBoostingClassifier(max_iter=5))]).fit(rows, target)
+        server = MlflowServer(tracking_uri=f"sqlite:///{folder}/mlflow.db",
+                              artifact_location=f"file://{folder}/mlartifacts", experiment="copy")
+        workspace = Workspace(f"{folder}/workspace")
+        client = server.client(workspace)
+        run = client.create_run(server.experiment_id(workspace))
+        digest, _ = _log_pipeline(client, run.info.run_id, pipeline, rows.head(5), TrainerSpec(),
+                                  artifact_path="model")
+        source = f"{run.info.artifact_uri}/model"
+        same = []
+        for flavor in ("sklearn", "pyfunc"):
+            loaded = server.load_model(source, workspace, flavor=flavor, sha256=digest)
+            same.append(bool((np.asarray(loaded.predict(rows)) == pipeline.predict(rows)).all()))
+        print(json.dumps({"skops_here": "skops.io" in sys.modules, "same": same, "source": source}))
+    """)
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["same"] == [True, True]
+    assert not out["skops_here"]
+    meta = (Path(out["source"].removeprefix("file://")) / "MLmodel").read_text()
+    assert "serialization_format: skops" in meta
