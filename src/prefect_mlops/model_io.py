@@ -29,6 +29,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import importlib
 import logging
@@ -194,6 +195,10 @@ def _serve(conn: Any, parents_end: Any, imports: tuple[str, ...]) -> None:
     logging.disable(logging.CRITICAL)
     warnings.simplefilter("ignore")
     sys.stdout = sys.stderr = open(os.devnull, "w")  # the copy's streams until it exits
+    with contextlib.suppress(Exception):  # threadpoolctl comes with scikit-learn; without it nothing parallel loads
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(1)  # should a loader run a parallel loop, it runs on this thread, not an inherited pool
     try:
         for name in imports:
             importlib.import_module(name)
