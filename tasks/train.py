@@ -16,6 +16,7 @@ import importlib
 import inspect
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from importlib.metadata import PackageNotFoundError, version
@@ -482,17 +483,20 @@ def _write_model(pipeline: Pipeline, local: str, trainer: TrainerSpec, **options
 def start_model_files(trainer: TrainerSpec) -> bool:
     """Fork the process that writes and reads this run's model files, as the run starts (`prefect_mlops.model_io`).
 
-    skops' import (seconds) then runs on another core while the data is read, checked and fitted. A
-    torch network is saved with cloudpickle and needs none; True when a process was started.
+    skops' import (seconds) then runs on another core while the data is read, checked and fitted. None is
+    started for a torch network (saved with cloudpickle), nor where skops is imported already (a process
+    that loaded a model before saves and loads as fast itself); True when a process serves the run.
 
     Example:
         ```python
         from prefect_mlops.tasks.lineage import TrainerSpec
+        from prefect_mlops import model_io
         from prefect_mlops.tasks.train import start_model_files
         start_model_files(TrainerSpec())
+        model_io.stop()
         ```
     """
-    return trainer.kind != "torch" and model_io.start()
+    return trainer.kind != "torch" and "skops.io" not in sys.modules and model_io.start()
 
 
 def _log_pipeline(client: Any, run_id: str, pipeline: Pipeline, example: Any, trainer: TrainerSpec, *,

@@ -31,6 +31,16 @@ from prefect_mlops.workspace import Workspace
 ROWS_PER_PERIOD = 1500
 
 
+@pytest.fixture(autouse=True)
+def no_model_files_copy_left():
+    """A copy forked by one test's run (`prefect_mlops.model_io`) never serves the next test: it would run
+    code as it was when forked, and whether it was still alive would depend on the timing."""
+    yield
+    from prefect_mlops import model_io
+
+    model_io.stop()
+
+
 @pytest.fixture(scope="session", autouse=True)
 def prefect_harness(tmp_path_factory):
     """One ephemeral Prefect API for the whole session, with its own database."""

@@ -35,6 +35,31 @@ def a_lambda() -> object:
     return lambda: "made where it ran"
 
 
+def warn_and_log(text: str) -> str:
+    import logging
+    import warnings
+
+    warnings.warn(f"{text} (a warning)", FutureWarning, stacklevel=1)
+    logging.getLogger("prefect_mlops.test_copy").warning("%s (a log line)", text)
+    return text
+
+
+def nested(value: int) -> tuple[int, int]:
+    """A call that calls `run` itself: inside the copy it must run there, at once."""
+    return model_io.run(pid), value
+
+
+def try_lock(path: str) -> bool:
+    import fcntl
+
+    with open(path, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        return True
+
+
 def gone(process_id: int, within: float = 10.0) -> bool:
     """Whether the process exited (a zombie nobody reaped counts as exited)."""
     deadline = time.monotonic() + within
@@ -57,19 +82,63 @@ def copy():
 
 
 def test_the_work_runs_in_the_copy_and_its_result_comes_back(copy):
-    assert model_io.run(pid) == copy.process.pid != os.getpid()
+    assert model_io.run(pid) == copy.pid != os.getpid()
     assert model_io.run(wait_then, 0, "twice") == "twice"  # the copy serves one call after another
 
 
 def test_an_error_in_the_copy_is_raised_here_with_its_own_type_and_the_copy_serves_on(copy):
     with pytest.raises(KeyError, match="column 'amount' is missing"):
         model_io.run(refuse, "amount")
-    assert model_io.run(pid) == copy.process.pid
+    assert model_io.run(pid) == copy.pid
+
+
+def test_an_interrupted_call_stops_the_copy_so_its_late_answer_is_never_read_as_the_next(copy):
+    def interrupt(*_):
+        raise KeyboardInterrupt("the run was interrupted")
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.3)
+        with pytest.raises(KeyboardInterrupt, match="the run was interrupted"):
+            model_io.run(wait_then, 1.5, "the late answer")
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert gone(copy.pid) and model_io._copy is None
+    assert model_io.run(wait_then, 0, "the next answer") == "the next answer"
+
+
+def test_the_copys_warnings_and_log_lines_are_emitted_here(copy, caplog):
+    with pytest.warns(FutureWarning, match="drifted column 'age' \\(a warning\\)"):
+        assert model_io.run(warn_and_log, "drifted column 'age'") == "drifted column 'age'"
+    assert "drifted column 'age' (a log line)" in caplog.text
+    assert copy.served == 1  # it ran there
+
+
+def test_a_call_made_inside_the_copy_runs_there(copy):
+    assert model_io.run(nested, 7) == (copy.pid, 7)
+
+
+def test_the_copy_holds_no_lock_of_this_process(tmp_path):
+    import fcntl
+
+    path = str(tmp_path / "churn.lock")
+    handle = open(path, "a")  # closed below, which must release the lock
+    fcntl.flock(handle, fcntl.LOCK_EX)
+    try:
+        assert model_io.start(imports=())
+        assert model_io.run(pid) == model_io._copy.pid
+    finally:
+        handle.close()  # the release: with an inherited descriptor the copy would keep the lock
+    try:
+        assert try_lock(path)
+    finally:
+        model_io.stop()
 
 
 def test_a_killed_copy_leaves_the_work_to_this_process(copy):
-    os.kill(copy.process.pid, signal.SIGKILL)
-    assert gone(copy.process.pid)
+    os.kill(copy.pid, signal.SIGKILL)
+    assert gone(copy.pid)
     assert model_io.run(pid) == os.getpid()
     assert model_io._copy is None  # not asked again
     assert model_io.run(pid) == os.getpid()
@@ -78,7 +147,7 @@ def test_a_killed_copy_leaves_the_work_to_this_process(copy):
 def test_what_does_not_pickle_runs_here_and_the_copy_serves_on(copy):
     assert model_io.run(len, [lambda: 1]) == 1  # an argument that cannot cross
     assert model_io.run(a_lambda)() == "made where it ran"  # a result that cannot come back
-    assert model_io.run(pid) == copy.process.pid
+    assert model_io.run(pid) == copy.pid
 
 
 def test_a_copy_stuck_importing_is_stopped_and_the_work_done_here(tmp_path, monkeypatch):
@@ -86,7 +155,7 @@ def test_a_copy_stuck_importing_is_stopped_and_the_work_done_here(tmp_path, monk
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setattr(model_io, "READY_SECONDS", 1.0)
     assert model_io.start(imports=("never_done_importing",))
-    stuck = model_io._copy.process.pid
+    stuck = model_io._copy.pid
     started = time.monotonic()
     assert model_io.run(pid) == os.getpid()
     assert time.monotonic() - started < 5
@@ -96,7 +165,7 @@ def test_a_copy_stuck_importing_is_stopped_and_the_work_done_here(tmp_path, monk
 def test_a_call_slower_than_the_limit_is_stopped_and_done_here(copy, monkeypatch):
     monkeypatch.setattr(model_io, "CALL_SECONDS", 0.3)
     assert model_io.run(wait_then, 1.0, "done here") == "done here"
-    assert gone(copy.process.pid) and model_io._copy is None
+    assert gone(copy.pid) and model_io._copy is None
 
 
 def test_a_copy_that_cannot_import_what_it_needs_leaves_the_work_here():
@@ -110,18 +179,19 @@ def test_a_copy_that_cannot_import_what_it_needs_leaves_the_work_here():
 def test_an_idle_copy_exits_and_the_next_call_runs_here(monkeypatch):
     monkeypatch.setattr(model_io, "IDLE_SECONDS", 0.3)  # read by the copy, which is forked after this
     assert model_io.start(imports=())
-    idle = model_io._copy.process.pid
+    idle = model_io._copy.pid
     assert model_io.run(pid) == idle
     assert gone(idle, within=5)
     assert model_io.run(pid) == os.getpid()
 
 
-def test_start_replaces_the_copy_so_the_new_one_sees_this_process_as_it_is_now(copy):
-    first = copy.process.pid
-    assert model_io.start(imports=())
-    assert gone(first)
-    assert model_io.run(pid) == model_io._copy.process.pid != first
+def test_a_serving_copy_serves_the_next_runs_and_stop_ends_it(copy):
+    first = copy.pid
+    assert model_io.start(imports=()) and model_io.run(pid) == first  # a backtest's next cycle: no new import
     model_io.stop()
+    assert gone(first) and model_io.run(pid) == os.getpid()
+    assert model_io.start(imports=())
+    assert model_io.run(pid) == model_io._copy.pid != first
 
 
 def test_turned_off_nothing_is_forked(monkeypatch):
@@ -135,7 +205,7 @@ def test_the_copy_ends_when_its_process_is_killed(tmp_path):
         import os, signal
         from prefect_mlops import model_io
         model_io.start(imports=())
-        print(model_io._copy.process.pid, flush=True)
+        print(model_io._copy.pid, flush=True)
         os.kill(os.getpid(), signal.SIGKILL)
     """)
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)

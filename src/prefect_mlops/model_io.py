@@ -4,18 +4,23 @@ skops, the format scikit-learn models are saved in, takes seconds to import: it 
 scikit-learn module, and so imports torch where torch is installed. A training run used to pay that
 import on its critical path, at its first save. `start()` forks this process; the copy imports skops
 on another core while the run reads, checks and fits its data, then writes and reads the run's model
-files (`run`), so the run never waits for the import.
+files (`run`), so the run does not wait for the import.
 
-Only files are written and read there. A loaded model comes back pickled and predicts here, so no
-OpenMP thread pool ever runs in the forked copy (GNU OpenMP, which scikit-learn's wheels carry, hangs
-in a child forked after its parent used it). That pickle is made by the copy from the objects skops
-rebuilt out of files whose checksums were verified first, so unpickling it runs only those trusted
-types' own code, as the skops load did.
+What the copy may touch is narrow, because it is a fork of a process with threads:
+- it holds none of the parent's files, sockets or locks: every descriptor it inherits is pointed at
+  /dev/null before it does anything (a model's lock file stays the parent's alone);
+- it writes no log line and no warning itself: it records them and the parent emits them;
+- it only writes and reads files. A loaded model comes back pickled and predicts here, so no OpenMP
+  thread pool ever runs in the forked copy (GNU OpenMP, which scikit-learn's wheels carry, hangs in a
+  child forked after its parent used it). What comes back is what loading the model in this process
+  would have built, from files whose checksums this process verified first.
+Calls and results cross as pickle files in a private folder, so their size never fills a pipe.
 
-`run(fn, ...)` is `fn(...)` wherever it runs. When there is no copy (a platform without fork,
-`PREFECT_MLOPS_MODEL_PROCESS=0`, `start()` not called) or the copy fails in any way (it died or hung,
-an argument or the result does not pickle, `fn` raised there), `fn` runs here, so its errors are raised
-here with their own types and nothing is lost.
+`run(fn, ...)` is `fn(...)` wherever it runs. When there is no copy (a platform without fork, one
+core, `PREFECT_MLOPS_MODEL_PROCESS=0`, `start()` not called) or the copy fails in any way (it died or
+hung, a call or its result does not pickle, `fn` raised there), `fn` runs here, so its errors are
+raised here with their own types and nothing is lost. An interrupted call (a signal, a timeout)
+stops the copy: a half-answered call is never read as the next call's answer.
 
 Example:
     ```python
@@ -30,18 +35,23 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import gc
 import importlib
+import itertools
 import logging
-import multiprocessing
+import multiprocessing.connection
 import os
+import pickle
+import shutil
 import signal
 import sys
+import tempfile
 import threading
 import time
 import warnings
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
+
+from prefect_mlops.errors import StorageError
 
 T = TypeVar("T")
 
@@ -59,27 +69,47 @@ IDLE_SECONDS = 600.0
 
 _lock = threading.Lock()
 _copy: _Copy | None = None
+_sequence = itertools.count(1)
 log = logging.getLogger(__name__)
 
 
 def enabled() -> bool:
-    """Whether `start()` forks: on Linux, unless `PREFECT_MLOPS_MODEL_PROCESS=0`.
+    """Whether `start()` forks: on Linux with two cores or more, unless `PREFECT_MLOPS_MODEL_PROCESS=0`.
 
-    macOS has fork, but its system libraries are not safe to use in a forked copy of a process with threads.
+    macOS has fork, but its system libraries are not safe in a forked copy of a process with threads;
+    with one core there is nothing to overlap the import with.
+
+    Example:
+        ```python
+        from prefect_mlops import model_io
+        assert model_io.enabled() in (True, False)
+        ```
     """
-    return sys.platform.startswith("linux") and os.environ.get("PREFECT_MLOPS_MODEL_PROCESS", "1") != "0"
+    if not sys.platform.startswith("linux") or os.environ.get("PREFECT_MLOPS_MODEL_PROCESS", "1") == "0":
+        return False
+    return len(os.sched_getaffinity(0)) >= 2
 
 
 def start(imports: Iterable[str] = IMPORTS) -> bool:
-    """Fork a fresh copy that imports `imports` and then serves `run`; True when one was started.
+    """Fork a copy that imports `imports` and then serves `run`, unless one serves already; True when one does.
 
-    A copy from an earlier start is stopped first: the new one sees this process as it is now (a
-    module patched since, a class defined since).
+    A copy serves the runs that follow in this process (a backtest's cycles pay skops' import once) until
+    it has been idle for `IDLE_SECONDS` or `stop()` is called; code patched here after the fork is not
+    seen there.
+
+    Example:
+        ```python
+        from prefect_mlops import model_io
+        model_io.start(imports=())
+        model_io.stop()
+        ```
     """
     global _copy
     if not enabled():
         return False
     with _lock:
+        if _copy is not None and _copy.serving and _copy.owner == os.getpid() and _copy.alive():
+            return True
         if _copy is not None:
             _copy.stop()
         _copy = _Copy.fork(tuple(imports))
@@ -87,7 +117,14 @@ def start(imports: Iterable[str] = IMPORTS) -> bool:
 
 
 def stop() -> None:
-    """Stop the copy, if any (it also ends when this process does)."""
+    """Stop the copy, if any (it also ends when this process does).
+
+    Example:
+        ```python
+        from prefect_mlops import model_io
+        model_io.stop()
+        ```
+    """
     global _copy
     with _lock:
         if _copy is not None:
@@ -100,125 +137,286 @@ def run(fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
 
     `fn` must be importable by name (a module-level function), and it must only write and read files:
     its arguments and result cross by pickle.
+
+    Example:
+        ```python
+        import operator
+        from prefect_mlops import model_io
+        assert model_io.run(operator.mul, 6, 7) == 42
+        ```
     """
     global _copy
-    with _lock:  # one request at a time: the copy serves them in order
+    with _lock:  # one call at a time: the copy answers them in order
         copy = _copy if _copy is not None and _copy.owner == os.getpid() else None
         if copy is not None:
-            done, value = copy.call(fn, args, kwargs)
-            if done:
-                return value
-            if value is not None:
-                log.debug("model files: %s; %s runs in this process", value, getattr(fn, "__qualname__", fn))
-            if not copy.serving:
+            try:
+                done, value = copy.call(fn, args, kwargs)
+            except BaseException:  # interrupted mid-call: its answer must never be read as another's
                 copy.stop()
                 _copy = None
+                raise
+            if done:
+                return value
+            name = getattr(fn, "__qualname__", repr(fn))
+            if copy.serving:
+                log.info("model files: %s; %s runs in this process", value, name)
+            else:
+                if copy.alive() or not copy.idled_out():
+                    log.warning("model files: %s; %s runs in this process (PREFECT_MLOPS_MODEL_PROCESS=0 skips "
+                                "the copy)", value, name)
+                _copy = None
+                if not copy.stop():  # what it may still write must not mix with a second attempt here
+                    raise StorageError(f"model files: the copy of this process (pid {copy.pid}) did not exit "
+                                       f"after SIGKILL, so {name} was not run again here; stop that process "
+                                       "and retry the run")
     return fn(*args, **kwargs)
 
 
 class _Copy:
-    """The forked copy and this process's end of the pipe to it."""
+    """The forked copy: its pid, the pipe to it, and the private folder calls and results cross in."""
 
-    def __init__(self, process: Any, conn: Any) -> None:
-        self.process, self.conn = process, conn
+    def __init__(self, pid: int, conn: Any, folder: str) -> None:
+        self.pid, self.conn, self.folder = pid, conn, folder
         self.owner, self.forked = os.getpid(), time.monotonic()
-        self.ready, self.serving, self.served = False, True, 0
+        self.ready, self.serving, self.served, self.exited, self.status = False, True, 0, False, None
 
     @classmethod
     def fork(cls, imports: tuple[str, ...]) -> _Copy | None:
+        folder = None
         try:
-            context = multiprocessing.get_context("fork")
-            ours, theirs = context.Pipe()
-            process = context.Process(target=_serve, args=(theirs, ours, imports), daemon=True,
-                                      name="prefect-mlops-model-files")
+            folder = tempfile.mkdtemp(prefix="prefect-mlops-model-files-")  # 0700: only this user reads calls
+            ours, theirs = multiprocessing.Pipe()
             with warnings.catch_warnings():
-                # Python 3.12 warns on a fork beside threads; the copy runs none and only reads and
-                # writes files, with its logging and streams cut off from the parent's (`_serve`).
+                # Python 3.12 warns on a fork beside threads; what the copy may touch is narrowed at once
+                # (`_serve`): no inherited descriptor, lock-free logging, files only.
                 warnings.simplefilter("ignore", DeprecationWarning)
-                process.start()
-            theirs.close()  # so the copy's end closes when it exits, and `recv` here sees that
-        except Exception as exc:  # a daemonic process may not fork, fds may run out: work here instead
-            log.debug("model files: no copy of this process (%s: %s)", type(exc).__name__, exc)
+                pid = os.fork()
+        except Exception as exc:  # fds or processes ran out: the work is done here instead
+            log.warning("model files: no copy of this process (%s: %s); models are saved and loaded here",
+                        type(exc).__name__, exc)
+            if folder:
+                shutil.rmtree(folder, ignore_errors=True)
             return None
-        return cls(process, ours)
+        if pid == 0:  # the copy: never returns into the parent's code
+            code = 1
+            try:
+                _serve(theirs, imports)
+                code = 0
+            finally:
+                os._exit(code)
+        theirs.close()  # so the copy's end closes when it exits, and `recv` here sees that
+        return cls(pid, ours, folder)
+
+    def alive(self) -> bool:
+        if not self.exited:
+            try:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)  # reaps it: no zombie
+            except ChildProcessError:
+                pid, status = self.pid, None
+            if pid == self.pid:
+                self.exited, self.status = True, status
+        return not self.exited
+
+    def idled_out(self) -> bool:
+        """Whether it exited by itself, as a copy nobody asked anything for `IDLE_SECONDS` does."""
+        return self.exited and self.status is not None and os.WIFEXITED(self.status) \
+            and os.WEXITSTATUS(self.status) == 0
+
+    def _answer(self, seconds: float) -> Any:
+        """The copy's next message, waiting in short steps that notice its death; None when the time ran out."""
+        deadline = time.monotonic() + seconds
+        while True:
+            if self.conn.poll(min(0.5, max(0.0, deadline - time.monotonic()))):
+                return self.conn.recv()
+            if not self.alive():
+                raise EOFError(f"the copy (pid {self.pid}) exited")
+            if time.monotonic() >= deadline:
+                return None
 
     def call(self, fn: Callable[..., Any], args: tuple, kwargs: dict) -> tuple[bool, Any]:
         """(True, result), or (False, why not); `serving` turns False when the copy must not be asked again."""
-        try:
-            if not self.ready:
-                if not self.conn.poll(max(0.0, self.forked + READY_SECONDS - time.monotonic())):
-                    self.serving = False
-                    return False, f"the copy was not ready {READY_SECONDS:.0f} s after it was forked"
-                kind, detail = self.conn.recv()
-                if kind != "ready":
-                    self.serving = False
-                    return False, f"the copy could not import what it needs ({detail})"
-                self.ready = True
-            self.conn.send((fn, args, kwargs))
-            if not self.conn.poll(CALL_SECONDS):
+        if not self.ready:
+            try:
+                hello = self._answer(self.forked + READY_SECONDS - time.monotonic())
+            except (EOFError, OSError) as exc:
                 self.serving = False
-                return False, f"the copy took longer than {CALL_SECONDS:.0f} s"
-            kind, value = self.conn.recv()
+                return False, f"the copy is gone ({exc})"
+            if hello is None or hello[0] != "ready":
+                self.serving = False
+                return False, (f"the copy was not ready {READY_SECONDS:.0f} s after it was forked" if hello is None
+                               else f"the copy could not import what it needs ({hello[1]})")
+            self.ready = True
+        seq = next(_sequence)
+        asked = os.path.join(self.folder, f"{seq}.call")
+        try:
+            with open(asked, "wb") as file:
+                pickle.dump((fn, args, kwargs), file, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception as exc:  # an argument that does not pickle, a full disk: the copy is fine
+            with contextlib.suppress(OSError):
+                os.remove(asked)
+            return False, f"the call could not be handed over ({type(exc).__name__}: {exc})"
+        try:
+            self.conn.send((seq, asked))
+            answer = self._answer(CALL_SECONDS)
         except (EOFError, OSError) as exc:  # it exited (idle, killed, out of memory)
             self.serving = False
             return False, f"the copy is gone ({type(exc).__name__}: {exc})"
-        except Exception as exc:  # an argument that does not pickle: the copy is fine, this call is not
-            return False, f"the call could not be sent ({type(exc).__name__}: {exc})"
-        if kind == "ok":
-            self.served += 1
-            return True, value
-        return False, value
-
-    def stop(self) -> None:
-        self.serving = False
+        if answer is None:
+            self.serving = False
+            return False, f"the copy took longer than {CALL_SECONDS:.0f} s"
+        got, kind, value, notes = answer
+        if got != seq:  # cannot happen while every interruption stops the copy; never trust a mismatch
+            self.serving = False
+            return False, f"the copy answered call {got} to call {seq}"
+        _replay(notes)
+        if kind != "ok":
+            return False, value
         try:
+            if os.path.dirname(value) != self.folder:
+                raise ValueError(f"{value} is not in {self.folder}")
+            with open(value, "rb") as file:  # written by the copy, in this user's private (0700) folder
+                result = pickle.load(file)  # noqa: S301
+        except Exception as exc:  # a class this process cannot import by name: the copy is fine
+            return False, f"the result could not be read here ({type(exc).__name__}: {exc})"
+        finally:
+            with contextlib.suppress(OSError):
+                os.remove(value)
+        self.served += 1
+        return True, result
+
+    def stop(self) -> bool:
+        """SIGKILL (it holds nothing of the parent's to clean up), reap, remove the folder; False if it lives on."""
+        self.serving = False
+        with contextlib.suppress(Exception):
             self.conn.close()
-            if self.process.is_alive():
-                self.process.terminate()
-            self.process.join(5)
-            if self.process.is_alive():
-                self.process.kill()
-                self.process.join(5)
-        except Exception as exc:  # stopping must never fail the run that asked
-            log.debug("model files: stopping the copy: %s", exc)
+        if self.alive():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
+            deadline = time.monotonic() + 5
+            while self.alive() and time.monotonic() < deadline:
+                time.sleep(0.01)
+        if self.alive():  # in uninterruptible I/O: its folder may still be written, so it is left
+            log.warning("model files: the copy (pid %s) did not exit after SIGKILL; %s is left in place",
+                        self.pid, self.folder)
+            return False
+        shutil.rmtree(self.folder, ignore_errors=True)
+        return True
 
 
-def _serve(conn: Any, parents_end: Any, imports: tuple[str, ...]) -> None:
+def _replay(notes: list[tuple[str, Any]]) -> None:
+    """Emit here the warnings and log records the copy recorded, as if the call had run here."""
+    for kind, note in notes:
+        if kind == "warning":
+            message, category, filename, lineno = note
+            warnings.warn_explicit(message, category, filename, lineno)
+        else:
+            name, level, message = note
+            logging.getLogger(name).log(level, "%s", message)
+
+
+class _Recorder(logging.Handler):
+    """The copy's one log handler: records what its loggers say, for the parent to emit."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.NOTSET)
+        self.notes: list[tuple[str, Any]] = []
+        self.seen: set[int] = set()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if id(record) in self.seen:  # a record that propagated through two recording loggers
+            return
+        self.seen.add(id(record))
+        with contextlib.suppress(Exception):
+            self.notes.append(("log", (record.name, record.levelno, record.getMessage())))
+
+    def start_call(self) -> None:
+        self.notes, self.seen = [], set()
+
+
+def _only_recorder(recorder: _Recorder) -> None:
+    """Every logger that has handlers logs into `recorder` alone; the root logger too.
+
+    A parent's handler may hold a lock taken by one of its threads, which does not exist here, and
+    may send to the parent's API: none of them is used in the copy.
+    """
+    for logger in [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]:
+        if isinstance(logger, logging.Logger) and (logger.handlers or logger is logging.getLogger()):
+            logger.handlers = [recorder]
+
+
+def _cut_off_from_parent(keep: int) -> None:
+    """Point every inherited descriptor but `keep` at /dev/null.
+
+    The copy then holds none of the parent's files, sockets or locks (an `flock` held through an
+    inherited descriptor would outlive the parent's release). Pointing instead of closing keeps each
+    number taken, so an inherited object that closes its own later cannot close a file opened since.
+    """
+    null = os.open(os.devnull, os.O_RDWR)
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd not in (keep, null):
+            with contextlib.suppress(OSError):  # the listing's own descriptor is gone by now
+                os.dup2(null, fd)
+    os.close(null)
+
+
+def _serve(conn: Any, imports: tuple[str, ...]) -> None:
     """The copy: import, say so, then run what is asked until the pipe closes or nobody asks for a while."""
-    parents_end.close()  # else the pipe stays open after the parent dies, and this copy would wait on
-    # Objects inherited from the parent: a collection here would touch, and so copy, every page that holds one.
-    gc.freeze()
+    global _lock, _copy
+    _lock, _copy = threading.Lock(), None  # the fork happened under the parent's lock; a call made here runs here
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the parent's handlers belong to its run, not to this copy
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-    # A lock on the parent's streams or log handlers may have been held by one of its threads at the fork:
-    # the copy writes to neither (what goes wrong is sent back and raised in the parent).
-    logging.disable(logging.CRITICAL)
-    warnings.simplefilter("ignore")
-    sys.stdout = sys.stderr = open(os.devnull, "w")  # the copy's streams until it exits
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C is the parent's to handle; it stops this
+    _cut_off_from_parent(conn.fileno())
+    recorder = _Recorder()
+    _only_recorder(recorder)
+    import gc
+
+    gc.freeze()  # the parent's objects: a collection here would touch, and so copy, every page that holds one
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # a process that only reads and writes files
     with contextlib.suppress(Exception):  # threadpoolctl comes with scikit-learn; without it nothing parallel loads
         from threadpoolctl import threadpool_limits
 
         threadpool_limits(1)  # should a loader run a parallel loop, it runs on this thread, not an inherited pool
     try:
-        for name in imports:
-            importlib.import_module(name)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # import-time warnings are the parent's own to see when it imports
+            for name in imports:
+                importlib.import_module(name)
     except BaseException as exc:
         conn.send(("failed", f"{type(exc).__name__}: {exc}"))
         return
+    _only_recorder(recorder)  # the handlers the imports added, too
     conn.send(("ready", None))
     while conn.poll(IDLE_SECONDS):
         try:
-            fn, args, kwargs = conn.recv()
+            seq, asked = conn.recv()
         except EOFError:
             return
-        except Exception as exc:  # a class this copy cannot import by name: answer, and go on serving
-            conn.send(("failed", f"the copy could not read the call ({type(exc).__name__}: {exc})"))
-            continue
+        recorder.start_call()
+        kind, value = "failed", "no answer"
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("default")
+            try:
+                with open(asked, "rb") as file:  # written by the parent, in its private (0700) folder
+                    fn, args, kwargs = pickle.load(file)  # noqa: S301
+                result = fn(*args, **kwargs)
+                answered = f"{asked[:-len('.call')]}.result"
+                try:
+                    with open(answered, "wb") as file:
+                        pickle.dump(result, file, protocol=pickle.HIGHEST_PROTOCOL)
+                    kind, value = "ok", answered
+                except Exception as exc:
+                    with contextlib.suppress(OSError):
+                        os.remove(answered)
+                    value = f"the result could not be handed back ({type(exc).__name__}: {exc})"
+            except BaseException as exc:  # sent as text: the parent runs fn again and raises the real thing
+                value = f"{type(exc).__name__} in the copy: {exc}"
+            finally:
+                with contextlib.suppress(OSError):
+                    os.remove(asked)
+        notes = [*(("warning", (str(w.message), w.category, w.filename, w.lineno)) for w in caught),
+                 *recorder.notes]
         try:
-            answer = ("ok", fn(*args, **kwargs))
-        except BaseException as exc:  # sent as text: the parent runs fn again and raises the real thing
-            answer = ("failed", f"{getattr(fn, '__qualname__', fn)} raised {type(exc).__name__}: {exc}")
-        try:
-            conn.send(answer)
-        except Exception as exc:
-            conn.send(("failed", f"the result could not be sent back ({type(exc).__name__}: {exc})"))
+            conn.send((seq, kind, value, notes))
+        except Exception:  # a warning category that does not pickle: its text still goes
+            conn.send((seq, kind, value, [(k, n) for k, n in notes if k == "log"]))
