@@ -393,30 +393,37 @@ def _serve(conn: Any, imports: tuple[str, ...]) -> None:
         except EOFError:
             return
         recorder.start_call()
-        kind, value = "failed", "no answer"
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("default")
-            try:
-                with open(asked, "rb") as file:  # written by the parent, in its private (0700) folder
-                    fn, args, kwargs = pickle.load(file)  # noqa: S301
-                result = fn(*args, **kwargs)
-                answered = f"{asked[:-len('.call')]}.result"
-                try:
-                    with open(answered, "wb") as file:
-                        pickle.dump(result, file, protocol=pickle.HIGHEST_PROTOCOL)
-                    kind, value = "ok", answered
-                except Exception as exc:
-                    with contextlib.suppress(OSError):
-                        os.remove(answered)
-                    value = f"the result could not be handed back ({type(exc).__name__}: {exc})"
-            except BaseException as exc:  # sent as text: the parent runs fn again and raises the real thing
-                value = f"{type(exc).__name__} in the copy: {exc}"
-            finally:
-                with contextlib.suppress(OSError):
-                    os.remove(asked)
+            kind, value = _answer_call(asked)
         notes = [*(("warning", (str(w.message), w.category, w.filename, w.lineno)) for w in caught),
                  *recorder.notes]
         try:
             conn.send((seq, kind, value, notes))
         except Exception:  # a warning category that does not pickle: its text still goes
             conn.send((seq, kind, value, [(k, n) for k, n in notes if k == "log"]))
+
+
+def _answer_call(asked: str) -> tuple[str, str]:
+    """Run the call pickled in `asked`: ("ok", the result's pickle file) or ("failed", why).
+
+    Its arguments and result are released on return: the copy holds no model between calls.
+    """
+    try:
+        with open(asked, "rb") as file:  # written by the parent, in its private (0700) folder
+            fn, args, kwargs = pickle.load(file)  # noqa: S301
+        result = fn(*args, **kwargs)
+    except BaseException as exc:  # sent as text: the parent runs fn again and raises the real thing
+        return "failed", f"{type(exc).__name__} in the copy: {exc}"
+    finally:
+        with contextlib.suppress(OSError):
+            os.remove(asked)
+    answered = f"{asked[:-len('.call')]}.result"
+    try:
+        with open(answered, "wb") as file:
+            pickle.dump(result, file, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception as exc:
+        with contextlib.suppress(OSError):
+            os.remove(answered)
+        return "failed", f"the result could not be handed back ({type(exc).__name__}: {exc})"
+    return "ok", answered

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from prefect_mlops.blocks import ModelPolicy
 from prefect_mlops.demo import period_window
@@ -202,3 +203,29 @@ def test_a_drift_the_profile_explains_retrains_and_the_learned_suite_follows_the
     dataset = find_model("churn", mlflow_server=mlflow_server, workspace=workspace).lineage.dataset
     assert evolved["expectations"] == _widened_contract(
         learned["expectations"], learn_suite_from(dataset, name="churn")["expectations"])
+
+
+def test_a_run_saves_and_loads_its_models_in_the_copy_and_never_imports_skops_itself(
+        churn_source, churn_features, fast_trainer, policy, mlflow_server, workspace, monkeypatch):
+    """skops' import is the forked copy's (`prefect_mlops.model_io`): the run's own process never pays it."""
+    import sys
+
+    import pytest
+    import yaml
+
+    from prefect_mlops import model_io
+
+    if not model_io.enabled():
+        pytest.skip("no model-files process on this platform")
+    for name in [name for name in sys.modules if name == "skops" or name.startswith("skops.")]:
+        monkeypatch.delitem(sys.modules, name)  # as in a fresh flow-run process; restored after the test
+    report = continuous_training("churn", churn_source, churn_features, fast_trainer, policy=policy,
+                                 window=period_window(0), mlflow_server=mlflow_server,
+                                 workspace=str(workspace.root))
+    assert report.outcome == "promoted"
+    assert "skops.io" not in sys.modules
+    # The challenger saved and loaded for evaluation, refit, saved and loaded for deploy's smoke test.
+    assert model_io._copy is not None and model_io._copy.served >= 4
+    champion = find_model("churn", mlflow_server=mlflow_server, workspace=workspace)
+    meta = yaml.safe_load((Path(champion.model.source.removeprefix("file://")) / "MLmodel").read_text())
+    assert meta["flavors"]["sklearn"]["serialization_format"] == "skops"

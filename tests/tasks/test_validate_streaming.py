@@ -109,7 +109,9 @@ def test_validate_dataset_streams_and_learns_in_bounded_memory(workspace, engine
     # Both sizes span several stored batches (65,536 rows each), so what a batch leaves behind counts in both.
     (arrow_small, python_small), (arrow_large, python_large) = peak(150_000), peak(1_500_000)
     assert arrow_large <= 1.5 * arrow_small + (1 << 20), (arrow_small, arrow_large)
-    assert python_large <= 1.5 * python_small, (python_small, python_large)
+    # tracemalloc counts every thread's allocations (the session's Prefect log and event workers too): a MiB of
+    # slack, as above, while anything that grows with the rows would be tens of MiB at 1.5M rows.
+    assert python_large <= 1.5 * python_small + (1 << 20), (python_small, python_large)
 
 
 def typed(rows, seed=1):
