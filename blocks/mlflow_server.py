@@ -228,7 +228,7 @@ class MlflowServer(Block):
             raise FileNotFoundError(errno.ENOENT, "No such file or directory", local)
         self._verify(source, local, label, sha256, workspace)  # before the loader unpickles anything
         if _saved_with_skops(local):  # read where skops is imported: the run's model-files process, if any
-            return model_io.run(_load_local, local, flavor)
+            return model_io.run(_load_local, os.path.abspath(local), flavor)  # the copy's cwd is as it was
         return _load_local(local, flavor)
 
     def _verify(self, source: str, local: str, label: str, sha256: str | None, workspace: Workspace | None) -> None:

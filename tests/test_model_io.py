@@ -15,7 +15,7 @@ import pytest
 
 from prefect_mlops import model_io
 
-pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the copy is forked on Linux only")
+pytestmark = pytest.mark.skipif(not model_io.enabled(), reason="no copy here: Linux with two cores or more only")
 
 
 def pid() -> int:
@@ -41,7 +41,15 @@ def warn_and_log(text: str) -> str:
 
     warnings.warn(f"{text} (a warning)", FutureWarning, stacklevel=1)
     logging.getLogger("prefect_mlops.test_copy").warning("%s (a log line)", text)
+    logging.getLogger("prefect_mlops.test_copy").warning("%s (another log line)", text)
     return text
+
+
+def warn_then_refuse(column: str) -> None:
+    import warnings
+
+    warnings.warn(f"{column} is deprecated", FutureWarning, stacklevel=1)
+    raise KeyError(f"column {column!r} is missing")
 
 
 def nested(value: int) -> tuple[int, int]:
@@ -96,6 +104,7 @@ def test_an_interrupted_call_stops_the_copy_so_its_late_answer_is_never_read_as_
     def interrupt(*_):
         raise KeyboardInterrupt("the run was interrupted")
 
+    assert model_io.run(pid) == copy.pid  # ready: the alarm falls mid-call, not during the import
     previous = signal.signal(signal.SIGALRM, interrupt)
     try:
         signal.setitimer(signal.ITIMER_REAL, 0.3)
@@ -112,11 +121,33 @@ def test_the_copys_warnings_and_log_lines_are_emitted_here(copy, caplog):
     with pytest.warns(FutureWarning, match="drifted column 'age' \\(a warning\\)"):
         assert model_io.run(warn_and_log, "drifted column 'age'") == "drifted column 'age'"
     assert "drifted column 'age' (a log line)" in caplog.text
+    assert "drifted column 'age' (another log line)" in caplog.text
     assert copy.served == 1  # it ran there
 
 
-def test_a_call_made_inside_the_copy_runs_there(copy):
+def test_what_the_copy_warned_is_said_once_when_the_call_runs_here_again(copy):
+    with pytest.warns(FutureWarning, match="amount is deprecated") as said, \
+            pytest.raises(KeyError, match="column 'amount' is missing"):
+        model_io.run(warn_then_refuse, "amount")
+    assert len([w for w in said if issubclass(w.category, FutureWarning)]) == 1
+
+
+def test_a_call_made_inside_the_copy_runs_there(copy, monkeypatch):
+    monkeypatch.setattr(model_io, "CALL_SECONDS", 10.0)  # a deadlock there would fall back here: a wrong pid
     assert model_io.run(nested, 7) == (copy.pid, 7)
+
+
+def test_a_fork_of_the_run_leaves_the_runs_copy_alone(copy):
+    child = os.fork()
+    if child == 0:  # the forked child of the run: its own `stop()` must not touch the run's copy
+        code = 1
+        try:
+            model_io.stop()
+            code = 0 if model_io._copy is None else 2
+        finally:
+            os._exit(code)
+    assert os.waitpid(child, 0)[1] == 0
+    assert Path(copy.folder).is_dir() and model_io.run(pid) == copy.pid
 
 
 def test_the_copy_holds_no_lock_of_this_process(tmp_path):
@@ -168,21 +199,35 @@ def test_a_call_slower_than_the_limit_is_stopped_and_done_here(copy, monkeypatch
     assert gone(copy.pid) and model_io._copy is None
 
 
-def test_a_copy_that_cannot_import_what_it_needs_leaves_the_work_here():
+def test_a_copy_that_cannot_import_what_it_needs_leaves_the_work_here_and_says_so(caplog):
     assert model_io.start(imports=("prefect_mlops_no_such_module",))
+    assert model_io.run(pid) == os.getpid() and model_io._copy is None
+    assert "could not import what it needs" in caplog.text and "prefect_mlops_no_such_module" in caplog.text
+    assert "PREFECT_MLOPS_MODEL_PROCESS=0" in caplog.text
+
+
+def test_a_copy_that_outlives_sigkill_mid_call_stops_the_run_instead_of_writing_twice(copy, monkeypatch):
+    from prefect_mlops.errors import StorageError
+
+    monkeypatch.setattr(model_io, "CALL_SECONDS", 0.5)
+    monkeypatch.setattr(model_io._Copy, "stop", lambda self: False)  # as a copy stuck in uninterruptible I/O
     try:
-        assert model_io.run(pid) == os.getpid() and model_io._copy is None
+        with pytest.raises(StorageError, match=f"pid {copy.pid}.*wait_then was not run again here"):
+            model_io.run(wait_then, 3.0, "written twice")
     finally:
-        model_io.stop()
+        os.kill(copy.pid, signal.SIGKILL)
+        os.waitpid(copy.pid, 0)
 
 
-def test_an_idle_copy_exits_and_the_next_call_runs_here(monkeypatch):
-    monkeypatch.setattr(model_io, "IDLE_SECONDS", 0.3)  # read by the copy, which is forked after this
+def test_an_idle_copy_exits_quietly_and_the_next_call_runs_here(monkeypatch, caplog):
+    monkeypatch.setattr(model_io, "IDLE_SECONDS", 2.0)  # read by the copy, which is forked after this
     assert model_io.start(imports=())
-    idle = model_io._copy.pid
+    idle, folder = model_io._copy.pid, model_io._copy.folder
+    time.sleep(3)  # before its first call a copy waits as long as the run fits
     assert model_io.run(pid) == idle
-    assert gone(idle, within=5)
+    assert gone(idle, within=15) and not Path(folder).exists()  # it took its folder with it
     assert model_io.run(pid) == os.getpid()
+    assert not [r for r in caplog.records if r.levelname == "WARNING" and r.name == "prefect_mlops.model_io"]
 
 
 def test_a_serving_copy_serves_the_next_runs_and_stop_ends_it(copy):
@@ -205,12 +250,17 @@ def test_the_copy_ends_when_its_process_is_killed(tmp_path):
         import os, signal
         from prefect_mlops import model_io
         model_io.start(imports=())
-        print(model_io._copy.pid, flush=True)
+        print(model_io._copy.pid, model_io._copy.folder, flush=True)
         os.kill(os.getpid(), signal.SIGKILL)
     """)
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert done.returncode == -signal.SIGKILL
-    assert gone(int(done.stdout.strip()))
+    copy_pid, folder = done.stdout.split()
+    assert gone(int(copy_pid))
+    deadline = time.monotonic() + 10
+    while Path(folder).exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not Path(folder).exists()  # nothing of the killed run's left in the temp folder
 
 
 def test_a_run_saves_and_loads_skops_models_without_importing_skops(tmp_path):

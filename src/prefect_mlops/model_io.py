@@ -65,7 +65,13 @@ CALL_SECONDS = 900.0
 """One save or load; a copy that takes longer is stopped and the work done here."""
 
 IDLE_SECONDS = 600.0
-"""A copy nobody asked anything for this long exits (the next `run` then works here)."""
+"""A copy asked nothing for this long after its last call exits (the next `run` then works here). Before its
+first call it waits as long as the run fits: it ends with its process, or at `stop()`."""
+
+WAIT_NOTE_SECONDS = 30.0
+"""While a call takes longer than this, a line says so every as many seconds."""
+
+_EXIT_IDLE, _EXIT_FAILED = 0, 3
 
 _lock = threading.Lock()
 _copy: _Copy | None = None
@@ -146,14 +152,16 @@ def run(fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
         ```
     """
     global _copy
-    with _lock:  # one call at a time: the copy answers them in order
+    if not _lock.acquire(blocking=False):  # another thread's call is in the copy: this one does not queue
+        return fn(*args, **kwargs)
+    try:
         copy = _copy if _copy is not None and _copy.owner == os.getpid() else None
         if copy is not None:
             try:
                 done, value = copy.call(fn, args, kwargs)
             except BaseException:  # interrupted mid-call: its answer must never be read as another's
-                copy.stop()
                 _copy = None
+                copy.stop()
                 raise
             if done:
                 return value
@@ -161,15 +169,26 @@ def run(fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
             if copy.serving:
                 log.info("model files: %s; %s runs in this process", value, name)
             else:
-                if copy.alive() or not copy.idled_out():
+                if copy.loud:
                     log.warning("model files: %s; %s runs in this process (PREFECT_MLOPS_MODEL_PROCESS=0 skips "
                                 "the copy)", value, name)
                 _copy = None
-                if not copy.stop():  # what it may still write must not mix with a second attempt here
+                if not copy.stop() and copy.in_flight:  # what it still writes must not mix with a second attempt
                     raise StorageError(f"model files: the copy of this process (pid {copy.pid}) did not exit "
                                        f"after SIGKILL, so {name} was not run again here; stop that process "
                                        "and retry the run")
+    finally:
+        _lock.release()
     return fn(*args, **kwargs)
+
+
+def _forget_in_child() -> None:
+    """In any process forked from this one: no copy of its own yet, and a lock nobody holds."""
+    global _lock, _copy
+    _lock, _copy = threading.Lock(), None
+
+
+os.register_at_fork(after_in_child=_forget_in_child)
 
 
 class _Copy:
@@ -179,29 +198,32 @@ class _Copy:
         self.pid, self.conn, self.folder = pid, conn, folder
         self.owner, self.forked = os.getpid(), time.monotonic()
         self.ready, self.serving, self.served, self.exited, self.status = False, True, 0, False, None
+        self.loud, self.in_flight = True, False  # whether a failure is worth a warning; whether a call was sent
 
     @classmethod
     def fork(cls, imports: tuple[str, ...]) -> _Copy | None:
-        folder = None
+        folder = ours = theirs = None
         try:
             folder = tempfile.mkdtemp(prefix="prefect-mlops-model-files-")  # 0700: only this user reads calls
             ours, theirs = multiprocessing.Pipe()
             with warnings.catch_warnings():
                 # Python 3.12 warns on a fork beside threads; what the copy may touch is narrowed at once
-                # (`_serve`): no inherited descriptor, lock-free logging, files only.
+                # (`_serve`): no inherited descriptor, no handler of the parent's, files only.
                 warnings.simplefilter("ignore", DeprecationWarning)
                 pid = os.fork()
         except Exception as exc:  # fds or processes ran out: the work is done here instead
             log.warning("model files: no copy of this process (%s: %s); models are saved and loaded here",
                         type(exc).__name__, exc)
+            for end in (ours, theirs):
+                if end is not None:
+                    end.close()
             if folder:
                 shutil.rmtree(folder, ignore_errors=True)
             return None
         if pid == 0:  # the copy: never returns into the parent's code
-            code = 1
+            code = _EXIT_FAILED
             try:
-                _serve(theirs, imports)
-                code = 0
+                code = _serve(theirs, imports, folder)
             finally:
                 os._exit(code)
         theirs.close()  # so the copy's end closes when it exits, and `recv` here sees that
@@ -218,29 +240,40 @@ class _Copy:
         return not self.exited
 
     def idled_out(self) -> bool:
-        """Whether it exited by itself, as a copy nobody asked anything for `IDLE_SECONDS` does."""
+        """Whether it exited by itself, as a copy asked nothing for `IDLE_SECONDS` does."""
         return self.exited and self.status is not None and os.WIFEXITED(self.status) \
-            and os.WEXITSTATUS(self.status) == 0
+            and os.WEXITSTATUS(self.status) == _EXIT_IDLE
 
-    def _answer(self, seconds: float) -> Any:
+    def _answer(self, seconds: float, waiting_for: str) -> Any:
         """The copy's next message, waiting in short steps that notice its death; None when the time ran out."""
-        deadline = time.monotonic() + seconds
+        started = time.monotonic()
+        deadline, note = started + seconds, started + WAIT_NOTE_SECONDS
         while True:
             if self.conn.poll(min(0.5, max(0.0, deadline - time.monotonic()))):
                 return self.conn.recv()
             if not self.alive():
                 raise EOFError(f"the copy (pid {self.pid}) exited")
-            if time.monotonic() >= deadline:
+            now = time.monotonic()
+            if now >= deadline:
                 return None
+            if now >= note:
+                note = now + WAIT_NOTE_SECONDS
+                log.info("model files: waiting %.0f s so far for the copy (pid %s) to %s; it is stopped after %.0f s",
+                         now - started, self.pid, waiting_for, seconds)
 
     def call(self, fn: Callable[..., Any], args: tuple, kwargs: dict) -> tuple[bool, Any]:
-        """(True, result), or (False, why not); `serving` turns False when the copy must not be asked again."""
+        """(True, result), or (False, why not).
+
+        `serving` turns False when the copy must not be asked again; `loud` says whether that deserves a
+        warning (a copy that exited idle does not).
+        """
+        name = getattr(fn, "__qualname__", repr(fn))
         if not self.ready:
             try:
-                hello = self._answer(self.forked + READY_SECONDS - time.monotonic())
-            except (EOFError, OSError) as exc:
+                hello = self._answer(self.forked + READY_SECONDS - time.monotonic(), "import what it needs")
+            except Exception as exc:  # gone, or a message that does not read: not asked again
                 self.serving = False
-                return False, f"the copy is gone ({exc})"
+                return False, f"the copy is gone ({type(exc).__name__}: {exc})"
             if hello is None or hello[0] != "ready":
                 self.serving = False
                 return False, (f"the copy was not ready {READY_SECONDS:.0f} s after it was forked" if hello is None
@@ -256,11 +289,21 @@ class _Copy:
                 os.remove(asked)
             return False, f"the call could not be handed over ({type(exc).__name__}: {exc})"
         try:
+            self.in_flight = True
             self.conn.send((seq, asked))
-            answer = self._answer(CALL_SECONDS)
+            answer = self._answer(CALL_SECONDS, f"run {name}")
+            self.in_flight = answer is None
         except (EOFError, OSError) as exc:  # it exited (idle, killed, out of memory)
+            self.serving, self.in_flight = False, False
+            deadline = time.monotonic() + 1  # its pipe closes as it exits: give the exit a moment to be reaped
+            while self.alive() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            self.loud = not self.idled_out()
+            return False, (f"the copy had exited after {IDLE_SECONDS:.0f} s without a call" if not self.loud
+                           else f"the copy is gone ({type(exc).__name__}: {exc})")
+        except Exception as exc:  # an answer that does not read here: the stream is not trusted again
             self.serving = False
-            return False, f"the copy is gone ({type(exc).__name__}: {exc})"
+            return False, f"the copy's answer could not be read ({type(exc).__name__}: {exc})"
         if answer is None:
             self.serving = False
             return False, f"the copy took longer than {CALL_SECONDS:.0f} s"
@@ -268,8 +311,7 @@ class _Copy:
         if got != seq:  # cannot happen while every interruption stops the copy; never trust a mismatch
             self.serving = False
             return False, f"the copy answered call {got} to call {seq}"
-        _replay(notes)
-        if kind != "ok":
+        if kind != "ok":  # fn runs here next: what it warns and logs is said once, there
             return False, value
         try:
             if os.path.dirname(value) != self.folder:
@@ -281,6 +323,10 @@ class _Copy:
         finally:
             with contextlib.suppress(OSError):
                 os.remove(value)
+        try:
+            _replay(notes)
+        except Exception as exc:  # a warning turned error by this process's filters: raised where fn runs here
+            return False, f"a warning of the copy's is an error here ({type(exc).__name__}: {exc})"
         self.served += 1
         return True, result
 
@@ -289,6 +335,8 @@ class _Copy:
         self.serving = False
         with contextlib.suppress(Exception):
             self.conn.close()
+        if self.owner != os.getpid():  # a fork of the run: the copy and its folder are the run's, not this one's
+            return True
         if self.alive():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, signal.SIGKILL)
@@ -303,15 +351,30 @@ class _Copy:
         return True
 
 
+_REGISTRIES: dict[str, dict] = {}
+
+
 def _replay(notes: list[tuple[str, Any]]) -> None:
-    """Emit here the warnings and log records the copy recorded, as if the call had run here."""
+    """Emit here the warnings and log records the copy recorded, as if the call had run here.
+
+    A warning keeps its module (filters keyed on it still match) and its registry ("default" shows it once).
+    """
     for kind, note in notes:
         if kind == "warning":
-            message, category, filename, lineno = note
-            warnings.warn_explicit(message, category, filename, lineno)
+            message, category, filename, lineno, module = note
+            warnings.warn_explicit(message, category, filename, lineno, module=module,
+                                   registry=_REGISTRIES.setdefault(module, {}))
         else:
             name, level, message = note
             logging.getLogger(name).log(level, "%s", message)
+
+
+def _module_of(filename: str) -> str:
+    """The name of the imported module whose file is `filename` (what `warnings` keys filters on)."""
+    for name, module in list(sys.modules.items()):
+        if getattr(module, "__file__", None) == filename:
+            return name
+    return os.path.splitext(os.path.basename(filename))[0]
 
 
 class _Recorder(logging.Handler):
@@ -320,28 +383,22 @@ class _Recorder(logging.Handler):
     def __init__(self) -> None:
         super().__init__(logging.NOTSET)
         self.notes: list[tuple[str, Any]] = []
-        self.seen: set[int] = set()
 
     def emit(self, record: logging.LogRecord) -> None:
-        if id(record) in self.seen:  # a record that propagated through two recording loggers
-            return
-        self.seen.add(id(record))
         with contextlib.suppress(Exception):
             self.notes.append(("log", (record.name, record.levelno, record.getMessage())))
 
-    def start_call(self) -> None:
-        self.notes, self.seen = [], set()
-
 
 def _only_recorder(recorder: _Recorder) -> None:
-    """Every logger that has handlers logs into `recorder` alone; the root logger too.
+    """Every record reaches `recorder` once, and no handler of the parent's is used again.
 
-    A parent's handler may hold a lock taken by one of its threads, which does not exist here, and
-    may send to the parent's API: none of them is used in the copy.
+    The recorder sits where a record's way up ends: on the root logger and on every logger that does not
+    propagate. A parent's handler may hold a lock taken by one of its threads, which does not exist here,
+    or send to the parent's API.
     """
     for logger in [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]:
-        if isinstance(logger, logging.Logger) and (logger.handlers or logger is logging.getLogger()):
-            logger.handlers = [recorder]
+        if isinstance(logger, logging.Logger):
+            logger.handlers = [recorder] if logger is logging.getLogger() or not logger.propagate else []
 
 
 def _cut_off_from_parent(keep: int) -> None:
@@ -355,15 +412,14 @@ def _cut_off_from_parent(keep: int) -> None:
     for name in os.listdir("/proc/self/fd"):
         fd = int(name)
         if fd not in (keep, null):
-            with contextlib.suppress(OSError):  # the listing's own descriptor is gone by now
+            with contextlib.suppress(OSError):
                 os.dup2(null, fd)
     os.close(null)
 
 
-def _serve(conn: Any, imports: tuple[str, ...]) -> None:
-    """The copy: import, say so, then run what is asked until the pipe closes or nobody asks for a while."""
-    global _lock, _copy
-    _lock, _copy = threading.Lock(), None  # the fork happened under the parent's lock; a call made here runs here
+def _serve(conn: Any, imports: tuple[str, ...], folder: str) -> int:
+    """The copy: import, say so, then run what is asked until the pipe closes or, after a call, nobody asks
+    for `IDLE_SECONDS`; its exit code."""
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the parent's handlers belong to its run, not to this copy
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C is the parent's to handle; it stops this
     _cut_off_from_parent(conn.fileno())
@@ -378,30 +434,36 @@ def _serve(conn: Any, imports: tuple[str, ...]) -> None:
 
         threadpool_limits(1)  # should a loader run a parallel loop, it runs on this thread, not an inherited pool
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # import-time warnings are the parent's own to see when it imports
-            for name in imports:
-                importlib.import_module(name)
-    except BaseException as exc:
-        conn.send(("failed", f"{type(exc).__name__}: {exc}"))
-        return
-    _only_recorder(recorder)  # the handlers the imports added, too
-    conn.send(("ready", None))
-    while conn.poll(IDLE_SECONDS):
         try:
-            seq, asked = conn.recv()
-        except EOFError:
-            return
-        recorder.start_call()
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("default")
-            kind, value = _answer_call(asked)
-        notes = [*(("warning", (str(w.message), w.category, w.filename, w.lineno)) for w in caught),
-                 *recorder.notes]
-        try:
-            conn.send((seq, kind, value, notes))
-        except Exception:  # a warning category that does not pickle: its text still goes
-            conn.send((seq, kind, value, [(k, n) for k, n in notes if k == "log"]))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # import-time warnings are the parent's to see when it imports
+                for name in imports:
+                    importlib.import_module(name)
+        except BaseException as exc:
+            conn.send(("failed", f"{type(exc).__name__}: {exc}"))
+            return _EXIT_FAILED
+        _only_recorder(recorder)  # the loggers the imports added, too
+        conn.send(("ready", None))
+        wait = None  # until the first call: as long as the run fits
+        while conn.poll(wait):
+            try:
+                seq, asked = conn.recv()
+            except EOFError:  # the parent closed its end or exited
+                return _EXIT_IDLE
+            recorder.notes = []
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("default")
+                kind, value = _answer_call(asked)
+            notes = [*(("warning", (str(w.message), w.category, w.filename, w.lineno, _module_of(w.filename)))
+                       for w in caught), *recorder.notes]
+            try:
+                conn.send((seq, kind, value, notes))
+            except Exception:  # a warning category that does not pickle: its text still goes
+                conn.send((seq, kind, value, [(k, n) for k, n in notes if k == "log"]))
+            wait = IDLE_SECONDS
+        return _EXIT_IDLE
+    finally:  # whatever is in it belongs to calls nobody will read now
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _answer_call(asked: str) -> tuple[str, str]:
